@@ -1,0 +1,100 @@
+//! Settings of the server and the client: command-line flags with their
+//! environment twins, their defaults, and the fixed bounds next to them.
+//!
+//! Flags are parsed and checked once here; the rest of the crate trusts them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::TypedValueParser as _;
+
+/// Default `--max-lag`: messages a client may fall behind before it misses some.
+pub const DEFAULT_MAX_LAG: usize = 1024;
+/// Default `--max-message-bytes`: the largest text frame a client may send.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest HTTP request head (request line and headers) the server reads.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// A connection must finish its HTTP upgrade within this time (slowloris guard).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames taken from the room channel before one write to the socket: bounds
+/// what one connection queues in memory while keeping writes large.
+pub const MAX_BATCH: usize = 256;
+/// Bytes queued in a connection's writer before it writes them out, whatever
+/// the batch: large enough for one vectored write to carry many frames.
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a closing connection waits for its peer to take the Close frame.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for connections to close before returning; under the
+/// 5 s a supervisor usually allows.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+/// First wait after a failed `accept` (for example out of file descriptors);
+/// doubles on each failure in a row.
+pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
+/// Longest wait between two `accept` attempts.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Server flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on; 0 picks a free one.
+    #[arg(long, env = "CHAT_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Capacity of each room's broadcast channel: a client further behind than
+    /// this misses messages and is told how many.
+    #[arg(long, env = "CHAT_MAX_LAG", default_value_t = DEFAULT_MAX_LAG,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
+    pub max_lag: usize,
+
+    /// Largest message a client may send, in bytes; larger frames close the
+    /// connection with code 1009.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            max_lag: DEFAULT_MAX_LAG,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Default server URL of the client.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
+/// Longest stdin line the client sends; longer lines are refused locally.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Lines typed in a terminal waiting to be sent.
+pub const LINE_QUEUE: usize = 64;
+
+/// Client flags.
+#[derive(Debug, Clone, Args)]
+pub struct ClientConfig {
+    /// Server to join; the path names the room (`ws://HOST:PORT/rust`).
+    #[arg(env = "CHAT_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+
+    /// Name to join with (sent as `?name=`); the server uses your address without it.
+    #[arg(long, env = "CHAT_NAME")]
+    pub name: Option<String>,
+
+    /// Seconds to wait, after stdin ends, for the echoes and the server's close.
+    #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]
+    pub linger: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
+}

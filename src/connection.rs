@@ -1,0 +1,211 @@
+//! One client, from its upgrade to its close.
+//!
+//! A connection runs two halves in one task: the reader takes the client's
+//! frames and acts on them (relay, rename, answer), the writer feeds the
+//! client whatever its room broadcasts and the answers meant for it alone,
+//! batching what is pending into one write. When either half ends, so does
+//! the other.
+//!
+//! The reader waits, after each frame, until the writer has queued everything
+//! that frame caused (its echo, its answer). So a client that sends a message
+//! and then a Close still gets its echo: once tokio-websockets has read a Close
+//! it sends nothing more.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
+use tracing::{debug, warn};
+
+use crate::config::{CLOSE_TIMEOUT, MAX_BATCH};
+use crate::hub::{Joined, Member, Outbound, lock, text};
+use crate::protocol::{ClientError, Command, Event, parse_command};
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed it.
+    Closed,
+    /// The server is shutting down.
+    Shutdown,
+    /// The socket failed or the client broke the protocol.
+    Error(Error),
+}
+
+/// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
+pub async fn serve<S>(ws: WebSocketStream<S>, joined: Joined, shutdown: &CancellationToken) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Joined {
+        mut member,
+        mut rx,
+        notices,
+    } = joined;
+    let (mut sink, mut stream) = ws.split();
+
+    // Shared by the two halves. They run in one task, so these are never
+    // contended; they are thread-safe types only because tasks may move.
+    let outbox: Outbox = Mutex::new(notices.into());
+    let fed_pos = AtomicU64::new(0);
+    let wake_writer = Notify::new();
+    let wake_reader = Notify::new();
+
+    let reader = async {
+        loop {
+            let frame = match stream.next().await {
+                None => return End::Closed,
+                Some(Err(error)) => return End::Error(error),
+                Some(Ok(frame)) => frame,
+            };
+            let wait_for = if let Some(text) = frame.as_text() {
+                act(&mut member, text, &outbox)
+            } else if frame.is_binary() {
+                push(&outbox, error(ClientError::BinaryFrame));
+                0
+            } else {
+                // Ping, pong and close are answered by tokio-websockets.
+                continue;
+            };
+            wake_writer.notify_one();
+            while !lock(&outbox).is_empty() || fed_pos.load(Ordering::Relaxed) < wait_for {
+                wake_reader.notified().await;
+            }
+        }
+    };
+
+    let writer = async {
+        // Frames fed to the sink since the last flush.
+        let mut fed = 0;
+        loop {
+            // Answers first: they are few, and a client waits for them.
+            while let Some(frame) = pop(&outbox) {
+                if let Err(error) = sink.feed(frame).await {
+                    return End::Error(error);
+                }
+                fed += 1;
+            }
+            // Then whatever the room has pending, up to a batch, in one write.
+            while fed < MAX_BATCH {
+                let frame = match rx.try_recv() {
+                    Ok(Outbound { pos, frame }) => {
+                        fed_pos.store(pos, Ordering::Relaxed);
+                        frame
+                    }
+                    Err(TryRecvError::Lagged(count)) => missed(count),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                };
+                if let Err(error) = sink.feed(frame).await {
+                    return End::Error(error);
+                }
+                fed += 1;
+            }
+            if fed > 0 {
+                wake_reader.notify_one();
+                if let Err(error) = sink.flush().await {
+                    return End::Error(error);
+                }
+                fed = 0;
+                continue;
+            }
+            // Nothing pending: sleep until the room or the reader has something.
+            let frame = tokio::select! {
+                () = wake_writer.notified() => continue,
+                received = rx.recv() => match received {
+                    Ok(Outbound { pos, frame }) => {
+                        fed_pos.store(pos, Ordering::Relaxed);
+                        frame
+                    }
+                    Err(RecvError::Lagged(count)) => missed(count),
+                    // The room outlives its members: cannot happen while we hold one.
+                    Err(RecvError::Closed) => return End::Closed,
+                },
+            };
+            if let Err(error) = sink.feed(frame).await {
+                return End::Error(error);
+            }
+            fed = 1;
+        }
+    };
+
+    let end = tokio::select! {
+        end = reader => end,
+        end = writer => end,
+        () = shutdown.cancelled() => End::Shutdown,
+    };
+
+    // Say goodbye properly, but never wait on a peer for long.
+    let goodbye = async {
+        match &end {
+            End::Shutdown => {
+                let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
+                if sink.send(close).await.is_ok() {
+                    // Read until the client answers our Close.
+                    while stream.next().await.is_some() {}
+                }
+            }
+            // A protocol error left a Close frame queued: send it.
+            End::Error(Error::Protocol(_) | Error::PayloadTooLong { .. }) => {
+                let _ = sink.flush().await;
+            }
+            End::Closed | End::Error(_) => {}
+        }
+    };
+    if timeout(CLOSE_TIMEOUT, goodbye).await.is_err() {
+        debug!("peer did not take the close in time");
+    }
+    // `member` drops here: the room hears that this client left.
+    drop(member);
+    end
+}
+
+/// Acts on one text frame; returns the room position the client must be fed up
+/// to before its next frame is read (0 when the answer is in the outbox).
+fn act(member: &mut Member, frame: &str, outbox: &Outbox) -> u64 {
+    let result = match parse_command(frame) {
+        Command::Say(message) => member.say(message).map_err(error),
+        Command::Nick(name) => {
+            let renamed = member.rename(name).map_err(error);
+            if renamed.is_ok() {
+                tracing::Span::current().record("name", member.name());
+            }
+            renamed
+        }
+        Command::Who => Err(member.who()),
+        Command::Help => Err(text(Event::Help)),
+        Command::MissingArgument(usage) => Err(error(ClientError::Usage { usage })),
+        Command::Unknown(command) => Err(error(ClientError::UnknownCommand { command })),
+    };
+    // An Err here is a frame for this client only.
+    result.unwrap_or_else(|answer| {
+        push(outbox, answer);
+        0
+    })
+}
+
+/// Frames for this client only, waiting for the writer.
+type Outbox = Mutex<VecDeque<Message>>;
+
+fn push(outbox: &Outbox, frame: Message) {
+    lock(outbox).push_back(frame);
+}
+
+fn pop(outbox: &Outbox) -> Option<Message> {
+    lock(outbox).pop_front()
+}
+
+fn missed(count: u64) -> Message {
+    warn!(missed = count, "client fell behind and missed messages");
+    text(Event::Missed { count })
+}
+
+fn error(error: ClientError<'_>) -> Message {
+    text(Event::Error(error))
+}

@@ -1,0 +1,201 @@
+//! The HTTP side of a connection: reads the request head (bounded in size),
+//! answers what is not a chat upgrade with a proper status, and hands the rest
+//! to tokio-websockets, which checks the upgrade headers and answers `101`.
+//!
+//! We read the head ourselves, rather than letting tokio-websockets do it, so
+//! that we can bound its size and refuse a bad path before upgrading; the bytes
+//! read are then replayed to tokio-websockets through [`Replay`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::config::MAX_REQUEST_HEAD_BYTES;
+use crate::protocol::{name_from_query, room_from_path};
+
+/// Why a request was refused before the upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The socket failed or closed before a whole request head arrived.
+    #[error("connection ended during the handshake: {0}")]
+    Io(#[from] io::Error),
+    /// The request was answered with an HTTP error status.
+    #[error("refused with HTTP {status}: {reason}")]
+    Refused {
+        /// The status sent.
+        status: u16,
+        /// Why, as sent in the body.
+        reason: String,
+    },
+}
+
+/// A request for a chat upgrade, checked.
+#[derive(Debug)]
+pub struct ChatRequest {
+    /// The room its path names.
+    pub room: String,
+    /// The name from `?name=`, not yet validated.
+    pub name: Option<String>,
+}
+
+/// Reads one request head and decides: a chat upgrade (returned, with the
+/// bytes read so far to replay) or a refusal (already answered).
+pub async fn read_request<S>(stream: &mut S) -> Result<(ChatRequest, BytesMut), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        let parsed = request.parse(&buf);
+        match parsed {
+            Ok(httparse::Status::Complete(_)) => {
+                let decision = route(&request);
+                return match decision {
+                    Ok(chat) => Ok((chat, buf)),
+                    Err((status, reason)) => Err(refuse(stream, status, reason).await),
+                };
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD_BYTES => {
+                let room = MAX_REQUEST_HEAD_BYTES - buf.len();
+                buf.reserve(room.min(4096));
+            }
+            Ok(httparse::Status::Partial) => {
+                let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
+                return Err(refuse(stream, 431, reason).await);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(refuse(stream, 431, "more than 64 headers".into()).await);
+            }
+            Err(error) => {
+                return Err(refuse(stream, 400, format!("malformed HTTP request: {error}")).await);
+            }
+        }
+    }
+}
+
+/// Decides what to do with a complete request head.
+fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, String)> {
+    let target = request.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let room =
+        room_from_path(path).map_err(|error| (404, format!("no such room {path:?}: {error}")))?;
+    if request.method != Some("GET") {
+        return Err((405, "only GET is served here".into()));
+    }
+    let upgrade = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+    });
+    if !upgrade {
+        return Err((
+            426,
+            "this is a WebSocket chat server: connect with a WebSocket client".into(),
+        ));
+    }
+    Ok(ChatRequest {
+        room: room.to_owned(),
+        name: name_from_query(query),
+    })
+}
+
+/// Answers with an error status and closes; returns the matching error.
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    reason: String,
+) -> HandshakeError {
+    let phrase = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let extra = match status {
+        405 => "Allow: GET\r\n",
+        426 => "Upgrade: websocket\r\n",
+        _ => "",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    );
+    // The peer may already be gone; the refusal stands either way.
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    HandshakeError::Refused { status, reason }
+}
+
+/// A stream that first yields bytes already read from it, then reads on.
+#[derive(Debug)]
+pub struct Replay<S> {
+    read: BytesMut,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    /// Wraps `inner`, replaying `read` first.
+    pub fn new(read: BytesMut, inner: S) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

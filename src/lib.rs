@@ -1,0 +1,18 @@
+//! A broadcast chat over `WebSocket`s.
+//!
+//! Map of the crate:
+//! - [`protocol`]: every wire type and text form, shared by server, client and tests.
+//! - [`config`]: command-line settings of both binaries, their defaults and bounds.
+//! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
+//! - [`handshake`]: reads and checks the HTTP upgrade request before tokio-websockets takes over.
+//! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
+//! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
+//! - [`client`]: the terminal and pipe client ([`client::run`]).
+
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod handshake;
+pub mod hub;
+pub mod protocol;
+pub mod server;

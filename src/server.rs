@@ -1,0 +1,141 @@
+//! The accept loop: takes connections from a bound listener, runs each in its
+//! own task, and shuts everything down gracefully when told to.
+//!
+//! Like mini-redis, [`run`] takes a listener that is already bound and a
+//! shutdown future, so tests bind port 0 and stop the server at will.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_websockets::{Limits, ServerBuilder};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::{
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT, ServerConfig,
+    WRITE_BUFFER_BYTES,
+};
+use crate::connection::{self, End};
+use crate::handshake::{HandshakeError, Replay, read_request};
+use crate::hub::Hub;
+
+/// Serves chat on `listener` until `shutdown` completes, then closes every
+/// connection with code 1001 and returns once they are gone (or after
+/// [`SHUTDOWN_TIMEOUT`]).
+pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) {
+    let hub = Hub::new(config.max_lag);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let websockets = Arc::new(
+        ServerBuilder::new()
+            .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
+            .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
+    );
+
+    tokio::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_START;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_START;
+                let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
+                let task = handle(stream, peer, hub.clone(), websockets.clone(), token.clone());
+                tracker.spawn(task.instrument(span));
+            }
+            Err(error) if is_per_connection(&error) => {
+                debug!(%error, "accept failed for one connection")
+            }
+            Err(error) => {
+                // Typically out of file descriptors: wait for some to be freed.
+                error!(%error, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+
+    info!(connections = tracker.len(), "shutting down");
+    drop(listener);
+    token.cancel();
+    tracker.close();
+    if timeout(SHUTDOWN_TIMEOUT, tracker.wait()).await.is_err() {
+        warn!(
+            left = tracker.len(),
+            "some connections did not close in time"
+        );
+    }
+}
+
+/// Errors that concern only the connection being accepted, not the listener.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// One connection: handshake, then chat. Errors end here, logged.
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    websockets: Arc<ServerBuilder>,
+    shutdown: CancellationToken,
+) {
+    // Chat frames are small and latency matters more than packet count; the
+    // writer batches on its own.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let upgrade = async move {
+        let (request, read) = read_request(&mut stream).await?;
+        let (_, ws) = websockets
+            .accept(Replay::new(read, stream))
+            .await
+            .map_err(|error| HandshakeError::Refused {
+                status: 400,
+                reason: error.to_string(),
+            })?;
+        Ok::<_, HandshakeError>((request, ws))
+    };
+    let upgraded = tokio::select! {
+        () = shutdown.cancelled() => return,
+        upgraded = timeout(HANDSHAKE_TIMEOUT, upgrade) => upgraded,
+    };
+    let (request, ws) = match upgraded {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(error)) => {
+            debug!(%error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("handshake timed out");
+            return;
+        }
+    };
+
+    let span = tracing::Span::current();
+    span.record("room", request.room.as_str());
+    let joined = hub.join(&request.room, request.name.as_deref(), &peer.to_string());
+    span.record("name", joined.member.name());
+    info!("joined");
+    match connection::serve(ws, joined, &shutdown).await {
+        End::Closed => info!("left"),
+        End::Shutdown => info!("closed by shutdown"),
+        End::Error(error) => info!(%error, "left on error"),
+    }
+}
