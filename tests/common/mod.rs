@@ -1,0 +1,164 @@
+//! Shared by the end-to-end tests: a server on a free loopback port, run
+//! in-process, and a WebSocket peer with helpers that wait for what they expect.
+
+#![allow(dead_code, clippy::missing_panics_doc)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat::config::ServerConfig;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+/// Safety net for anything a test waits on; never a synchronization tool.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(ServerConfig::default()).await
+    }
+
+    pub async fn with(config: ServerConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(chat::server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The URL of a room path such as `/` or `/rust?name=bob`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Tells the server to shut down, without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts the server down and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("server::run returns after shutdown")
+            .expect("server task did not panic");
+    }
+}
+
+/// A raw WebSocket client, speaking the text protocol.
+pub struct Peer {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub name: String,
+}
+
+impl Peer {
+    /// Connects to `path` and reads the welcome and its own join notice.
+    pub async fn join(server: &TestServer, path: &str) -> Self {
+        let mut ws = connect(&server.url(path)).await;
+        let welcome = next_text(&mut ws).await;
+        let name = chat::protocol::parse_welcome(&welcome)
+            .unwrap_or_else(|| panic!("expected a welcome, got {welcome:?}"))
+            .to_owned();
+        let mut peer = Self { ws, name };
+        peer.expect(&format!("* {} joined", peer.name)).await;
+        peer
+    }
+
+    /// Joins `/?name=NAME` and checks the name was granted.
+    pub async fn named(server: &TestServer, name: &str) -> Self {
+        let peer = Self::join(server, &format!("/?name={name}")).await;
+        assert_eq!(peer.name, name);
+        peer
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a normal Close frame; the server's answer can still be read.
+    pub async fn close(&mut self) {
+        let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
+        self.ws.send(close).await.expect("send close");
+    }
+
+    pub async fn next(&mut self) -> String {
+        next_text(&mut self.ws).await
+    }
+
+    /// The next frame must be exactly `line`.
+    pub async fn expect(&mut self, line: &str) {
+        let got = self.next().await;
+        assert_eq!(got, line, "{} expected {line:?}", self.name);
+    }
+
+    /// Skips frames until one equals `line`.
+    pub async fn wait_for(&mut self, line: &str) {
+        loop {
+            if self.next().await == line {
+                return;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let frame = timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a Close frame in time")
+                .expect("a Close frame before the end of the stream")
+                .expect("a frame, not an error");
+            if let Some((code, reason)) = frame.as_close() {
+                return (code.into(), reason.to_owned());
+            }
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let builder = ClientBuilder::new().uri(url).expect("valid url");
+    let (ws, _) = timeout(PATIENCE, builder.connect())
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    ws
+}
+
+/// The next text frame; panics on anything else.
+pub async fn next_text<S>(ws: &mut S) -> String
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    let frame = timeout(PATIENCE, ws.next())
+        .await
+        .expect("a frame in time")
+        .expect("a frame, not the end")
+        .expect("a frame, not an error");
+    frame
+        .as_text()
+        .unwrap_or_else(|| panic!("expected a text frame, got {frame:?}"))
+        .to_owned()
+}

@@ -1,0 +1,100 @@
+//! A client that stops reading must not delay anyone else, must cost bounded
+//! memory, and must be told what it missed when it reads again.
+
+mod common;
+
+use common::{PATIENCE, Peer, TestServer, next_text};
+use tokio::net::TcpSocket;
+use tokio::time::timeout;
+use tokio_websockets::ClientBuilder;
+
+const MESSAGES: usize = 1000;
+const WINDOW: usize = 32;
+const MESSAGE_BYTES: usize = 32 * 1024;
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_missed() {
+    let max_lag = 256;
+    let config = chat::config::ServerConfig {
+        max_lag,
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+
+    // A tiny receive buffer, so that the server's writes to this client block
+    // after a few frames: 1000 × 32 KiB is far more than any socket buffers.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let builder = ClientBuilder::new()
+        .uri(&server.url("/?name=sleepy"))
+        .expect("uri");
+    let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
+    assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
+    assert_eq!(next_text(&mut slow).await, "* sleepy joined");
+
+    let mut fast = Peer::named(&server, "fast").await;
+    let mut watcher = Peer::named(&server, "watcher").await;
+    fast.expect("* watcher joined").await;
+
+    // The slow client reads nothing from here on; the others get every
+    // message. The sender sends in windows well under `max_lag` and waits for
+    // the others to read each one, as a conversation would: that keeps the
+    // readers within the lag allowed, whatever their socket buffers hold.
+    let payload = "p".repeat(MESSAGE_BYTES - 8);
+    let all = async {
+        for window in (0..MESSAGES).collect::<Vec<_>>().chunks(WINDOW) {
+            for i in window {
+                fast.send(&format!("{i:06}:{payload}")).await;
+            }
+            for i in window {
+                let line = format!("fast: {i:06}:{payload}");
+                for peer in [&mut fast, &mut watcher] {
+                    let got = peer.next().await;
+                    assert!(
+                        got == line,
+                        "{} got {:?}, expected message {i}",
+                        peer.name,
+                        &got[..got.len().min(20)]
+                    );
+                }
+            }
+        }
+    };
+    timeout(PATIENCE * 3, all)
+        .await
+        .expect("the others are served while one client is stuck");
+
+    // Now the slow client reads. Since its own join, the room broadcast two
+    // join notices and the messages: each one it either got, in order, or was
+    // told it missed. And it did miss some.
+    let mut received = Vec::new();
+    let mut joins = 0;
+    let mut missed = 0;
+    while received.last() != Some(&(MESSAGES - 1)) {
+        let line = next_text(&mut slow).await;
+        if let Some(count) = line
+            .strip_prefix("! missed ")
+            .and_then(|rest| rest.strip_suffix(" messages"))
+        {
+            missed += count.parse::<usize>().expect("a count");
+        } else if line == "* fast joined" || line == "* watcher joined" {
+            joins += 1;
+        } else {
+            let index: usize = line["fast: ".len()..][..6].parse().expect("an index");
+            received.push(index);
+        }
+    }
+    assert!(missed > 0, "the slow client was told it missed messages");
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "what it got is in order"
+    );
+    assert_eq!(
+        received.len() + joins + missed,
+        MESSAGES + 2,
+        "every frame is received or counted as missed"
+    );
+    drop(slow);
+    server.stop().await;
+}
