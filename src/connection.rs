@@ -141,29 +141,37 @@ where
         () = shutdown.cancelled() => End::Shutdown,
     };
 
-    // Say goodbye properly, but never wait on a peer for long.
-    let goodbye = async {
-        match &end {
-            End::Shutdown => {
-                let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
-                if sink.send(close).await.is_ok() {
-                    // Read until the client answers our Close.
-                    while stream.next().await.is_some() {}
-                }
-            }
-            // A protocol error left a Close frame queued: send it.
-            End::Error(Error::Protocol(_) | Error::PayloadTooLong { .. }) => {
-                let _ = sink.flush().await;
-            }
-            End::Closed | End::Error(_) => {}
-        }
-    };
-    if timeout(CLOSE_TIMEOUT, goodbye).await.is_err() {
+    if let Ok(mut ws) = sink.reunite(stream)
+        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &end))
+            .await
+            .is_err()
+    {
         debug!("peer did not take the close in time");
     }
     // `member` drops here: the room hears that this client left.
     drop(member);
     end
+}
+
+/// Closes properly; the caller bounds how long a peer may take.
+async fn goodbye<S>(ws: &mut WebSocketStream<S>, end: &End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match end {
+        End::Shutdown => {
+            let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
+            if ws.send(close).await.is_ok() {
+                // Read until the client answers our Close.
+                while ws.next().await.is_some() {}
+            }
+        }
+        // A protocol error left a Close frame queued: send it.
+        End::Error(Error::Protocol(_) | Error::PayloadTooLong { .. }) => {
+            let _ = ws.flush().await;
+        }
+        End::Closed | End::Error(_) => {}
+    }
 }
 
 /// Acts on one text frame; returns the room position the client must be fed up

@@ -56,7 +56,7 @@ where
         let mut request = httparse::Request::new(&mut headers);
         let parsed = request.parse(&buf);
         match parsed {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
                 let decision = route(&request);
                 return match decision {
                     Ok(chat) => Ok((chat, buf)),
@@ -67,7 +67,7 @@ where
                 let room = MAX_REQUEST_HEAD_BYTES - buf.len();
                 buf.reserve(room.min(4096));
             }
-            Ok(httparse::Status::Partial) => {
+            Ok(httparse::Status::Complete(_) | httparse::Status::Partial) => {
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
                 return Err(refuse(stream, 431, reason).await);
             }

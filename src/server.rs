@@ -52,7 +52,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
                 tracker.spawn(task.instrument(span));
             }
             Err(error) if is_per_connection(&error) => {
-                debug!(%error, "accept failed for one connection")
+                debug!(%error, "accept failed for one connection");
             }
             Err(error) => {
                 // Typically out of file descriptors: wait for some to be freed.

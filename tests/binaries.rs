@@ -1,0 +1,209 @@
+//! The built `client` and `server` binaries, end to end: output, exit codes
+//! and one-line errors.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{PATIENCE, Peer, TestServer};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+fn command(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_remove("CHAT_URL")
+        .env_remove("CHAT_NAME")
+        .env_remove("CHAT_PORT")
+        .env_remove("CHAT_HOST")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs a program to the end with `input` on stdin: (exit code, stdout, stderr).
+async fn run(program: &str, args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = command(program, args).spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let output = timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (
+        output.status.code().expect("an exit code"),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+/// Reads one line of a child's stdout.
+async fn line(reader: &mut BufReader<tokio::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    timeout(PATIENCE, reader.read_line(&mut line))
+        .await
+        .expect("a line in time")
+        .expect("read");
+    line.trim_end_matches('\n').to_owned()
+}
+
+#[tokio::test]
+async fn client_in_a_pipe_prints_the_relayed_line_and_exits_0() {
+    let server = TestServer::start().await;
+    let url = server.url("/");
+    let (code, stdout, stderr) =
+        run(CLIENT, &[&url, "--name", "bob"], "hi\n\nsecond line\r\n").await;
+    assert_eq!(
+        stdout,
+        "* you are bob in room lobby, 1 online; /help lists the commands\n* bob joined\nbob: hi\nbob: second line\n"
+    );
+    assert_eq!(stderr, "");
+    assert_eq!(code, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_against_a_closed_port_exits_1_with_one_line() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (code, stdout, stderr) = run(CLIENT, &[&url], "").await;
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!("error: cannot connect to {url}: connection refused\n")
+    );
+}
+
+#[tokio::test]
+async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
+    let server = TestServer::start().await;
+    let url = server.url("/no/such/room");
+    let (code, _, stderr) = run(CLIENT, &[&url], "").await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 404\n")
+    );
+
+    let (code, _, stderr) = run(CLIENT, &["http://example.com/"], "").await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "error: invalid URL \"http://example.com/\": the URL must start with ws://\n"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_escapes_control_characters_and_reports_the_server_closing() {
+    let mut server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let url = server.url("/?name=bob");
+    let mut child: Child = command(CLIENT, &[&url]).spawn().expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    assert!(
+        line(&mut stdout)
+            .await
+            .starts_with("* you are bob in room lobby")
+    );
+    assert_eq!(line(&mut stdout).await, "* bob joined");
+    alice.expect("* bob joined").await;
+
+    alice
+        .send("\x1b]0;pwned\x07\x1b[2J\u{202E}olleh\nfake: line")
+        .await;
+    assert_eq!(
+        line(&mut stdout).await,
+        "alice: \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}olleh\\u{a}fake: line"
+    );
+
+    server.begin_stop();
+    let status = timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("read");
+    assert_eq!(
+        stderr,
+        "the server closed the connection: server shutting down\n"
+    );
+    assert_eq!(status.code(), Some(0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_binary_prints_its_address_serves_and_exits_0_on_sigterm() {
+    let mut server = command(SERVER, &["--port", "0"]).spawn().expect("spawn");
+    let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
+    let listening = line(&mut stdout).await;
+    let url = listening
+        .strip_prefix("listening on ")
+        .expect("the listening line")
+        .to_owned();
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("ws://")
+        .expect("ws://")
+        .parse()
+        .expect("HOST:PORT");
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{listening}");
+
+    let (code, out, _) = run(CLIENT, &[&url, "--name", "carol"], "ping\n").await;
+    assert_eq!(code, 0);
+    assert!(out.ends_with("* carol joined\ncarol: ping\n"), "{out}");
+
+    let mut watcher = common::connect(&format!("{url}?name=dave")).await;
+    common::next_text(&mut watcher).await;
+    let pid = server.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = timeout(PATIENCE, server.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // Only the listening line on stdout: logs go to stderr.
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.expect("read");
+    assert_eq!(rest, "");
+}
+
+#[tokio::test]
+async fn server_binary_that_cannot_bind_exits_1_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let (code, stdout, stderr) = run(SERVER, &["--port", &port], "").await;
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: cannot listen on 127.0.0.1:{port}: ")),
+        "{stderr}"
+    );
+}

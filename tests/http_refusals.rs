@@ -1,0 +1,96 @@
+//! What is not a chat upgrade gets an HTTP status and a closed connection,
+//! never a hang, and the server keeps serving.
+
+mod common;
+
+use common::{PATIENCE, Peer, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Sends raw bytes and returns the whole response, read until the server closes.
+async fn exchange(server: &TestServer, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn status(response: &str) -> &str {
+    response.get(9..12).unwrap_or(response)
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status() {
+    let server = TestServer::start().await;
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n";
+    let cases: Vec<(String, &str)> = vec![
+        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "426"),
+        (
+            format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
+            "405",
+        ),
+        (
+            format!("GET /no/such/room HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
+            "404",
+        ),
+        (
+            format!("GET /%1b HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
+            "404",
+        ),
+        ("\x16\x03\x01\x02\x00garbage\r\n\r\n".into(), "400"),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(20_000)
+            ),
+            "431",
+        ),
+        // tokio-websockets checks the upgrade headers themselves.
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".into(),
+            "400",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+                .into(),
+            "400",
+        ),
+    ];
+    for (request, expected) in &cases {
+        let response = exchange(&server, request.as_bytes()).await;
+        assert_eq!(
+            status(&response),
+            *expected,
+            "{:?} got {response:?}",
+            &request[..request.len().min(60)]
+        );
+    }
+
+    // And chat goes on.
+    let mut alice = Peer::named(&server, "alice").await;
+    alice.send("still here").await;
+    alice.expect("alice: still here").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_hangs_up_mid_request_harms_no_one() {
+    let server = TestServer::start().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    drop(stream);
+    let mut alice = Peer::named(&server, "alice").await;
+    alice.send("fine").await;
+    alice.expect("alice: fine").await;
+    server.stop().await;
+}
