@@ -162,10 +162,10 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
         Ended::Output(error) => Err(Error::Output(error)),
     };
     drop(lines);
-    if let (Some(thread), Output::Terminal { printer, .. }) = (input, &mut output) {
+    if let Some(thread) = input {
         // The editor holds the terminal in raw mode: let it finish its line so
         // it can restore the terminal before we exit.
-        let _ = printer.print(dim("connection closed; press Enter to exit", true));
+        let _ = output.notice("connection closed; press Enter to exit");
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
@@ -251,7 +251,7 @@ impl Output {
                 } else {
                     safe
                 };
-                printer.print(styled).map_err(io::Error::other)
+                printer.print(styled + "\n").map_err(io::Error::other)
             }
         }
     }
@@ -261,7 +261,7 @@ impl Output {
         match self {
             Output::Pipe => writeln!(io::stderr(), "{}", sanitize(text)),
             Output::Terminal { printer, color, .. } => printer
-                .print(dim(&sanitize(text), *color))
+                .print(dim(&sanitize(text), *color) + "\n")
                 .map_err(io::Error::other),
         }
     }
