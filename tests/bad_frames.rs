@@ -1,0 +1,76 @@
+//! Frames that break the WebSocket protocol close that connection with the
+//! right code; the room carries on.
+
+mod common;
+
+use common::{PATIENCE, Peer, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// An upgraded raw socket, past the welcome and join frames.
+async fn raw_client(server: &TestServer) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = "GET /?name=raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream
+}
+
+/// Reads frames until a Close; returns its code.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let mut head = [0u8; 2];
+        timeout(PATIENCE, stream.read_exact(&mut head))
+            .await
+            .expect("in time")
+            .expect("read");
+        if head.starts_with(b"HT") {
+            // The 101 response: skip to the end of its head.
+            let mut last = [0u8; 4];
+            while &last != b"\r\n\r\n" {
+                let byte = stream.read_u8().await.expect("read");
+                last = [last[1], last[2], last[3], byte];
+            }
+            continue;
+        }
+        let len = match head[1] & 0x7f {
+            126 => usize::from(stream.read_u16().await.expect("len")),
+            127 => usize::try_from(stream.read_u64().await.expect("len")).expect("fits"),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        if head[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_an_unmasked_frame_with_1002() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+
+    let mut raw = raw_client(&server).await;
+    alice.expect("* raw joined").await;
+    // A masked (all-zero key) text frame holding 0xff 0xfe: not UTF-8.
+    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
+        .await
+        .expect("write");
+    assert_eq!(close_code(&mut raw).await, 1007);
+    alice.expect("* raw left").await;
+
+    let mut raw = raw_client(&server).await;
+    alice.expect("* raw joined").await;
+    // Clients must mask their frames.
+    raw.write_all(&[0x81, 0x02, b'h', b'i'])
+        .await
+        .expect("write");
+    assert_eq!(close_code(&mut raw).await, 1002);
+    alice.expect("* raw left").await;
+
+    alice.send("unharmed").await;
+    alice.expect("alice: unharmed").await;
+    server.stop().await;
+}
