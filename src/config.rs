@@ -11,6 +11,10 @@ use clap::builder::TypedValueParser as _;
 
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
 pub const DEFAULT_MAX_LAG: usize = 1024;
+/// Default `--presence-limit`: rooms up to this size announce each join and leave.
+pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
+/// How often large rooms get a summary of who joined and left.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
@@ -51,6 +55,11 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
     pub max_lag: usize,
 
+    /// Largest room whose joins and leaves are announced one by one; larger
+    /// rooms get a summary every second instead.
+    #[arg(long, env = "CHAT_PRESENCE_LIMIT", default_value_t = DEFAULT_PRESENCE_LIMIT)]
+    pub presence_limit: usize,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -64,6 +73,7 @@ impl Default for ServerConfig {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
             max_lag: DEFAULT_MAX_LAG,
+            presence_limit: DEFAULT_PRESENCE_LIMIT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_websockets::Message;
 
-use crate::protocol::{ClientError, Event, validate_name};
+use crate::protocol::{ClientError, Event, MAX_WHO_NAMES, validate_name};
 
 /// One frame broadcast to a room, with its position in the room's stream.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     /// Capacity of each room's channel (`--max-lag`).
     capacity: usize,
+    /// Largest room whose joins and leaves are announced one by one
+    /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
+    presence_limit: usize,
 }
 
 #[derive(Debug)]
@@ -41,6 +44,9 @@ struct Room {
 struct RoomState {
     names: HashSet<String>,
     pos: u64,
+    /// Arrivals and departures not announced yet, in a large room.
+    joined: u64,
+    left: u64,
 }
 
 /// What [`Hub::join`] gives a new client.
@@ -63,12 +69,36 @@ pub struct Member {
 }
 
 impl Hub {
-    /// A hub whose rooms buffer `capacity` frames for their slowest client.
-    pub fn new(capacity: usize) -> Arc<Self> {
+    /// A hub whose rooms buffer `capacity` frames for their slowest client and
+    /// announce each join and leave while they hold at most `presence_limit`
+    /// clients.
+    pub fn new(capacity: usize, presence_limit: usize) -> Arc<Self> {
         Arc::new(Self {
             rooms: Mutex::default(),
             capacity,
+            presence_limit,
         })
+    }
+
+    /// Announces, in each room too large for individual notices, how many
+    /// joined and left since the last call. The server calls it periodically,
+    /// so a crowd of N joining costs N summaries' worth of frames per period
+    /// rather than N² notices.
+    pub fn summarize(&self) {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        for room in rooms {
+            let mut state = lock(&room.state);
+            if state.joined > 0 || state.left > 0 {
+                let event = Event::Presence {
+                    joined: state.joined,
+                    left: state.left,
+                    online: state.names.len(),
+                };
+                state.joined = 0;
+                state.left = 0;
+                room.broadcast(&mut state, event);
+            }
+        }
     }
 
     /// Number of rooms with at least one client.
@@ -126,7 +156,11 @@ impl Hub {
 
         // Subscribe before announcing, so the joiner sees its own join notice.
         let rx = room.tx.subscribe();
-        room.broadcast(&mut state, Event::Joined { name: &name });
+        if state.names.len() <= self.presence_limit {
+            room.broadcast(&mut state, Event::Joined { name: &name });
+        } else {
+            state.joined += 1;
+        }
         drop(state);
 
         Joined {
@@ -201,8 +235,10 @@ impl Member {
         let state = lock(&self.room.state);
         let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
         names.sort_unstable();
+        names.truncate(MAX_WHO_NAMES);
         text(Event::Who {
             room: &self.room.name,
+            count: state.names.len(),
             names: &names,
         })
     }
@@ -211,9 +247,13 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
+        if state.names.len() <= self.hub.presence_limit {
+            self.room
+                .broadcast(&mut state, Event::Left { name: &self.name });
+        } else {
+            state.left += 1;
+        }
         state.names.remove(&self.name);
-        self.room
-            .broadcast(&mut state, Event::Left { name: &self.name });
         let empty = state.names.is_empty();
         drop(state);
         if empty {

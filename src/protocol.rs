@@ -12,6 +12,8 @@ use std::fmt;
 pub const DEFAULT_ROOM: &str = "lobby";
 /// Longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
+/// Most names a `/who` answer lists; the rest are counted.
+pub const MAX_WHO_NAMES: usize = 100;
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 32;
 
@@ -171,12 +173,24 @@ pub enum Event<'a> {
         /// Clients in the room, itself included.
         online: usize,
     },
-    /// Answer to `/who`: `* N in ROOM: a, b, c`.
+    /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
+    /// [`MAX_WHO_NAMES`]).
     Who {
         /// The room.
         room: &'a str,
-        /// Names, sorted.
+        /// How many are in the room.
+        count: usize,
+        /// Names, sorted; at most [`MAX_WHO_NAMES`].
         names: &'a [&'a str],
+    },
+    /// In a room too large to announce each arrival: what changed lately.
+    Presence {
+        /// Arrivals since the last summary.
+        joined: u64,
+        /// Departures since the last summary.
+        left: u64,
+        /// Clients in the room now.
+        online: usize,
     },
     /// Answer to `/help`.
     Help,
@@ -235,8 +249,19 @@ impl fmt::Display for Event<'_> {
                 f,
                 "* you are {name} in room {room}, {online} online; /help lists the commands"
             ),
-            Event::Who { room, names } => {
-                write!(f, "* {} in {room}: {}", names.len(), names.join(", "))
+            Event::Who { room, count, names } => {
+                write!(f, "* {count} in {room}: {}", names.join(", "))?;
+                if *count > names.len() {
+                    write!(f, ", and {} more", count - names.len())?;
+                }
+                Ok(())
+            }
+            Event::Presence {
+                joined,
+                left,
+                online,
+            } => {
+                write!(f, "* {joined} joined, {left} left; {online} online")
             }
             Event::Help => f.write_str(HELP),
             Event::Missed { count } => write!(f, "! missed {count} messages"),
@@ -377,10 +402,25 @@ mod tests {
         assert_eq!(parse_sender("* bob joined"), None);
         let who = Event::Who {
             room: "r",
+            count: 2,
             names: &["a", "b"],
         }
         .to_string();
         assert_eq!(who, "* 2 in r: a, b");
+        let who = Event::Who {
+            room: "r",
+            count: 5,
+            names: &["a", "b"],
+        }
+        .to_string();
+        assert_eq!(who, "* 5 in r: a, b, and 3 more");
+        let presence = Event::Presence {
+            joined: 3,
+            left: 1,
+            online: 200,
+        }
+        .to_string();
+        assert_eq!(presence, "* 3 joined, 1 left; 200 online");
         assert_eq!(
             Event::Missed { count: 3 }.to_string(),
             "! missed 3 messages"

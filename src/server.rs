@@ -17,8 +17,8 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, SHUTDOWN_TIMEOUT, ServerConfig,
-    WRITE_BUFFER_BYTES,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, PRESENCE_INTERVAL,
+    SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
 use crate::handshake::{HandshakeError, Replay, read_request};
@@ -28,9 +28,10 @@ use crate::hub::Hub;
 /// connection with code 1001 and returns once they are gone (or after
 /// [`SHUTDOWN_TIMEOUT`]).
 pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) {
-    let hub = Hub::new(config.max_lag);
+    let hub = Hub::new(config.max_lag, config.presence_limit);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    tracker.spawn(summarize_presence(hub.clone(), token.clone()));
     let websockets = Arc::new(
         ServerBuilder::new()
             .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
@@ -75,6 +76,18 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
             left = tracker.len(),
             "some connections did not close in time"
         );
+    }
+}
+
+/// Sends large rooms their join and leave summaries until shutdown.
+async fn summarize_presence(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(PRESENCE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => hub.summarize(),
+        }
     }
 }
 

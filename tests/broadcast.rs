@@ -94,3 +94,47 @@ async fn a_message_sent_just_before_close_is_still_echoed() {
     assert_eq!(alice.closed().await.0, 1000);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn large_rooms_summarize_joins_and_leaves_instead_of_announcing_each() {
+    let config = chat::config::ServerConfig {
+        presence_limit: 2,
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut bob = Peer::named(&server, "bob").await;
+    alice.expect("* bob joined").await;
+
+    // The third and fourth members are past the limit: no individual notices.
+    let mut ws = common::connect(&server.url("/?name=carol")).await;
+    assert_eq!(
+        common::next_text(&mut ws).await,
+        "* you are carol in room lobby, 3 online; /help lists the commands"
+    );
+    let mut dave = common::connect(&server.url("/?name=dave")).await;
+    common::next_text(&mut dave).await;
+    drop(dave);
+    // Alice hears only summaries (one or more, depending on when the
+    // periodic summary falls), which add up to the whole crowd.
+    let (mut joined, mut left, mut online) = (0, 0, 0);
+    while (joined, left) != (2, 1) {
+        let line = alice.next().await;
+        let numbers: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        assert!(
+            line.starts_with("* ") && line.ends_with(" online") && numbers.len() == 3,
+            "{line}"
+        );
+        joined += numbers[0];
+        left += numbers[1];
+        online = numbers[2];
+    }
+    assert_eq!(online, 3);
+    bob.send("/who").await;
+    bob.wait_for("* 3 in lobby: alice, bob, carol").await;
+    server.stop().await;
+}
