@@ -8,7 +8,9 @@
 //! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
 //! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
+//! - [`bench`]: the load generator behind `chat-bench`.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
