@@ -27,7 +27,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let listener = TcpListener::bind(("127.0.0.1", cli.port)).await?;
@@ -40,9 +42,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn handle(socket: TcpStream, addr: SocketAddr, tx: broadcast::Sender<String>) {
-    let Ok((_, mut ws)) = ServerBuilder::new().accept(socket).await else { return };
+    let Ok((_, mut ws)) = ServerBuilder::new().accept(socket).await else {
+        return;
+    };
     let mut rx = tx.subscribe();
-    if ws.send(Message::text(format!("* you are {addr}"))).await.is_err() {
+    if ws
+        .send(Message::text(format!("* you are {addr}")))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {

@@ -8,6 +8,9 @@
 //! included, checks per sender that sequence numbers arrive exactly once and in
 //! order.
 
+// Counts become f64 only for rates and percentages in the report.
+#![allow(clippy::cast_precision_loss)]
+
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +32,7 @@ use crate::config::DEFAULT_URL;
 /// shared histogram's lock is taken rarely.
 const LATENCY_BATCH: usize = 1024;
 /// Latencies above this are clamped into the histogram's last bucket.
-const MAX_LATENCY: Duration = Duration::from_secs(60);
+const MAX_LATENCY: Duration = Duration::from_mins(1);
 /// File descriptors the bench needs besides one per client.
 const SPARE_FDS: u64 = 64;
 /// The kernel reports process times in /proc in units of `USER_HZ`, which is
@@ -80,7 +83,9 @@ pub struct BenchConfig {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
@@ -91,7 +96,9 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// Not enough file descriptors for the clients asked for.
-    #[error("{clients} clients need about {needed} file descriptors but the limit is {limit}: raise it with `ulimit -n {needed}`")]
+    #[error(
+        "{clients} clients need about {needed} file descriptors but the limit is {limit}: raise it with `ulimit -n {needed}`"
+    )]
     FileDescriptors {
         /// Clients asked for.
         clients: usize,
@@ -197,7 +204,10 @@ impl Schedule {
     /// When sender `sender` sends its message `seq`, after the start.
     fn at(&self, sender: usize, seq: u64) -> Duration {
         let slot = seq * self.senders as u64 + sender as u64;
-        Duration::from_nanos(u64::try_from(u128::from(slot) * 1_000_000_000 / u128::from(self.rate)).unwrap_or(u64::MAX))
+        Duration::from_nanos(
+            u64::try_from(u128::from(slot) * 1_000_000_000 / u128::from(self.rate))
+                .unwrap_or(u64::MAX),
+        )
     }
 
     fn in_window(&self, at: Duration) -> bool {
@@ -221,7 +231,10 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         window_end: config.warmup + config.duration,
     };
     let shared = Arc::new(Shared {
-        latencies: Mutex::new(Histogram::new_with_bounds(1_000, as_nanos(MAX_LATENCY), 3).expect("valid bounds")),
+        latencies: Mutex::new(
+            Histogram::new_with_bounds(1_000, as_nanos(MAX_LATENCY), 3)
+                .map_err(|error| Error::Config(format!("latency histogram: {error}")))?,
+        ),
         received: AtomicU64::new(0),
         received_in_window: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -232,7 +245,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     let stop = CancellationToken::new();
 
     let mut senders = Vec::new();
-    let mut receivers = Vec::new();
+    let mut receivers = tokio::task::JoinSet::new();
     for (index, ws) in clients.into_iter().enumerate() {
         let (sink, stream) = ws.split();
         if index < config.senders {
@@ -240,8 +253,14 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         } else {
             drop(sink);
         }
-        let receiving = receive(stream, schedule, shared.clone(), sent_rx.clone(), stop.clone());
-        receivers.push(tokio::spawn(receiving));
+        let receiving = receive(
+            stream,
+            schedule,
+            shared.clone(),
+            sent_rx.clone(),
+            stop.clone(),
+        );
+        receivers.spawn(receiving);
     }
 
     sleep_until(schedule.start + schedule.window_start).await;
@@ -254,16 +273,10 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         sent.push(sender.await.unwrap_or(0));
     }
     let _ = sent_tx.send(Some(Arc::new(sent.clone())));
-    let wait_all = async {
-        for receiver in &mut receivers {
-            let _ = receiver.await;
-        }
-    };
+    let wait_all = async { while receivers.join_next().await.is_some() {} };
     if timeout(config.drain, wait_all).await.is_err() {
         stop.cancel();
-        for receiver in receivers {
-            let _ = receiver.await;
-        }
+        while receivers.join_next().await.is_some() {}
     }
     let after = config.server_pid.and_then(rss_kib);
 
@@ -272,7 +285,10 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     let received = shared.received.load(Ordering::Relaxed);
     let in_window = shared.received_in_window.load(Ordering::Relaxed);
     let duration_s = config.duration.as_secs_f64();
-    let histogram = shared.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let histogram = shared
+        .latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ms = |nanos: u64| nanos as f64 / 1e6;
     let server_cpu_s = cpu_start.zip(cpu_end).map(|(start, end)| end - start);
     Ok(Report {
@@ -295,7 +311,11 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
             max: ms(histogram.max()),
         },
         server_rss_kib: match (before, connected, after) {
-            (Some(before), Some(connected), Some(after)) => Some(Rss { before, connected, after }),
+            (Some(before), Some(connected), Some(after)) => Some(Rss {
+                before,
+                connected,
+                after,
+            }),
             _ => None,
         },
         server_cpu_s,
@@ -317,7 +337,9 @@ fn check(config: &BenchConfig) -> Result<(), Error> {
         return bad("--rate must be at least 1");
     }
     if config.payload < HEADER_LEN {
-        return bad(&format!("--payload must be at least {HEADER_LEN} bytes, the bench header"));
+        return bad(&format!(
+            "--payload must be at least {HEADER_LEN} bytes, the bench header"
+        ));
     }
     if config.duration.is_zero() {
         return bad("--duration must be positive");
@@ -326,7 +348,11 @@ fn check(config: &BenchConfig) -> Result<(), Error> {
     if let Some(limit) = open_files_limit()
         && needed > limit
     {
-        return Err(Error::FileDescriptors { clients: config.clients, needed, limit });
+        return Err(Error::FileDescriptors {
+            clients: config.clients,
+            needed,
+            limit,
+        });
     }
     Ok(())
 }
@@ -347,13 +373,23 @@ async fn connect_all(config: &BenchConfig) -> Result<Vec<Ws>, Error> {
             let connecting = async {
                 let (mut ws, _) = builder.connect().await?;
                 // The welcome proves the server has put us in the room.
-                ws.next().await.ok_or(tokio_websockets::Error::AlreadyClosed)??;
+                ws.next()
+                    .await
+                    .ok_or(tokio_websockets::Error::AlreadyClosed)??;
                 Ok::<_, tokio_websockets::Error>(ws)
             };
             match timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(ws)) => Ok(ws),
-                Ok(Err(error)) => Err(Error::Connect { index, url, cause: explain(&error) }),
-                Err(_) => Err(Error::Connect { index, url, cause: "timed out".into() }),
+                Ok(Err(error)) => Err(Error::Connect {
+                    index,
+                    url,
+                    cause: explain(&error),
+                }),
+                Err(_) => Err(Error::Connect {
+                    index,
+                    url,
+                    cause: "timed out".into(),
+                }),
             }
         }
     });
@@ -447,7 +483,9 @@ async fn receive<S>(
         let Some((sender, seq, at)) = frame.as_text().and_then(parse) else {
             continue;
         };
-        let Some(expected) = next.get_mut(sender) else { continue };
+        let Some(expected) = next.get_mut(sender) else {
+            continue;
+        };
         if seq < *expected {
             duplicates += 1;
             continue;
@@ -471,7 +509,9 @@ async fn receive<S>(
     }
     record(&shared, &mut latencies);
     shared.received.fetch_add(received, Ordering::Relaxed);
-    shared.received_in_window.fetch_add(in_window, Ordering::Relaxed);
+    shared
+        .received_in_window
+        .fetch_add(in_window, Ordering::Relaxed);
     shared.duplicates.fetch_add(duplicates, Ordering::Relaxed);
 }
 
@@ -480,7 +520,10 @@ fn all_seen(next: &[u64], last: &[u64]) -> bool {
 }
 
 fn record(shared: &Shared, latencies: &mut Vec<u64>) {
-    let mut histogram = shared.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut histogram = shared
+        .latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for &latency in latencies.iter() {
         histogram.saturating_record(latency);
     }
@@ -504,7 +547,9 @@ fn as_nanos(duration: Duration) -> u64 {
 /// The soft limit on open files, from /proc.
 fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
@@ -532,12 +577,24 @@ impl fmt::Display for Report {
         } else {
             self.lost as f64 * 100.0 / self.deliveries_expected as f64
         };
-        writeln!(f, "clients              {} ({} senders)", self.clients, self.senders)?;
-        writeln!(f, "load                 {} messages/s of {} B for {} s", self.rate, self.payload, self.duration_s)?;
+        writeln!(
+            f,
+            "clients              {} ({} senders)",
+            self.clients, self.senders
+        )?;
+        writeln!(
+            f,
+            "load                 {} messages/s of {} B for {} s",
+            self.rate, self.payload, self.duration_s
+        )?;
         writeln!(f, "messages sent        {}", self.messages_sent)?;
         writeln!(f, "deliveries expected  {}", self.deliveries_expected)?;
         writeln!(f, "deliveries received  {}", self.deliveries_received)?;
-        writeln!(f, "lost                 {} ({lost_pct:.3}%), duplicates {}", self.lost, self.duplicates)?;
+        writeln!(
+            f,
+            "lost                 {} ({lost_pct:.3}%), duplicates {}",
+            self.lost, self.duplicates
+        )?;
         writeln!(f, "delivered per second {:.0}", self.delivered_per_s)?;
         let l = &self.latency_ms;
         writeln!(
@@ -546,10 +603,17 @@ impl fmt::Display for Report {
             l.p50, l.p90, l.p99, l.p999, l.max
         )?;
         if let Some(rss) = &self.server_rss_kib {
-            writeln!(f, "server RSS KiB       before {}  connected {}  after {}", rss.before, rss.connected, rss.after)?;
+            writeln!(
+                f,
+                "server RSS KiB       before {}  connected {}  after {}",
+                rss.before, rss.connected, rss.after
+            )?;
         }
         if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_delivery) {
-            writeln!(f, "server CPU           {cpu:.2} s, {per:.3} µs per delivery")?;
+            writeln!(
+                f,
+                "server CPU           {cpu:.2} s, {per:.3} µs per delivery"
+            )?;
         }
         Ok(())
     }
@@ -561,7 +625,13 @@ mod tests {
 
     #[test]
     fn messages_parse_back() {
-        let text = format!("127.0.0.1:5000: {:04} {:010} {:016} {}", 7, 42, 1_234_567, "x".repeat(10));
+        let text = format!(
+            "127.0.0.1:5000: {:04} {:010} {:016} {}",
+            7,
+            42,
+            1_234_567,
+            "x".repeat(10)
+        );
         assert_eq!(parse(&text), Some((7, 42, Duration::from_nanos(1_234_567))));
         assert_eq!(parse("* 127.0.0.1:1 joined"), None);
         assert_eq!(parse("a: short"), None);

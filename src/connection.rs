@@ -40,7 +40,11 @@ pub enum End {
 }
 
 /// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
-pub async fn serve<S>(ws: WebSocketStream<S>, joined: Joined, shutdown: &CancellationToken) -> End
+pub async fn serve<S>(
+    ws: Box<WebSocketStream<S>>,
+    joined: Joined,
+    shutdown: &CancellationToken,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -52,32 +52,38 @@ where
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        let parsed = request.parse(&buf);
-        match parsed {
-            Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
-                let decision = route(&request);
-                return match decision {
-                    Ok(chat) => Ok((chat, buf)),
-                    Err((status, reason)) => Err(refuse(stream, status, reason).await),
-                };
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD_BYTES => {
+        match parse(&buf) {
+            None if buf.len() < MAX_REQUEST_HEAD_BYTES => {
                 let room = MAX_REQUEST_HEAD_BYTES - buf.len();
                 buf.reserve(room.min(4096));
             }
-            Ok(httparse::Status::Complete(_) | httparse::Status::Partial) => {
+            None => {
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
                 return Err(refuse(stream, 431, reason).await);
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(refuse(stream, 431, "more than 64 headers".into()).await);
-            }
-            Err(error) => {
-                return Err(refuse(stream, 400, format!("malformed HTTP request: {error}")).await);
-            }
+            Some(Ok(chat)) => return Ok((chat, buf)),
+            Some(Err((status, reason))) => return Err(refuse(stream, status, reason).await),
         }
+    }
+}
+
+/// Parses what has arrived of a request head: `None` while it is incomplete,
+/// else the decision. Kept out of the async function so that the header array
+/// is not part of every connection's future.
+fn parse(buf: &[u8]) -> Option<Result<ChatRequest, (u16, String)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
+            Some(route(&request))
+        }
+        Ok(httparse::Status::Complete(_)) => Some(Err((
+            431,
+            format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"),
+        ))),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(Err((431, "more than 64 headers".into()))),
+        Err(error) => Some(Err((400, format!("malformed HTTP request: {error}")))),
     }
 }
 
@@ -166,6 +172,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         let n = self.read.len().min(buf.remaining());
         buf.put_slice(&self.read[..n]);
         self.read.advance(n);
+        if self.read.is_empty() {
+            // Free the buffer: this stream lives as long as the connection.
+            self.read = BytesMut::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

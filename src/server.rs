@@ -123,11 +123,15 @@ async fn handle(
                 status: 400,
                 reason: error.to_string(),
             })?;
-        Ok::<_, HandshakeError>((request, ws))
+        // Boxed once here, so that it is not part of the connection future's
+        // state as well as of the split halves' shared allocation.
+        Ok::<_, HandshakeError>((request, Box::new(ws)))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
-        upgraded = timeout(HANDSHAKE_TIMEOUT, upgrade) => upgraded,
+        // Boxed: the handshake state would otherwise stay in every
+        // connection's future for its whole life.
+        upgraded = timeout(HANDSHAKE_TIMEOUT, Box::pin(upgrade)) => upgraded,
     };
     let (request, ws) = match upgraded {
         Ok(Ok(upgraded)) => upgraded,
