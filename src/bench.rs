@@ -14,14 +14,13 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, Message};
@@ -190,6 +189,13 @@ struct Shared {
     duplicates: AtomicU64,
 }
 
+/// Tells receivers that the senders are done, and how many each sent.
+#[derive(Default)]
+struct Finish {
+    sent: OnceLock<Vec<u64>>,
+    token: CancellationToken,
+}
+
 /// The schedule every task follows.
 #[derive(Clone, Copy)]
 struct Schedule {
@@ -240,7 +246,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         duplicates: AtomicU64::new(0),
     });
     // The number of messages each sender sent, once they are done.
-    let (sent_tx, sent_rx) = watch::channel(None::<Arc<Vec<u64>>>);
+    let finish = Arc::new(Finish::default());
     // Tells receivers still missing something to give up and report.
     let stop = CancellationToken::new();
 
@@ -257,7 +263,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
             stream,
             schedule,
             shared.clone(),
-            sent_rx.clone(),
+            finish.clone(),
             stop.clone(),
         );
         receivers.spawn(receiving);
@@ -272,7 +278,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     for sender in senders {
         sent.push(sender.await.unwrap_or(0));
     }
-    let _ = sent_tx.send(Some(Arc::new(sent.clone())));
+    let _ = finish.sent.set(sent.clone());
+    finish.token.cancel();
     let wait_all = async { while receivers.join_next().await.is_some() {} };
     if timeout(config.drain, wait_all).await.is_err() {
         stop.cancel();
@@ -455,7 +462,7 @@ async fn receive<S>(
     mut stream: S,
     schedule: Schedule,
     shared: Arc<Shared>,
-    mut sent: watch::Receiver<Option<Arc<Vec<u64>>>>,
+    finish: Arc<Finish>,
     stop: CancellationToken,
 ) where
     S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
@@ -463,21 +470,24 @@ async fn receive<S>(
     let mut next = vec![0u64; schedule.senders];
     let mut latencies = Vec::with_capacity(LATENCY_BATCH);
     let (mut received, mut in_window, mut duplicates) = (0u64, 0u64, 0u64);
-    let mut done = None::<Arc<Vec<u64>>>;
+    // Pinned once: creating these futures on every frame costs more than the
+    // rest of the loop.
+    let finished = finish.token.cancelled();
+    let stopped = stop.cancelled();
+    tokio::pin!(finished, stopped);
+    let mut done: Option<&[u64]> = None;
     loop {
         let frame = tokio::select! {
-            frame = stream.next() => frame,
-            () = stop.cancelled() => break,
-            changed = sent.changed(), if done.is_none() => {
-                if changed.is_err() {
-                    break;
-                }
-                done.clone_from(&sent.borrow());
-                if done.as_ref().is_some_and(|last| all_seen(&next, last)) {
+            biased;
+            () = &mut stopped => break,
+            () = &mut finished, if done.is_none() => {
+                done = finish.sent.get().map(Vec::as_slice);
+                if done.is_some_and(|last| all_seen(&next, last)) {
                     break;
                 }
                 continue;
             }
+            frame = stream.next() => frame,
         };
         let Some(Ok(frame)) = frame else { break };
         let Some((sender, seq, at)) = frame.as_text().and_then(parse) else {
@@ -503,7 +513,7 @@ async fn receive<S>(
                 record(&shared, &mut latencies);
             }
         }
-        if done.as_ref().is_some_and(|last| all_seen(&next, last)) {
+        if done.is_some_and(|last| all_seen(&next, last)) {
             break;
         }
     }
