@@ -45,6 +45,8 @@ field() { # json, name: a number from chat-bench's JSON report
   grep -o "\"$2\":[0-9.e+-]*" <<<"$1" | head -1 | cut -d: -f2
 }
 
+echo "$(date -u +%Y-%m-%d) on $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)," \
+  "$(free -g | awk '/^Mem:/ {print $2}') GiB; 10 senders, 64-byte messages, generator on the same machine"
 printf '%-7s %6s %6s | %12s %9s %10s | %12s %9s %10s | %7s %7s\n' \
   load clients rate "chat deliv/s" "p99 ms" lost "naive d/s" "p99 ms" lost "x d/s" "x p99"
 : >"$out/results"
@@ -78,7 +80,8 @@ if ! $smoke; then
   venv=${TMPDIR:-/tmp}/chat-bench-venv
   [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet matplotlib; }
   "$venv/bin/python" bench/plot.py "$out/results" img/bench.png
-  echo "wrote img/bench.png"
+  cp "$out/results" bench/last-run.txt
+  echo "wrote img/bench.png and bench/last-run.txt (the raw chat-bench reports)"
 fi
 
 if $failed; then

@@ -16,16 +16,18 @@ for line in open(results):
     report = json.loads(raw)
     if not report or clients != "1000":
         continue
-    series.setdefault(server, []).append((report["delivered_per_s"], report["latency_ms"]["p99"], report["lost"]))
+    point = (int(rate), report["delivered_per_s"], report["latency_ms"]["p99"], report["lost"])
+    series.setdefault(server, []).append(point)
 
 fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
 for server, points in sorted(series.items()):
-    points.sort()
+    points.sort()  # by offered rate, so the line follows the load
     label = {"chat": "this server", "naive": "tutorial design (examples/naive_server.rs)"}[server]
-    ax.plot([p[0] / 1e6 for p in points], [p[1] for p in points], marker="o", label=label)
-    for x, y, lost in points:
+    ax.plot([p[1] / 1e6 for p in points], [p[2] for p in points], marker="o", label=label)
+    for rate, x, y, lost in points:
+        ax.annotate(f"{rate}/s", (x / 1e6, y), textcoords="offset points", xytext=(-10, -12), fontsize=7)
         if lost:
-            ax.annotate("loss", (x / 1e6, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color="red")
+            ax.annotate("lost clients", (x / 1e6, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
 ax.set_yscale("log")
 ax.set_xlabel("delivered messages per second (millions), 1,000 clients, 10 senders, 64 B")
 ax.set_ylabel("p99 latency (ms, log scale)")
