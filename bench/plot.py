@@ -25,9 +25,12 @@ for server, points in sorted(series.items()):
     label = {"chat": "this server", "naive": "tutorial design (examples/naive_server.rs)"}[server]
     ax.plot([p[1] / 1e6 for p in points], [p[2] for p in points], marker="o", label=label)
     for rate, x, y, lost in points:
-        ax.annotate(f"{rate}/s", (x / 1e6, y), textcoords="offset points", xytext=(-10, -12), fontsize=7)
-        if lost:
-            ax.annotate("lost clients", (x / 1e6, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
+        if server == "chat":
+            ax.annotate(f"{rate} msg/s", (x / 1e6, y), textcoords="offset points", xytext=(-12, -13), fontsize=7)
+    lossy = [p for p in points if p[3]]
+    if lossy:
+        ax.scatter([p[1] / 1e6 for p in lossy], [p[2] for p in lossy], marker="x", s=60, color="red", zorder=3,
+                   label=f"{label.split(' (')[0]}: clients dropped, deliveries lost")
 ax.set_yscale("log")
 ax.set_xlabel("delivered messages per second (millions), 1,000 clients, 10 senders, 64 B")
 ax.set_ylabel("p99 latency (ms, log scale)")
