@@ -46,9 +46,9 @@ field() { # json, name: a number from chat-bench's JSON report
 }
 
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)," \
-  "$(free -g | awk '/^Mem:/ {print $2}') GiB; 10 senders, 64-byte messages, generator on the same machine"
-printf '%-7s %6s %6s | %12s %9s %10s | %12s %9s %10s | %7s %7s\n' \
-  load clients rate "chat deliv/s" "p99 ms" lost "naive d/s" "p99 ms" lost "x d/s" "x p99"
+  "$(awk '/^MemTotal/ {printf "%d", $2 / 1048576}' /proc/meminfo) GiB; 10 senders, 64-byte messages, generator on the same machine"
+printf '%7s %6s | %12s %9s %10s | %12s %9s %10s | %7s %7s\n' \
+  clients rate "chat deliv/s" "p99 ms" lost "naive d/s" "p99 ms" lost "x d/s" "x p99"
 : >"$out/results"
 failed=false
 for load in "${loads[@]}"; do
@@ -65,10 +65,10 @@ for load in "${loads[@]}"; do
   c=${result[chat]} n=${result[naive]}
   cd_=$(field "$c" delivered_per_s); cp=$(field "$c" p99); cl=$(field "$c" lost)
   nd=$(field "$n" delivered_per_s); np=$(field "$n" p99); nl=$(field "$n" lost)
-  awk -v load="$clients/$rate" -v c="$clients" -v r="$rate" -v cd="${cd_:-0}" -v cp="${cp:-0}" -v cl="${cl:-?}" \
+  awk -v c="$clients" -v r="$rate" -v cd="${cd_:-0}" -v cp="${cp:-0}" -v cl="${cl:-?}" \
       -v nd="${nd:-0}" -v np="${np:-0}" -v nl="${nl:-?}" 'BEGIN {
-    printf "%-7s %6d %6d | %12.0f %9.2f %10s | %12.0f %9.2f %10s | %7.2f %7.2f\n",
-      "", c, r, cd, cp, cl, nd, np, nl, (nd > 0 ? cd / nd : 0), (cp > 0 ? np / cp : 0) }'
+    printf "%7d %6d | %12.0f %9.2f %10s | %12.0f %9.2f %10s | %7.2f %7.2f\n",
+      c, r, cd, cp, cl, nd, np, nl, (nd > 0 ? cd / nd : 0), (cp > 0 ? np / cp : 0) }'
   [ "${cl:-x}" = "0" ] || failed=true
   rss=$(grep -o '"server_rss_kib":{[^}]*}' <<<"$c" || true)
   cpu=$(field "$c" server_cpu_us_per_delivery)
