@@ -1,0 +1,88 @@
+//! `chat-bench` against a real server: every delivery is accounted for.
+//! (Its numbers are not checked here: timings belong to the benchmark.)
+
+mod common;
+
+use std::time::Duration;
+
+use chat::bench::{BenchConfig, run};
+use common::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_counts_every_delivery() {
+    let server = TestServer::start().await;
+    let config = BenchConfig {
+        url: server.url("/bench"),
+        clients: 20,
+        senders: 4,
+        rate: 200,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(200),
+        payload: 64,
+        drain: Duration::from_secs(20),
+        connect_concurrency: 8,
+        server_pid: Some(std::process::id()),
+        json: false,
+    };
+    let report = run(config).await.expect("a run");
+    assert_eq!(report.clients, 20);
+    // 200 msg/s for 0.7 s, on a fixed schedule: 140 messages.
+    assert_eq!(report.messages_sent, 140);
+    assert_eq!(report.deliveries_expected, 140 * 20);
+    assert_eq!(report.deliveries_received, 140 * 20);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.duplicates, 0);
+    assert!(report.server_rss_kib.is_some(), "RSS read from /proc");
+    let text = report.to_string();
+    assert!(text.contains("lost                 0 (0.000%)"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_load_generator_refuses_impossible_runs() {
+    let config = BenchConfig {
+        url: "ws://127.0.0.1:1/".into(),
+        clients: 10,
+        senders: 11,
+        rate: 10,
+        duration: Duration::from_secs(1),
+        warmup: Duration::ZERO,
+        payload: 64,
+        drain: Duration::from_secs(1),
+        connect_concurrency: 1,
+        server_pid: None,
+        json: false,
+    };
+    let error = run(config.clone())
+        .await
+        .expect_err("more senders than clients");
+    assert_eq!(
+        error.to_string(),
+        "--senders must be between 1 and --clients"
+    );
+
+    let error = run(BenchConfig {
+        senders: 1,
+        clients: 1_000_000,
+        ..config.clone()
+    })
+    .await
+    .expect_err("too many");
+    assert!(
+        error.to_string().contains("raise it with `ulimit -n"),
+        "{error}"
+    );
+
+    let error = run(BenchConfig {
+        senders: 1,
+        ..config
+    })
+    .await
+    .expect_err("nobody listens");
+    assert!(
+        error
+            .to_string()
+            .starts_with("client 0 cannot connect to ws://127.0.0.1:1/: "),
+        "{error}"
+    );
+}
