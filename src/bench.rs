@@ -170,6 +170,19 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |nanos: u64| nanos as f64 / 1e6;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p90: ms(histogram.value_at_quantile(0.9)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
 /// The server's resident memory at three moments, in KiB.
 #[derive(Debug, Serialize)]
 pub struct Rss {
@@ -292,11 +305,12 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     let received = shared.received.load(Ordering::Relaxed);
     let in_window = shared.received_in_window.load(Ordering::Relaxed);
     let duration_s = config.duration.as_secs_f64();
-    let histogram = shared
-        .latencies
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let ms = |nanos: u64| nanos as f64 / 1e6;
+    let latency_ms = Latency::of(
+        &shared
+            .latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let server_cpu_s = cpu_start.zip(cpu_end).map(|(start, end)| end - start);
     Ok(Report {
         clients: config.clients,
@@ -310,13 +324,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         lost: (messages_sent * clients).saturating_sub(received),
         duplicates: shared.duplicates.load(Ordering::Relaxed),
         delivered_per_s: in_window as f64 / duration_s,
-        latency_ms: Latency {
-            p50: ms(histogram.value_at_quantile(0.5)),
-            p90: ms(histogram.value_at_quantile(0.9)),
-            p99: ms(histogram.value_at_quantile(0.99)),
-            p999: ms(histogram.value_at_quantile(0.999)),
-            max: ms(histogram.max()),
-        },
+        latency_ms,
         server_rss_kib: match (before, connected, after) {
             (Some(before), Some(connected), Some(after)) => Some(Rss {
                 before,
