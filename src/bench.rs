@@ -141,6 +141,10 @@ pub struct Report {
     pub lost: u64,
     /// Messages received twice or out of order.
     pub duplicates: u64,
+    /// Lost deliveries of each sender's messages, over every client.
+    pub lost_per_sender: Vec<u64>,
+    /// Duplicate or out-of-order deliveries of each sender's messages.
+    pub duplicates_per_sender: Vec<u64>,
     /// Deliveries received during the measured window, per second of it: what
     /// the server sustained, whatever the rate asked for.
     pub delivered_per_s: f64,
@@ -200,6 +204,9 @@ struct Shared {
     received: AtomicU64,
     received_in_window: AtomicU64,
     duplicates: AtomicU64,
+    /// Per sender: deliveries received once and in order, and duplicates.
+    received_from: Vec<AtomicU64>,
+    duplicates_from: Vec<AtomicU64>,
 }
 
 /// Tells receivers that the senders are done, and how many each sent.
@@ -207,6 +214,21 @@ struct Shared {
 struct Finish {
     sent: OnceLock<Vec<u64>>,
     token: CancellationToken,
+}
+
+impl Shared {
+    fn new(senders: usize) -> Result<Self, Error> {
+        let histogram = Histogram::new_with_bounds(1_000, as_nanos(MAX_LATENCY), 3)
+            .map_err(|error| Error::Config(format!("latency histogram: {error}")))?;
+        Ok(Self {
+            latencies: Mutex::new(histogram),
+            received: AtomicU64::new(0),
+            received_in_window: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            received_from: (0..senders).map(|_| AtomicU64::new(0)).collect(),
+            duplicates_from: (0..senders).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
 }
 
 /// The schedule every task follows.
@@ -249,15 +271,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         window_start: config.warmup,
         window_end: config.warmup + config.duration,
     };
-    let shared = Arc::new(Shared {
-        latencies: Mutex::new(
-            Histogram::new_with_bounds(1_000, as_nanos(MAX_LATENCY), 3)
-                .map_err(|error| Error::Config(format!("latency histogram: {error}")))?,
-        ),
-        received: AtomicU64::new(0),
-        received_in_window: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(config.senders)?);
     // The number of messages each sender sent, once they are done.
     let finish = Arc::new(Finish::default());
     // Tells receivers still missing something to give up and report.
@@ -323,6 +337,18 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         deliveries_received: received,
         lost: (messages_sent * clients).saturating_sub(received),
         duplicates: shared.duplicates.load(Ordering::Relaxed),
+        lost_per_sender: sent
+            .iter()
+            .zip(&shared.received_from)
+            .map(|(sent, received)| {
+                (sent * clients).saturating_sub(received.load(Ordering::Relaxed))
+            })
+            .collect(),
+        duplicates_per_sender: shared
+            .duplicates_from
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect(),
         delivered_per_s: in_window as f64 / duration_s,
         latency_ms,
         server_rss_kib: match (before, connected, after) {
@@ -478,6 +504,8 @@ async fn receive<S>(
     let mut next = vec![0u64; schedule.senders];
     let mut latencies = Vec::with_capacity(LATENCY_BATCH);
     let (mut received, mut in_window, mut duplicates) = (0u64, 0u64, 0u64);
+    let mut received_from = vec![0u64; schedule.senders];
+    let mut duplicates_from = vec![0u64; schedule.senders];
     // Pinned once: creating these futures on every frame costs more than the
     // rest of the loop.
     let finished = finish.token.cancelled();
@@ -506,10 +534,12 @@ async fn receive<S>(
         };
         if seq < *expected {
             duplicates += 1;
+            duplicates_from[sender] += 1;
             continue;
         }
         *expected = seq + 1;
         received += 1;
+        received_from[sender] += 1;
         let now = schedule.start.elapsed();
         if schedule.in_window(now) {
             in_window += 1;
@@ -531,6 +561,12 @@ async fn receive<S>(
         .received_in_window
         .fetch_add(in_window, Ordering::Relaxed);
     shared.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    for (total, mine) in shared.received_from.iter().zip(received_from) {
+        total.fetch_add(mine, Ordering::Relaxed);
+    }
+    for (total, mine) in shared.duplicates_from.iter().zip(duplicates_from) {
+        total.fetch_add(mine, Ordering::Relaxed);
+    }
 }
 
 fn all_seen(next: &[u64], last: &[u64]) -> bool {
@@ -613,6 +649,10 @@ impl fmt::Display for Report {
             "lost                 {} ({lost_pct:.3}%), duplicates {}",
             self.lost, self.duplicates
         )?;
+        if self.lost > 0 || self.duplicates > 0 {
+            writeln!(f, "lost per sender      {:?}", self.lost_per_sender)?;
+            writeln!(f, "dups per sender      {:?}", self.duplicates_per_sender)?;
+        }
         writeln!(f, "delivered per second {:.0}", self.delivered_per_s)?;
         let l = &self.latency_ms;
         writeln!(

@@ -32,6 +32,8 @@ async fn the_load_generator_counts_every_delivery() {
     assert_eq!(report.deliveries_received, 140 * 20);
     assert_eq!(report.lost, 0);
     assert_eq!(report.duplicates, 0);
+    assert_eq!(report.lost_per_sender, vec![0; 4]);
+    assert_eq!(report.duplicates_per_sender, vec![0; 4]);
     assert!(report.server_rss_kib.is_some(), "RSS read from /proc");
     let text = report.to_string();
     assert!(text.contains("lost                 0 (0.000%)"), "{text}");
