@@ -39,9 +39,9 @@ const SPARE_FDS: u64 = 64;
 const USER_HZ: f64 = 100.0;
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The fixed-width header of every bench message: sender, sequence number and
-/// scheduled send time in nanoseconds after the start.
-const HEADER_LEN: usize = 4 + 1 + 10 + 1 + 16;
+/// The fixed-width header of every bench message: run id, sender, sequence
+/// number and scheduled send time in nanoseconds after the start.
+const HEADER_LEN: usize = 8 + 1 + 4 + 1 + 10 + 1 + 16;
 
 /// `chat-bench` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -234,6 +234,9 @@ impl Shared {
 /// The schedule every task follows.
 #[derive(Clone, Copy)]
 struct Schedule {
+    /// Tells this run's messages from anything else in the room (another
+    /// run, or the history of earlier ones).
+    run: u32,
     start: Instant,
     senders: usize,
     rate: u64,
@@ -265,6 +268,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     let connected = config.server_pid.and_then(rss_kib);
 
     let schedule = Schedule {
+        run: run_id(),
         start: Instant::now() + Duration::from_millis(200),
         senders: config.senders,
         rate: config.rate,
@@ -314,6 +318,26 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
     }
     let after = config.server_pid.and_then(rss_kib);
 
+    let server_cpu_s = cpu_start.zip(cpu_end).map(|(start, end)| end - start);
+    let rss = match (before, connected, after) {
+        (Some(before), Some(connected), Some(after)) => Some(Rss {
+            before,
+            connected,
+            after,
+        }),
+        _ => None,
+    };
+    Ok(report(&config, &shared, &sent, rss, server_cpu_s))
+}
+
+/// Sums up what the clients counted.
+fn report(
+    config: &BenchConfig,
+    shared: &Shared,
+    sent: &[u64],
+    rss: Option<Rss>,
+    server_cpu_s: Option<f64>,
+) -> Report {
     let messages_sent: u64 = sent.iter().sum();
     let clients = config.clients as u64;
     let received = shared.received.load(Ordering::Relaxed);
@@ -325,8 +349,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    let server_cpu_s = cpu_start.zip(cpu_end).map(|(start, end)| end - start);
-    Ok(Report {
+    Report {
         clients: config.clients,
         senders: config.senders,
         rate: config.rate,
@@ -351,19 +374,12 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
             .collect(),
         delivered_per_s: in_window as f64 / duration_s,
         latency_ms,
-        server_rss_kib: match (before, connected, after) {
-            (Some(before), Some(connected), Some(after)) => Some(Rss {
-                before,
-                connected,
-                after,
-            }),
-            _ => None,
-        },
+        server_rss_kib: rss,
         server_cpu_s,
         server_cpu_us_per_delivery: server_cpu_s
             .filter(|_| in_window > 0)
             .map(|cpu| cpu * 1e6 / in_window as f64),
-    })
+    }
 }
 
 fn check(config: &BenchConfig) -> Result<(), Error> {
@@ -477,7 +493,11 @@ where
             if at > now || at >= schedule.window_end {
                 break;
             }
-            let text = format!("{sender:04} {seq:010} {:016} {padding}", as_nanos(at));
+            let text = format!(
+                "{:08x} {sender:04} {seq:010} {:016} {padding}",
+                schedule.run,
+                as_nanos(at)
+            );
             if sink.feed(Message::text(text)).await.is_err() {
                 return seq;
             }
@@ -526,7 +546,8 @@ async fn receive<S>(
             frame = stream.next() => frame,
         };
         let Some(Ok(frame)) = frame else { break };
-        let Some((sender, seq, at)) = frame.as_text().and_then(parse) else {
+        let Some((sender, seq, at)) = frame.as_text().and_then(|line| parse(line, schedule.run))
+        else {
             continue;
         };
         let Some(expected) = next.get_mut(sender) else {
@@ -584,14 +605,26 @@ fn record(shared: &Shared, latencies: &mut Vec<u64>) {
     latencies.clear();
 }
 
-/// Reads `NAME: SSSS QQQQQQQQQQ TTTTTTTTTTTTTTTT ...`.
-fn parse(line: &str) -> Option<(usize, u64, Duration)> {
+/// Reads `NAME: RRRRRRRR SSSS QQQQQQQQQQ TTTTTTTTTTTTTTTT ...` of run `run`.
+fn parse(line: &str, run: u32) -> Option<(usize, u64, Duration)> {
     let (_, text) = line.split_once(": ")?;
     let header = text.get(..HEADER_LEN)?;
-    let sender = header.get(0..4)?.parse().ok()?;
-    let seq = header.get(5..15)?.parse().ok()?;
-    let at = header.get(16..32)?.parse().ok()?;
+    if u32::from_str_radix(header.get(0..8)?, 16).ok()? != run {
+        return None;
+    }
+    let sender = header.get(9..13)?.parse().ok()?;
+    let seq = header.get(14..24)?.parse().ok()?;
+    let at = header.get(25..41)?.parse().ok()?;
     Some((sender, seq, Duration::from_nanos(at)))
+}
+
+/// A random id for this run, from the standard library's randomly keyed hasher.
+fn run_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let hash = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    u32::try_from(hash & u64::from(u32::MAX)).unwrap_or_default()
 }
 
 fn as_nanos(duration: Duration) -> u64 {
@@ -684,20 +717,26 @@ mod tests {
     #[test]
     fn messages_parse_back() {
         let text = format!(
-            "127.0.0.1:5000: {:04} {:010} {:016} {}",
+            "127.0.0.1:5000: {:08x} {:04} {:010} {:016} {}",
+            0xbeef,
             7,
             42,
             1_234_567,
             "x".repeat(10)
         );
-        assert_eq!(parse(&text), Some((7, 42, Duration::from_nanos(1_234_567))));
-        assert_eq!(parse("* 127.0.0.1:1 joined"), None);
-        assert_eq!(parse("a: short"), None);
+        assert_eq!(
+            parse(&text, 0xbeef),
+            Some((7, 42, Duration::from_nanos(1_234_567)))
+        );
+        assert_eq!(parse(&text, 0xbeee), None, "another run's message");
+        assert_eq!(parse("* 127.0.0.1:1 joined", 0xbeef), None);
+        assert_eq!(parse("a: short", 0xbeef), None);
     }
 
     #[test]
     fn the_schedule_spreads_senders_over_the_rate() {
         let schedule = Schedule {
+            run: 1,
             start: Instant::now(),
             senders: 4,
             rate: 1000,

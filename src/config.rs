@@ -11,6 +11,8 @@ use clap::builder::TypedValueParser as _;
 
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
 pub const DEFAULT_MAX_LAG: usize = 1024;
+/// Default `--history`: messages a room keeps for those who join later.
+pub const DEFAULT_HISTORY: usize = 100;
 /// Default `--presence-limit`: rooms up to this size announce each join and leave.
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// How often large rooms get a summary of who joined and left.
@@ -55,6 +57,11 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
     pub max_lag: usize,
 
+    /// Messages each room keeps and shows to whoever joins; 0 turns history off.
+    #[arg(long, env = "CHAT_HISTORY", default_value_t = DEFAULT_HISTORY,
+          value_parser = clap::value_parser!(u32).range(0..=100_000).map(|v| v as usize))]
+    pub history: usize,
+
     /// Largest room whose joins and leaves are announced one by one; larger
     /// rooms get a summary every second instead.
     #[arg(long, env = "CHAT_PRESENCE_LIMIT", default_value_t = DEFAULT_PRESENCE_LIMIT)]
@@ -74,6 +81,7 @@ impl Default for ServerConfig {
             port: 8080,
             max_lag: DEFAULT_MAX_LAG,
             presence_limit: DEFAULT_PRESENCE_LIMIT,
+            history: DEFAULT_HISTORY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }

@@ -5,7 +5,7 @@
 //! A client is in a room while it holds a [`Member`]; dropping it leaves the
 //! room, announces the departure and forgets the room when it empties.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -28,6 +28,8 @@ pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     /// Capacity of each room's channel (`--max-lag`).
     capacity: usize,
+    /// Messages each room keeps for those who join later (`--history`).
+    history: usize,
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
     presence_limit: usize,
@@ -47,6 +49,8 @@ struct RoomState {
     /// Arrivals and departures not announced yet, in a large room.
     joined: u64,
     left: u64,
+    /// The last messages, oldest first, as sent.
+    history: VecDeque<Message>,
 }
 
 /// What [`Hub::join`] gives a new client.
@@ -72,10 +76,11 @@ impl Hub {
     /// A hub whose rooms buffer `capacity` frames for their slowest client and
     /// announce each join and leave while they hold at most `presence_limit`
     /// clients.
-    pub fn new(capacity: usize, presence_limit: usize) -> Arc<Self> {
+    pub fn new(capacity: usize, presence_limit: usize, history: usize) -> Arc<Self> {
         Arc::new(Self {
             rooms: Mutex::default(),
             capacity,
+            history,
             presence_limit,
         })
     }
@@ -153,6 +158,15 @@ impl Hub {
             room: &room.name,
             online: state.names.len(),
         }));
+        // What was said before, then live frames: both under the room's lock,
+        // so nothing falls between them and nothing comes twice.
+        if !state.history.is_empty() {
+            let count = state.history.len();
+            notices.reserve(count + 2);
+            notices.push(text(Event::HistoryStart { count }));
+            notices.extend(state.history.iter().cloned());
+            notices.push(text(Event::HistoryEnd));
+        }
 
         // Subscribe before announcing, so the joiner sees its own join notice.
         let rx = room.tx.subscribe();
@@ -179,11 +193,15 @@ impl Room {
     /// Sends a frame to every member, the sender included; returns its position.
     /// Called with the state locked so positions follow the channel's order.
     fn broadcast(&self, state: &mut RoomState, event: Event<'_>) -> u64 {
+        self.send(state, text(event))
+    }
+
+    fn send(&self, state: &mut RoomState, frame: Message) -> u64 {
         state.pos += 1;
         // An error only means nobody is subscribed, so there is nobody to tell.
         let _ = self.tx.send(Outbound {
             pos: state.pos,
-            frame: text(event),
+            frame,
         });
         state.pos
     }
@@ -205,14 +223,19 @@ impl Member {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
+        let frame = text(Event::Message {
+            from: &self.name,
+            text: message,
+        });
         let mut state = lock(&self.room.state);
-        Ok(self.room.broadcast(
-            &mut state,
-            Event::Message {
-                from: &self.name,
-                text: message,
-            },
-        ))
+        if self.hub.history > 0 {
+            if state.history.len() == self.hub.history {
+                state.history.pop_front();
+            }
+            // A reference-counted clone: the history shares the broadcast's bytes.
+            state.history.push_back(frame.clone());
+        }
+        Ok(self.room.send(&mut state, frame))
     }
 
     /// Changes this client's name and tells the room; returns the notice's position.

@@ -194,6 +194,13 @@ pub enum Event<'a> {
     },
     /// Answer to `/help`.
     Help,
+    /// Before the room's recent messages, sent to a client that joins.
+    HistoryStart {
+        /// How many follow.
+        count: usize,
+    },
+    /// After them.
+    HistoryEnd,
     /// The client fell behind and these messages were skipped for it.
     Missed {
         /// How many.
@@ -264,6 +271,8 @@ impl fmt::Display for Event<'_> {
                 write!(f, "* {joined} joined, {left} left; {online} online")
             }
             Event::Help => f.write_str(HELP),
+            Event::HistoryStart { count } => write!(f, "* {count} earlier messages"),
+            Event::HistoryEnd => f.write_str("* end of history"),
             Event::Missed { count } => write!(f, "! missed {count} messages"),
             Event::Error(error) => write!(f, "! {error}"),
         }

@@ -28,7 +28,7 @@ use crate::hub::Hub;
 /// connection with code 1001 and returns once they are gone (or after
 /// [`SHUTDOWN_TIMEOUT`]).
 pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) {
-    let hub = Hub::new(config.max_lag, config.presence_limit);
+    let hub = Hub::new(config.max_lag, config.presence_limit, config.history);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(summarize_presence(hub.clone(), token.clone()));
