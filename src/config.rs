@@ -19,6 +19,11 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections past `--max-connections` that are read to be answered 503 at
+/// the same time; further ones are closed without an answer.
+pub const MAX_PENDING_REFUSALS: usize = 64;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// A connection must finish its HTTP upgrade within this time (slowloris guard).
@@ -67,6 +72,12 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_PRESENCE_LIMIT", default_value_t = DEFAULT_PRESENCE_LIMIT)]
     pub presence_limit: usize,
 
+    /// Most chat connections at once; past it, upgrades get HTTP 503 and
+    /// existing clients are untouched.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
+    pub max_connections: usize,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -83,6 +94,7 @@ impl Default for ServerConfig {
             presence_limit: DEFAULT_PRESENCE_LIMIT,
             history: DEFAULT_HISTORY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

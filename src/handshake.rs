@@ -22,8 +22,8 @@ pub enum HandshakeError {
     /// The socket failed or closed before a whole request head arrived.
     #[error("connection ended during the handshake: {0}")]
     Io(#[from] io::Error),
-    /// The request was answered with an HTTP error status.
-    #[error("refused with HTTP {status}: {reason}")]
+    /// The request was answered with an HTTP status instead of an upgrade.
+    #[error("answered with HTTP {status}: {reason}")]
     Refused {
         /// The status sent.
         status: u16,
@@ -94,16 +94,20 @@ fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, Strin
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    let room =
-        room_from_path(path).map_err(|error| (404, format!("no such room {path:?}: {error}")))?;
-    if request.method != Some("GET") {
-        return Err((405, "only GET is served here".into()));
-    }
     let upgrade = request.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("upgrade")
             && std::str::from_utf8(h.value)
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
     });
+    // For load balancers and supervisors: answered while the server accepts.
+    if path == "/healthz" && request.method == Some("GET") && !upgrade {
+        return Err((200, "ok".into()));
+    }
+    let room =
+        room_from_path(path).map_err(|error| (404, format!("no such room {path:?}: {error}")))?;
+    if request.method != Some("GET") {
+        return Err((405, "only GET is served here".into()));
+    }
     if !upgrade {
         return Err((
             426,
@@ -116,18 +120,21 @@ fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, Strin
     })
 }
 
-/// Answers with an error status and closes; returns the matching error.
-async fn refuse<S: AsyncWrite + Unpin>(
+/// Answers with a status instead of upgrading, and closes; returns the
+/// matching error.
+pub async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
     reason: String,
 ) -> HandshakeError {
     let phrase = match status {
+        200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let extra = match status {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,11 +18,11 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, PRESENCE_INTERVAL,
-    SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, MAX_PENDING_REFUSALS,
+    PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
-use crate::handshake::{HandshakeError, Replay, read_request};
+use crate::handshake::{HandshakeError, Replay, read_request, refuse};
 use crate::hub::Hub;
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every
@@ -38,6 +39,11 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
             .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
     );
 
+    // A permit per chat connection; past the limit, a few more connections
+    // are read just enough to be told 503, and the rest are closed at once.
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_PENDING_REFUSALS));
+
     tokio::pin!(shutdown);
     let mut backoff = ACCEPT_BACKOFF_START;
     loop {
@@ -48,8 +54,25 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_START;
+                let admission = match slots.clone().try_acquire_owned() {
+                    Ok(permit) => Ok(permit),
+                    Err(_) => {
+                        let Ok(permit) = refusals.clone().try_acquire_owned() else {
+                            debug!(%peer, "full: closed without an answer");
+                            continue;
+                        };
+                        Err(permit)
+                    }
+                };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
-                let task = handle(stream, peer, hub.clone(), websockets.clone(), token.clone());
+                let task = handle(
+                    stream,
+                    peer,
+                    admission,
+                    hub.clone(),
+                    websockets.clone(),
+                    token.clone(),
+                );
                 tracker.spawn(task.instrument(span));
             }
             Err(error) if is_per_connection(&error) => {
@@ -102,9 +125,13 @@ fn is_per_connection(error: &io::Error) -> bool {
 }
 
 /// One connection: handshake, then chat. Errors end here, logged.
+///
+/// `admission` holds a chat slot, or (when all are taken) a slot for telling
+/// the client so; either is released when the connection ends.
 async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
+    admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
     hub: Arc<Hub>,
     websockets: Arc<ServerBuilder>,
     shutdown: CancellationToken,
@@ -114,8 +141,15 @@ async fn handle(
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "cannot set TCP_NODELAY");
     }
+    let admitted = admission.is_ok();
+    // Held until this function returns, that is for the whole connection.
+    let _slot = admission;
     let upgrade = async move {
         let (request, read) = read_request(&mut stream).await?;
+        if !admitted {
+            let reason = "the server is full: try again later".to_owned();
+            return Err(refuse(&mut stream, 503, reason).await);
+        }
         let (_, ws) = websockets
             .accept(Replay::new(read, stream))
             .await

@@ -94,3 +94,33 @@ async fn a_peer_that_hangs_up_mid_request_harms_no_one() {
     alice.expect("alice: fine").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let server = TestServer::start().await;
+    let response = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouched() {
+    let config = chat::config::ServerConfig {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut bob = Peer::named(&server, "bob").await;
+    alice.expect("* bob joined").await;
+
+    let upgrade = "GET /?name=carol HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let response = exchange(&server, upgrade.as_bytes()).await;
+    assert_eq!(status(&response), "503", "{response}");
+
+    bob.send("still fine").await;
+    alice.expect("bob: still fine").await;
+    server.stop().await;
+}
