@@ -54,15 +54,13 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_START;
-                let admission = match slots.clone().try_acquire_owned() {
-                    Ok(permit) => Ok(permit),
-                    Err(_) => {
-                        let Ok(permit) = refusals.clone().try_acquire_owned() else {
-                            debug!(%peer, "full: closed without an answer");
-                            continue;
-                        };
-                        Err(permit)
-                    }
+                let admission = if let Ok(permit) = slots.clone().try_acquire_owned() {
+                    Ok(permit)
+                } else if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    Err(permit)
+                } else {
+                    debug!(%peer, "full: closed without an answer");
+                    continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
                 let task = handle(
