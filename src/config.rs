@@ -19,6 +19,10 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default `--ping-interval`.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `--ping-timeout`.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
@@ -78,11 +82,39 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
     pub max_connections: usize,
 
+    /// Seconds between two pings to a client.
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30", value_parser = parse_positive_seconds)]
+    pub ping_interval: Duration,
+
+    /// Seconds a client may stay silent (not even answering pings) before it
+    /// is closed with code 1008 and its leave is announced.
+    #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
+    pub ping_timeout: Duration,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
     pub max_message_bytes: usize,
+}
+
+/// How a connection checks that its client is still there.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// Silence after which the client is closed.
+    pub timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The keepalive settings.
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            interval: self.ping_interval,
+            timeout: self.ping_timeout,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -95,6 +127,8 @@ impl Default for ServerConfig {
             history: DEFAULT_HISTORY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
         }
     }
 }
@@ -127,4 +161,12 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
+}
+
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    let duration = parse_seconds(text)?;
+    if duration.is_zero() {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(duration)
 }

@@ -16,15 +16,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::time::timeout;
+
+use bytes::Bytes;
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
-use crate::config::{CLOSE_TIMEOUT, MAX_BATCH};
+use crate::config::{CLOSE_TIMEOUT, Keepalive, MAX_BATCH};
 use crate::hub::{Joined, Member, Outbound, lock, text};
 use crate::protocol::{ClientError, Command, Event, parse_command};
 
@@ -37,12 +40,15 @@ pub enum End {
     Shutdown,
     /// The socket failed or the client broke the protocol.
     Error(Error),
+    /// The client answered nothing, not even a ping, for too long.
+    Silent,
 }
 
 /// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     joined: Joined,
+    keepalive: Keepalive,
     shutdown: &CancellationToken,
 ) -> End
 where
@@ -61,6 +67,9 @@ where
     let fed_pos = AtomicU64::new(0);
     let wake_writer = Notify::new();
     let wake_reader = Notify::new();
+    // When the client was last heard from, in milliseconds since `started`.
+    let started = Instant::now();
+    let last_heard = AtomicU64::new(0);
 
     let reader = async {
         loop {
@@ -69,6 +78,7 @@ where
                 Some(Err(error)) => return End::Error(error),
                 Some(Ok(frame)) => frame,
             };
+            last_heard.store(millis(started.elapsed()), Ordering::Relaxed);
             let wait_for = if let Some(text) = frame.as_text() {
                 act(&mut member, text, &outbox)
             } else if frame.is_binary() {
@@ -139,9 +149,12 @@ where
         }
     };
 
+    let pinger = ping(keepalive, started, &last_heard, &outbox, &wake_writer);
+
     let end = tokio::select! {
         end = reader => end,
         end = writer => end,
+        end = pinger => end,
         () = shutdown.cancelled() => End::Shutdown,
     };
 
@@ -157,6 +170,28 @@ where
     end
 }
 
+/// Pings the client every interval; returns when it has sent nothing at all
+/// (pongs included) for the timeout: it is gone, even if TCP has not noticed.
+async fn ping(
+    keepalive: Keepalive,
+    started: Instant,
+    last_heard: &AtomicU64,
+    outbox: &Outbox,
+    wake_writer: &Notify,
+) -> End {
+    let mut ticks = tokio::time::interval_at(started + keepalive.interval, keepalive.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
+        if started.elapsed().saturating_sub(heard) >= keepalive.timeout {
+            return End::Silent;
+        }
+        push(outbox, Message::ping(Bytes::new()));
+        wake_writer.notify_one();
+    }
+}
+
 /// Closes properly; the caller bounds how long a peer may take.
 async fn goodbye<S>(ws: &mut WebSocketStream<S>, end: &End)
 where
@@ -169,6 +204,10 @@ where
                 // Read until the client answers our Close.
                 while ws.next().await.is_some() {}
             }
+        }
+        End::Silent => {
+            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "no answer to ping");
+            let _ = ws.send(close).await;
         }
         // A protocol error left a Close frame queued: send it.
         End::Error(Error::Protocol(_) | Error::PayloadTooLong { .. }) => {
@@ -207,6 +246,10 @@ type Outbox = Mutex<VecDeque<Message>>;
 
 fn push(outbox: &Outbox, frame: Message) {
     lock(outbox).push_back(frame);
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn pop(outbox: &Outbox) -> Option<Message> {

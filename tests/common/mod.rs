@@ -155,18 +155,24 @@ pub async fn connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
     ws
 }
 
-/// The next text frame; panics on anything else.
+/// The next text frame, past pings and pongs (which tokio-websockets answers);
+/// panics on anything else.
 pub async fn next_text<S>(ws: &mut S) -> String
 where
     S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
-    let frame = timeout(PATIENCE, ws.next())
-        .await
-        .expect("a frame in time")
-        .expect("a frame, not the end")
-        .expect("a frame, not an error");
-    frame
-        .as_text()
-        .unwrap_or_else(|| panic!("expected a text frame, got {frame:?}"))
-        .to_owned()
+    loop {
+        let frame = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("a frame, not the end")
+            .expect("a frame, not an error");
+        if frame.is_ping() || frame.is_pong() {
+            continue;
+        }
+        return frame
+            .as_text()
+            .unwrap_or_else(|| panic!("expected a text frame, got {frame:?}"))
+            .to_owned();
+    }
 }
