@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_mins(1);
+/// Default `--slow-client-timeout`.
+pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
@@ -91,6 +93,12 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
     pub ping_timeout: Duration,
 
+    /// Seconds a client may leave the server unable to write to it (its
+    /// socket full) before it is closed with code 1008 "too slow"; it can
+    /// reconnect.
+    #[arg(long, env = "CHAT_SLOW_CLIENT_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
+    pub slow_client_timeout: Duration,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -98,21 +106,24 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
 }
 
-/// How a connection checks that its client is still there.
+/// How a connection checks that its client is still there and keeping up.
 #[derive(Debug, Clone, Copy)]
-pub struct Keepalive {
+pub struct Liveness {
     /// Time between pings.
     pub interval: Duration,
     /// Silence after which the client is closed.
     pub timeout: Duration,
+    /// How long a write to the client may stay blocked before it is closed.
+    pub slow_client: Duration,
 }
 
 impl ServerConfig {
-    /// The keepalive settings.
-    pub fn keepalive(&self) -> Keepalive {
-        Keepalive {
+    /// The liveness settings.
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
             interval: self.ping_interval,
             timeout: self.ping_timeout,
+            slow_client: self.slow_client_timeout,
         }
     }
 }
@@ -129,6 +140,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
+            slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
         }
     }
 }

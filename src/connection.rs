@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
-use crate::config::{CLOSE_TIMEOUT, Keepalive, MAX_BATCH};
+use crate::config::{CLOSE_TIMEOUT, Liveness, MAX_BATCH};
 use crate::hub::{Joined, Member, Outbound, lock, text};
 use crate::protocol::{ClientError, Command, Event, parse_command};
 
@@ -42,13 +42,15 @@ pub enum End {
     Error(Error),
     /// The client answered nothing, not even a ping, for too long.
     Silent,
+    /// The client left its socket full for too long.
+    TooSlow,
 }
 
 /// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     joined: Joined,
-    keepalive: Keepalive,
+    liveness: Liveness,
     shutdown: &CancellationToken,
 ) -> End
 where
@@ -101,8 +103,8 @@ where
         loop {
             // Answers first: they are few, and a client waits for them.
             while let Some(frame) = pop(&outbox) {
-                if let Err(error) = sink.feed(frame).await {
-                    return End::Error(error);
+                if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+                    return end;
                 }
                 fed += 1;
             }
@@ -116,15 +118,15 @@ where
                     Err(TryRecvError::Lagged(count)) => missed(count),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
-                if let Err(error) = sink.feed(frame).await {
-                    return End::Error(error);
+                if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+                    return end;
                 }
                 fed += 1;
             }
             if fed > 0 {
                 wake_reader.notify_one();
-                if let Err(error) = sink.flush().await {
-                    return End::Error(error);
+                if let Err(end) = within(liveness.slow_client, sink.flush()).await {
+                    return end;
                 }
                 fed = 0;
                 continue;
@@ -142,14 +144,14 @@ where
                     Err(RecvError::Closed) => return End::Closed,
                 },
             };
-            if let Err(error) = sink.feed(frame).await {
-                return End::Error(error);
+            if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+                return end;
             }
             fed = 1;
         }
     };
 
-    let pinger = ping(keepalive, started, &last_heard, &outbox, &wake_writer);
+    let pinger = ping(liveness, started, &last_heard, &outbox, &wake_writer);
 
     let end = tokio::select! {
         end = reader => end,
@@ -170,21 +172,33 @@ where
     end
 }
 
+/// One write to the client, which may not stay blocked longer than `limit`.
+async fn within(
+    limit: Duration,
+    write: impl Future<Output = Result<(), Error>>,
+) -> Result<(), End> {
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(End::Error(error)),
+        Err(_) => Err(End::TooSlow),
+    }
+}
+
 /// Pings the client every interval; returns when it has sent nothing at all
 /// (pongs included) for the timeout: it is gone, even if TCP has not noticed.
 async fn ping(
-    keepalive: Keepalive,
+    liveness: Liveness,
     started: Instant,
     last_heard: &AtomicU64,
     outbox: &Outbox,
     wake_writer: &Notify,
 ) -> End {
-    let mut ticks = tokio::time::interval_at(started + keepalive.interval, keepalive.interval);
+    let mut ticks = tokio::time::interval_at(started + liveness.interval, liveness.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
-        if started.elapsed().saturating_sub(heard) >= keepalive.timeout {
+        if started.elapsed().saturating_sub(heard) >= liveness.timeout {
             return End::Silent;
         }
         push(outbox, Message::ping(Bytes::new()));
@@ -207,6 +221,12 @@ where
         }
         End::Silent => {
             let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "no answer to ping");
+            let _ = ws.send(close).await;
+        }
+        End::TooSlow => {
+            // Queued behind what the client did not read: it gets there only
+            // if the client starts reading within the close timeout.
+            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "too slow");
             let _ = ws.send(close).await;
         }
         // A protocol error left a Close frame queued: send it.

@@ -18,7 +18,7 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, Keepalive, MAX_PENDING_REFUSALS,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, Liveness, MAX_PENDING_REFUSALS,
     PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
@@ -69,7 +69,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
                     admission,
                     hub.clone(),
                     websockets.clone(),
-                    config.keepalive(),
+                    config.liveness(),
                     token.clone(),
                 );
                 tracker.spawn(task.instrument(span));
@@ -133,7 +133,7 @@ async fn handle(
     admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
     hub: Arc<Hub>,
     websockets: Arc<ServerBuilder>,
-    keepalive: Keepalive,
+    liveness: Liveness,
     shutdown: CancellationToken,
 ) {
     // Chat frames are small and latency matters more than packet count; the
@@ -184,10 +184,11 @@ async fn handle(
     let joined = hub.join(&request.room, request.name.as_deref(), &peer.to_string());
     span.record("name", joined.member.name());
     info!("joined");
-    match connection::serve(ws, joined, keepalive, &shutdown).await {
+    match connection::serve(ws, joined, liveness, &shutdown).await {
         End::Closed => info!("left"),
         End::Shutdown => info!("closed by shutdown"),
         End::Error(error) => info!(%error, "left on error"),
         End::Silent => info!("closed: no answer to ping"),
+        End::TooSlow => warn!("closed: too slow to read"),
     }
 }

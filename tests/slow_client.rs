@@ -98,3 +98,48 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
     drop(slow);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
+    let config = chat::config::ServerConfig {
+        slow_client_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let builder = ClientBuilder::new()
+        .uri(&server.url("/?name=sleepy"))
+        .expect("uri");
+    let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
+    assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
+
+    let mut fast = Peer::named(&server, "fast").await;
+    // Fill the slow client's socket (10 MB against a few MB of buffers), then
+    // wait for the server to give up on it.
+    let payload = "p".repeat(MESSAGE_BYTES);
+    let mut left = false;
+    for i in 0..300 {
+        fast.send(&format!("{i}:{payload}")).await;
+        let echo = format!("fast: {i}:{payload}");
+        loop {
+            let line = fast.next().await;
+            left |= line == "* sleepy left";
+            if line == echo {
+                break;
+            }
+        }
+    }
+    if !left {
+        fast.wait_for("* sleepy left").await;
+    }
+
+    // What it had been sent is still there to read, then the connection ends.
+    let ended = timeout(PATIENCE, async {
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut slow).await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the server closed the connection");
+    server.stop().await;
+}
