@@ -133,6 +133,9 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
         "alice: \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}olleh\\u{a}fake: line"
     );
 
+    // Keep stdin open: `wait` would close it, and the client would then be
+    // leaving on its own rather than being closed by the server.
+    let _stdin = child.stdin.take();
     server.begin_stop();
     let status = timeout(PATIENCE, child.wait())
         .await
