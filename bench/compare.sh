@@ -29,7 +29,7 @@ fi
 start() {
   local log=$out/server.log
   case $1 in
-    chat) RUST_LOG=warn target/release/server --port 0 --max-connections 100000 >"$out/listening" 2>"$log" & ;;
+    chat) RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --rate-limit 0 >"$out/listening" 2>"$log" & ;;
     naive) RUST_LOG=warn target/release/examples/naive_server --port 0 >"$out/listening" 2>"$log" & ;;
   esac
   pid=$!

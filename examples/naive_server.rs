@@ -46,11 +46,7 @@ async fn handle(socket: TcpStream, addr: SocketAddr, tx: broadcast::Sender<Strin
         return;
     };
     let mut rx = tx.subscribe();
-    if ws
-        .send(Message::text(format!("* you are {addr}")))
-        .await
-        .is_err()
-    {
+    if ws.send(Message::text(format!("* you are {addr}"))).await.is_err() {
         return;
     }
     loop {

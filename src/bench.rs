@@ -82,9 +82,7 @@ pub struct BenchConfig {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
@@ -290,13 +288,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
         } else {
             drop(sink);
         }
-        let receiving = receive(
-            stream,
-            schedule,
-            shared.clone(),
-            finish.clone(),
-            stop.clone(),
-        );
+        let receiving = receive(stream, schedule, shared.clone(), finish.clone(), stop.clone());
         receivers.spawn(receiving);
     }
 
@@ -320,11 +312,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, Error> {
 
     let server_cpu_s = cpu_start.zip(cpu_end).map(|(start, end)| end - start);
     let rss = match (before, connected, after) {
-        (Some(before), Some(connected), Some(after)) => Some(Rss {
-            before,
-            connected,
-            after,
-        }),
+        (Some(before), Some(connected), Some(after)) => Some(Rss { before, connected, after }),
         _ => None,
     };
     Ok(report(&config, &shared, &sent, rss, server_cpu_s))
@@ -343,12 +331,8 @@ fn report(
     let received = shared.received.load(Ordering::Relaxed);
     let in_window = shared.received_in_window.load(Ordering::Relaxed);
     let duration_s = config.duration.as_secs_f64();
-    let latency_ms = Latency::of(
-        &shared
-            .latencies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
+    let latency_ms =
+        Latency::of(&shared.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     Report {
         clients: config.clients,
         senders: config.senders,
@@ -394,9 +378,7 @@ fn check(config: &BenchConfig) -> Result<(), Error> {
         return bad("--rate must be at least 1");
     }
     if config.payload < HEADER_LEN {
-        return bad(&format!(
-            "--payload must be at least {HEADER_LEN} bytes, the bench header"
-        ));
+        return bad(&format!("--payload must be at least {HEADER_LEN} bytes, the bench header"));
     }
     if config.duration.is_zero() {
         return bad("--duration must be positive");
@@ -405,11 +387,7 @@ fn check(config: &BenchConfig) -> Result<(), Error> {
     if let Some(limit) = open_files_limit()
         && needed > limit
     {
-        return Err(Error::FileDescriptors {
-            clients: config.clients,
-            needed,
-            limit,
-        });
+        return Err(Error::FileDescriptors { clients: config.clients, needed, limit });
     }
     Ok(())
 }
@@ -430,23 +408,13 @@ async fn connect_all(config: &BenchConfig) -> Result<Vec<Ws>, Error> {
             let connecting = async {
                 let (mut ws, _) = builder.connect().await?;
                 // The welcome proves the server has put us in the room.
-                ws.next()
-                    .await
-                    .ok_or(tokio_websockets::Error::AlreadyClosed)??;
+                ws.next().await.ok_or(tokio_websockets::Error::AlreadyClosed)??;
                 Ok::<_, tokio_websockets::Error>(ws)
             };
             match timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(ws)) => Ok(ws),
-                Ok(Err(error)) => Err(Error::Connect {
-                    index,
-                    url,
-                    cause: explain(&error),
-                }),
-                Err(_) => Err(Error::Connect {
-                    index,
-                    url,
-                    cause: "timed out".into(),
-                }),
+                Ok(Err(error)) => Err(Error::Connect { index, url, cause: explain(&error) }),
+                Err(_) => Err(Error::Connect { index, url, cause: "timed out".into() }),
             }
         }
     });
@@ -578,9 +546,7 @@ async fn receive<S>(
     }
     record(&shared, &mut latencies);
     shared.received.fetch_add(received, Ordering::Relaxed);
-    shared
-        .received_in_window
-        .fetch_add(in_window, Ordering::Relaxed);
+    shared.received_in_window.fetch_add(in_window, Ordering::Relaxed);
     shared.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     for (total, mine) in shared.received_from.iter().zip(received_from) {
         total.fetch_add(mine, Ordering::Relaxed);
@@ -595,10 +561,7 @@ fn all_seen(next: &[u64], last: &[u64]) -> bool {
 }
 
 fn record(shared: &Shared, latencies: &mut Vec<u64>) {
-    let mut histogram = shared
-        .latencies
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut histogram = shared.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for &latency in latencies.iter() {
         histogram.saturating_record(latency);
     }
@@ -621,9 +584,7 @@ fn parse(line: &str, run: u32) -> Option<(usize, u64, Duration)> {
 /// A random id for this run, from the standard library's randomly keyed hasher.
 fn run_id() -> u32 {
     use std::hash::{BuildHasher, Hasher};
-    let hash = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    let hash = std::collections::hash_map::RandomState::new().build_hasher().finish();
     u32::try_from(hash & u64::from(u32::MAX)).unwrap_or_default()
 }
 
@@ -634,9 +595,7 @@ fn as_nanos(duration: Duration) -> u64 {
 /// The soft limit on open files, from /proc.
 fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
@@ -664,11 +623,7 @@ impl fmt::Display for Report {
         } else {
             self.lost as f64 * 100.0 / self.deliveries_expected as f64
         };
-        writeln!(
-            f,
-            "clients              {} ({} senders)",
-            self.clients, self.senders
-        )?;
+        writeln!(f, "clients              {} ({} senders)", self.clients, self.senders)?;
         writeln!(
             f,
             "load                 {} messages/s of {} B for {} s",
@@ -701,10 +656,7 @@ impl fmt::Display for Report {
             )?;
         }
         if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_delivery) {
-            writeln!(
-                f,
-                "server CPU           {cpu:.2} s, {per:.3} µs per delivery"
-            )?;
+            writeln!(f, "server CPU           {cpu:.2} s, {per:.3} µs per delivery")?;
         }
         Ok(())
     }
@@ -724,10 +676,7 @@ mod tests {
             1_234_567,
             "x".repeat(10)
         );
-        assert_eq!(
-            parse(&text, 0xbeef),
-            Some((7, 42, Duration::from_nanos(1_234_567)))
-        );
+        assert_eq!(parse(&text, 0xbeef), Some((7, 42, Duration::from_nanos(1_234_567))));
         assert_eq!(parse(&text, 0xbeee), None, "another run's message");
         assert_eq!(parse("* 127.0.0.1:1 joined", 0xbeef), None);
         assert_eq!(parse("a: short", 0xbeef), None);

@@ -79,16 +79,10 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let ws = match timeout(CONNECT_TIMEOUT, builder.connect()).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(error)) => {
-            return Err(Error::Connect {
-                url,
-                cause: describe(&error),
-            });
+            return Err(Error::Connect { url, cause: describe(&error) });
         }
         Err(_) => {
-            return Err(Error::Connect {
-                url,
-                cause: "timed out".into(),
-            });
+            return Err(Error::Connect { url, cause: "timed out".into() });
         }
     };
     let (mut sink, mut stream) = ws.split();
@@ -97,11 +91,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let (mut output, input) = if interactive {
         let (printer, thread) = spawn_editor(tx)?;
         (
-            Output::Terminal {
-                printer,
-                own: None,
-                color: std::env::var_os("NO_COLOR").is_none(),
-            },
+            Output::Terminal { printer, own: None, color: std::env::var_os("NO_COLOR").is_none() },
             Some(thread),
         )
     } else {
@@ -115,8 +105,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
         while let Some(line) = lines.recv().await {
             sink.send(Message::text(line)).await?;
         }
-        sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), ""))
-            .await
+        sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
     };
     let ended = {
         let receiving = receive(&mut stream, &mut output);
@@ -143,11 +132,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 
     let result = match ended {
         Ended::Closed { code, reason } => {
-            let reason = if reason.is_empty() {
-                describe_code(code)
-            } else {
-                reason
-            };
+            let reason = if reason.is_empty() { describe_code(code) } else { reason };
             if matches!(code, 1000 | 1001) {
                 output.notice(&format!("the server closed the connection: {reason}"))?;
                 Ok(())
@@ -155,10 +140,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
                 Err(Error::Closed { code, reason })
             }
         }
-        Ended::Lost(cause) => Err(Error::Lost {
-            url: config.url.clone(),
-            cause,
-        }),
+        Ended::Lost(cause) => Err(Error::Lost { url: config.url.clone(), cause }),
         Ended::Output(error) => Err(Error::Output(error)),
     };
     drop(lines);
@@ -228,11 +210,7 @@ impl Output {
                 Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
                 result => result,
             },
-            Output::Terminal {
-                printer,
-                own,
-                color,
-            } => {
+            Output::Terminal { printer, own, color } => {
                 if let Some(name) = parse_welcome(text) {
                     *own = Some(name.to_owned());
                 } else if let Some((old, new)) = parse_renamed(text)
@@ -260,19 +238,15 @@ impl Output {
     fn notice(&mut self, text: &str) -> io::Result<()> {
         match self {
             Output::Pipe => writeln!(io::stderr(), "{}", sanitize(text)),
-            Output::Terminal { printer, color, .. } => printer
-                .print(dim(&sanitize(text), *color) + "\n")
-                .map_err(io::Error::other),
+            Output::Terminal { printer, color, .. } => {
+                printer.print(dim(&sanitize(text), *color) + "\n").map_err(io::Error::other)
+            }
         }
     }
 }
 
 fn dim(text: &str, color: bool) -> String {
-    if color {
-        format!("\x1b[2m{text}\x1b[0m")
-    } else {
-        text.to_owned()
-    }
+    if color { format!("\x1b[2m{text}\x1b[0m") } else { text.to_owned() }
 }
 
 /// Escapes control characters (tab excepted) and invisible formatting
@@ -299,19 +273,14 @@ fn needs_escape(c: char) -> bool {
 
 /// The URL to connect to: `url` checked, with `?name=` added.
 fn chat_uri(url: &str, name: Option<&str>) -> Result<Uri, Error> {
-    let invalid = |reason: &str| Error::InvalidUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let uri: Uri = url
-        .parse()
-        .map_err(|error: http::uri::InvalidUri| invalid(&error.to_string()))?;
+    let invalid =
+        |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+    let uri: Uri =
+        url.parse().map_err(|error: http::uri::InvalidUri| invalid(&error.to_string()))?;
     match uri.scheme_str() {
         Some("ws") => {}
         Some("wss") => {
-            return Err(invalid(
-                "wss:// needs TLS, which this client does not support yet",
-            ));
+            return Err(invalid("wss:// needs TLS, which this client does not support yet"));
         }
         _ => return Err(invalid("the URL must start with ws://")),
     }
@@ -328,11 +297,8 @@ fn chat_uri(url: &str, name: Option<&str>) -> Result<Uri, Error> {
     path_and_query.push('?');
     path_and_query.push_str(&query.finish());
     let mut parts = uri.into_parts();
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .map_err(|_| invalid("cannot add the name"))?,
-    );
+    parts.path_and_query =
+        Some(path_and_query.parse().map_err(|_| invalid("cannot add the name"))?);
     Uri::from_parts(parts).map_err(|error| invalid(&error.to_string()))
 }
 

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::limit::RateLimit;
 use clap::builder::TypedValueParser as _;
 
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
@@ -25,6 +27,12 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `--slow-client-timeout`.
 pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--rate-limit`, in messages per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+/// Default `--burst`.
+pub const DEFAULT_BURST: u32 = 50;
+/// Default `--flood-grace`.
+pub const DEFAULT_FLOOD_GRACE: Duration = Duration::from_secs(10);
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
@@ -99,6 +107,21 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_SLOW_CLIENT_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
     pub slow_client_timeout: Duration,
 
+    /// Messages per second a client may send on average; past it messages are
+    /// dropped with a `! slow down` notice. 0 turns limiting off (benchmarks).
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Messages a client may send at once after a quiet spell (a paste).
+    #[arg(long, env = "CHAT_BURST", default_value_t = DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub burst: u32,
+
+    /// Seconds a client may stay over the rate limit before it is closed with
+    /// code 1008.
+    #[arg(long, env = "CHAT_FLOOD_GRACE", default_value = "10", value_parser = parse_positive_seconds)]
+    pub flood_grace: Duration,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -115,15 +138,23 @@ pub struct Liveness {
     pub timeout: Duration,
     /// How long a write to the client may stay blocked before it is closed.
     pub slow_client: Duration,
+    /// How much the client may send.
+    pub rate: RateLimit,
 }
 
 impl ServerConfig {
+    /// The flood control settings.
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit { per_second: self.rate_limit, burst: self.burst, grace: self.flood_grace }
+    }
+
     /// The liveness settings.
     pub fn liveness(&self) -> Liveness {
         Liveness {
             interval: self.ping_interval,
             timeout: self.ping_timeout,
             slow_client: self.slow_client_timeout,
+            rate: self.rate_limit(),
         }
     }
 }
@@ -141,6 +172,9 @@ impl Default for ServerConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            burst: DEFAULT_BURST,
+            flood_grace: DEFAULT_FLOOD_GRACE,
         }
     }
 }
@@ -169,9 +203,7 @@ pub struct ClientConfig {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use crate::config::{CLOSE_TIMEOUT, Liveness, MAX_BATCH};
 use crate::hub::{Joined, Member, Outbound, lock, text};
+use crate::limit::{Bucket, RateLimit, Verdict};
 use crate::protocol::{ClientError, Command, Event, parse_command};
 
 /// How a connection ended.
@@ -44,6 +45,8 @@ pub enum End {
     Silent,
     /// The client left its socket full for too long.
     TooSlow,
+    /// The client kept sending over the rate limit past the grace.
+    Flood,
 }
 
 /// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
@@ -56,11 +59,7 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Joined {
-        mut member,
-        mut rx,
-        notices,
-    } = joined;
+    let Joined { mut member, mut rx, notices } = joined;
     let (mut sink, mut stream) = ws.split();
 
     // Shared by the two halves. They run in one task, so these are never
@@ -74,6 +73,7 @@ where
     let last_heard = AtomicU64::new(0);
 
     let reader = async {
+        let mut bucket = Bucket::new(liveness.rate, Instant::now());
         loop {
             let frame = match stream.next().await {
                 None => return End::Closed,
@@ -81,15 +81,17 @@ where
                 Some(Ok(frame)) => frame,
             };
             last_heard.store(millis(started.elapsed()), Ordering::Relaxed);
-            let wait_for = if let Some(text) = frame.as_text() {
-                act(&mut member, text, &outbox)
-            } else if frame.is_binary() {
-                push(&outbox, error(ClientError::BinaryFrame));
-                0
-            } else {
+            if !frame.is_text() && !frame.is_binary() {
                 // Ping, pong and close are answered by tokio-websockets.
                 continue;
+            }
+            let wait_for = match on_frame(&mut member, &frame, &mut bucket, liveness.rate, &outbox)
+            {
+                Ok(wait_for) => wait_for,
+                Err(end) => return end,
             };
+            // Whatever this frame caused is queued before the next is read, so
+            // a client that does not read its answers is not read either.
             wake_writer.notify_one();
             while !lock(&outbox).is_empty() || fed_pos.load(Ordering::Relaxed) < wait_for {
                 wake_reader.notified().await;
@@ -161,9 +163,7 @@ where
     };
 
     if let Ok(mut ws) = sink.reunite(stream)
-        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &end))
-            .await
-            .is_err()
+        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &end)).await.is_err()
     {
         debug!("peer did not take the close in time");
     }
@@ -223,6 +223,10 @@ where
             let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "no answer to ping");
             let _ = ws.send(close).await;
         }
+        End::Flood => {
+            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "flooding");
+            let _ = ws.send(close).await;
+        }
         End::TooSlow => {
             // Queued behind what the client did not read: it gets there only
             // if the client starts reading within the close timeout.
@@ -234,6 +238,32 @@ where
             let _ = ws.flush().await;
         }
         End::Closed | End::Error(_) => {}
+    }
+}
+
+/// Takes one text or binary frame, within the rate limit; returns the room
+/// position the client must be fed up to before its next frame is read.
+fn on_frame(
+    member: &mut Member,
+    frame: &Message,
+    bucket: &mut Bucket,
+    rate: RateLimit,
+    outbox: &Outbox,
+) -> Result<u64, End> {
+    match bucket.check(Instant::now()) {
+        Verdict::Close => Err(End::Flood),
+        Verdict::Drop => {
+            push(outbox, error(ClientError::SlowDown { per_second: rate.per_second }));
+            Ok(0)
+        }
+        Verdict::Allow => {
+            if let Some(text) = frame.as_text() {
+                Ok(act(member, text, outbox))
+            } else {
+                push(outbox, error(ClientError::BinaryFrame));
+                Ok(0)
+            }
+        }
     }
 }
 

@@ -77,10 +77,9 @@ fn parse(buf: &[u8]) -> Option<Result<ChatRequest, (u16, String)>> {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
             Some(route(&request))
         }
-        Ok(httparse::Status::Complete(_)) => Some(Err((
-            431,
-            format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"),
-        ))),
+        Ok(httparse::Status::Complete(_)) => {
+            Some(Err((431, format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"))))
+        }
         Ok(httparse::Status::Partial) => None,
         Err(httparse::Error::TooManyHeaders) => Some(Err((431, "more than 64 headers".into()))),
         Err(error) => Some(Err((400, format!("malformed HTTP request: {error}")))),
@@ -114,10 +113,7 @@ fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, Strin
             "this is a WebSocket chat server: connect with a WebSocket client".into(),
         ));
     }
-    Ok(ChatRequest {
-        room: room.to_owned(),
-        name: name_from_query(query),
-    })
+    Ok(ChatRequest { room: room.to_owned(), name: name_from_query(query) })
 }
 
 /// Answers with a status instead of upgrading, and closes; returns the

@@ -77,12 +77,7 @@ impl Hub {
     /// announce each join and leave while they hold at most `presence_limit`
     /// clients.
     pub fn new(capacity: usize, presence_limit: usize, history: usize) -> Arc<Self> {
-        Arc::new(Self {
-            rooms: Mutex::default(),
-            capacity,
-            history,
-            presence_limit,
-        })
+        Arc::new(Self { rooms: Mutex::default(), capacity, history, presence_limit })
     }
 
     /// Announces, in each room too large for individual notices, how many
@@ -177,15 +172,7 @@ impl Hub {
         }
         drop(state);
 
-        Joined {
-            member: Member {
-                hub: self.clone(),
-                room,
-                name,
-            },
-            rx,
-            notices,
-        }
+        Joined { member: Member { hub: self.clone(), room, name }, rx, notices }
     }
 }
 
@@ -199,10 +186,7 @@ impl Room {
     fn send(&self, state: &mut RoomState, frame: Message) -> u64 {
         state.pos += 1;
         // An error only means nobody is subscribed, so there is nobody to tell.
-        let _ = self.tx.send(Outbound {
-            pos: state.pos,
-            frame,
-        });
+        let _ = self.tx.send(Outbound { pos: state.pos, frame });
         state.pos
     }
 }
@@ -223,10 +207,7 @@ impl Member {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
-        let frame = text(Event::Message {
-            from: &self.name,
-            text: message,
-        });
+        let frame = text(Event::Message { from: &self.name, text: message });
         let mut state = lock(&self.room.state);
         if self.hub.history > 0 {
             if state.history.len() == self.hub.history {
@@ -248,9 +229,7 @@ impl Member {
         state.names.remove(&self.name);
         state.names.insert(new.to_owned());
         let old = std::mem::replace(&mut self.name, new.to_owned());
-        Ok(self
-            .room
-            .broadcast(&mut state, Event::Renamed { old: &old, new }))
+        Ok(self.room.broadcast(&mut state, Event::Renamed { old: &old, new }))
     }
 
     /// The `/who` answer: this room's names, sorted.
@@ -259,11 +238,7 @@ impl Member {
         let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
         names.sort_unstable();
         names.truncate(MAX_WHO_NAMES);
-        text(Event::Who {
-            room: &self.room.name,
-            count: state.names.len(),
-            names: &names,
-        })
+        text(Event::Who { room: &self.room.name, count: state.names.len(), names: &names })
     }
 }
 
@@ -271,8 +246,7 @@ impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
         if state.names.len() <= self.hub.presence_limit {
-            self.room
-                .broadcast(&mut state, Event::Left { name: &self.name });
+            self.room.broadcast(&mut state, Event::Left { name: &self.name });
         } else {
             state.left += 1;
         }
@@ -284,9 +258,7 @@ impl Drop for Member {
             // since someone may have joined in between, and remove only this room:
             // another leave may already have replaced it with a new one.
             let mut rooms = lock(&self.hub.rooms);
-            let ours = rooms
-                .get(&self.room.name)
-                .is_some_and(|r| Arc::ptr_eq(r, &self.room));
+            let ours = rooms.get(&self.room.name).is_some_and(|r| Arc::ptr_eq(r, &self.room));
             if ours && lock(&self.room.state).names.is_empty() {
                 rooms.remove(&self.room.name);
             }
@@ -302,7 +274,5 @@ pub fn text(event: Event<'_>) -> Message {
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the
 /// state consistent, and no lock is held across an `.await`.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -7,6 +7,7 @@
 //! - [`handshake`]: reads and checks the HTTP upgrade request before tokio-websockets takes over.
 //! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
 //! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
+//! - [`limit`]: per-connection flood control.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
 //! - [`bench`]: the load generator behind `chat-bench`.
 
@@ -16,5 +17,6 @@ pub mod config;
 pub mod connection;
 pub mod handshake;
 pub mod hub;
+pub mod limit;
 pub mod protocol;
 pub mod server;

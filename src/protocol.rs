@@ -93,17 +93,12 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(NameError::TooLong {
-            max: MAX_NAME_CHARS,
-        });
+        return Err(NameError::TooLong { max: MAX_NAME_CHARS });
     }
     if name.chars().any(char::is_whitespace) {
         return Err(NameError::Whitespace);
     }
-    if name
-        .chars()
-        .any(|c| c.is_control() || is_invisible_format(c))
-    {
+    if name.chars().any(|c| c.is_control() || is_invisible_format(c)) {
         return Err(NameError::Control);
     }
     Ok(())
@@ -117,14 +112,9 @@ pub fn room_from_path(path: &str) -> Result<&str, NameError> {
         return Ok(DEFAULT_ROOM);
     }
     if room.len() > MAX_ROOM_CHARS {
-        return Err(NameError::TooLong {
-            max: MAX_ROOM_CHARS,
-        });
+        return Err(NameError::TooLong { max: MAX_ROOM_CHARS });
     }
-    if !room
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err(NameError::RoomCharacter);
     }
     Ok(room)
@@ -239,6 +229,11 @@ pub enum ClientError<'a> {
     EmptyMessage,
     /// A binary frame: this protocol is text.
     BinaryFrame,
+    /// Over the rate limit: the frame was dropped.
+    SlowDown {
+        /// The limit, in messages per second.
+        per_second: u32,
+    },
 }
 
 /// `/help`'s answer.
@@ -263,11 +258,7 @@ impl fmt::Display for Event<'_> {
                 }
                 Ok(())
             }
-            Event::Presence {
-                joined,
-                left,
-                online,
-            } => {
+            Event::Presence { joined, left, online } => {
                 write!(f, "* {joined} joined, {left} left; {online} online")
             }
             Event::Help => f.write_str(HELP),
@@ -288,14 +279,14 @@ impl fmt::Display for ClientError<'_> {
             }
             ClientError::NameTaken { name } => write!(f, "name {name:?} is taken"),
             ClientError::UnknownCommand { command } => {
-                write!(
-                    f,
-                    "unknown command /{}; /help lists the commands",
-                    command.escape_debug()
-                )
+                write!(f, "unknown command /{}; /help lists the commands", command.escape_debug())
             }
             ClientError::Usage { usage } => write!(f, "usage: {usage}"),
             ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
+            ClientError::SlowDown { per_second } => write!(
+                f,
+                "slow down: at most {per_second} messages a second; this one was not sent"
+            ),
             ClientError::BinaryFrame => {
                 f.write_str("binary frames are not chat: send text frames; nothing was sent")
             }
@@ -331,14 +322,8 @@ mod tests {
         assert_eq!(parse_command("//nick x"), Command::Say("/nick x"));
         assert_eq!(parse_command("//"), Command::Say("/"));
         assert_eq!(parse_command("/nick  bob "), Command::Nick("bob"));
-        assert_eq!(
-            parse_command("/nick"),
-            Command::MissingArgument("/nick NAME")
-        );
-        assert_eq!(
-            parse_command("/nick   "),
-            Command::MissingArgument("/nick NAME")
-        );
+        assert_eq!(parse_command("/nick"), Command::MissingArgument("/nick NAME"));
+        assert_eq!(parse_command("/nick   "), Command::MissingArgument("/nick NAME"));
         assert_eq!(parse_command("/who"), Command::Who);
         assert_eq!(parse_command("/help"), Command::Help);
         assert_eq!(parse_command("/quit now"), Command::Unknown("quit"));
@@ -352,10 +337,7 @@ mod tests {
         assert_eq!(validate_name("zoë_42"), Ok(()));
         assert_eq!(validate_name(&"é".repeat(32)), Ok(()));
         assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(
-            validate_name(&"a".repeat(33)),
-            Err(NameError::TooLong { max: 32 })
-        );
+        assert_eq!(validate_name(&"a".repeat(33)), Err(NameError::TooLong { max: 32 }));
         assert_eq!(validate_name("a b"), Err(NameError::Whitespace));
         assert_eq!(validate_name("a\u{3000}b"), Err(NameError::Whitespace));
         assert_eq!(validate_name("a\u{1b}[31m"), Err(NameError::Control));
@@ -377,10 +359,7 @@ mod tests {
     #[test]
     fn query() {
         assert_eq!(name_from_query(Some("name=alice")), Some("alice".into()));
-        assert_eq!(
-            name_from_query(Some("x=1&name=zo%C3%AB")),
-            Some("zoë".into())
-        );
+        assert_eq!(name_from_query(Some("x=1&name=zo%C3%AB")), Some("zoë".into()));
         assert_eq!(name_from_query(Some("name=a+b")), Some("a b".into()));
         assert_eq!(name_from_query(Some("x=1")), None);
         assert_eq!(name_from_query(None), None);
@@ -388,56 +367,22 @@ mod tests {
 
     #[test]
     fn event_text_round_trips_through_the_client_parsers() {
-        let welcome = Event::Welcome {
-            name: "bob",
-            room: "lobby",
-            online: 2,
-        }
-        .to_string();
+        let welcome = Event::Welcome { name: "bob", room: "lobby", online: 2 }.to_string();
         assert_eq!(parse_welcome(&welcome), Some("bob"));
-        let renamed = Event::Renamed {
-            old: "bob",
-            new: "rob",
-        }
-        .to_string();
+        let renamed = Event::Renamed { old: "bob", new: "rob" }.to_string();
         assert_eq!(renamed, "* bob is now rob");
         assert_eq!(parse_renamed(&renamed), Some(("bob", "rob")));
-        let message = Event::Message {
-            from: "a:",
-            text: "b: c",
-        }
-        .to_string();
+        let message = Event::Message { from: "a:", text: "b: c" }.to_string();
         assert_eq!(parse_sender(&message), Some("a:"));
         assert_eq!(parse_sender("* bob joined"), None);
-        let who = Event::Who {
-            room: "r",
-            count: 2,
-            names: &["a", "b"],
-        }
-        .to_string();
+        let who = Event::Who { room: "r", count: 2, names: &["a", "b"] }.to_string();
         assert_eq!(who, "* 2 in r: a, b");
-        let who = Event::Who {
-            room: "r",
-            count: 5,
-            names: &["a", "b"],
-        }
-        .to_string();
+        let who = Event::Who { room: "r", count: 5, names: &["a", "b"] }.to_string();
         assert_eq!(who, "* 5 in r: a, b, and 3 more");
-        let presence = Event::Presence {
-            joined: 3,
-            left: 1,
-            online: 200,
-        }
-        .to_string();
+        let presence = Event::Presence { joined: 3, left: 1, online: 200 }.to_string();
         assert_eq!(presence, "* 3 joined, 1 left; 200 online");
-        assert_eq!(
-            Event::Missed { count: 3 }.to_string(),
-            "! missed 3 messages"
-        );
-        let error = ClientError::InvalidName {
-            name: "a\u{1b}",
-            reason: NameError::Control,
-        };
+        assert_eq!(Event::Missed { count: 3 }.to_string(), "! missed 3 messages");
+        let error = ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control };
         assert_eq!(
             Event::Error(error).to_string(),
             "! invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"

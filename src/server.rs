@@ -94,10 +94,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     token.cancel();
     tracker.close();
     if timeout(SHUTDOWN_TIMEOUT, tracker.wait()).await.is_err() {
-        warn!(
-            left = tracker.len(),
-            "some connections did not close in time"
-        );
+        warn!(left = tracker.len(), "some connections did not close in time");
     }
 }
 
@@ -153,10 +150,7 @@ async fn handle(
         let (_, ws) = websockets
             .accept(Replay::new(read, stream))
             .await
-            .map_err(|error| HandshakeError::Refused {
-                status: 400,
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| HandshakeError::Refused { status: 400, reason: error.to_string() })?;
         // Boxed once here, so that it is not part of the connection future's
         // state as well as of the split halves' shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))
@@ -190,5 +184,6 @@ async fn handle(
         End::Error(error) => info!(%error, "left on error"),
         End::Silent => info!("closed: no answer to ping"),
         End::TooSlow => warn!("closed: too slow to read"),
+        End::Flood => warn!("closed: flooding"),
     }
 }

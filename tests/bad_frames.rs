@@ -21,10 +21,7 @@ async fn raw_client(server: &TestServer) -> TcpStream {
 async fn close_code(stream: &mut TcpStream) -> u16 {
     loop {
         let mut head = [0u8; 2];
-        timeout(PATIENCE, stream.read_exact(&mut head))
-            .await
-            .expect("in time")
-            .expect("read");
+        timeout(PATIENCE, stream.read_exact(&mut head)).await.expect("in time").expect("read");
         if head.starts_with(b"HT") {
             // The 101 response: skip to the end of its head.
             let mut last = [0u8; 4];
@@ -55,18 +52,14 @@ async fn invalid_utf8_closes_with_1007_and_an_unmasked_frame_with_1002() {
     let mut raw = raw_client(&server).await;
     alice.expect("* raw joined").await;
     // A masked (all-zero key) text frame holding 0xff 0xfe: not UTF-8.
-    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
-        .await
-        .expect("write");
+    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await.expect("write");
     assert_eq!(close_code(&mut raw).await, 1007);
     alice.expect("* raw left").await;
 
     let mut raw = raw_client(&server).await;
     alice.expect("* raw joined").await;
     // Clients must mask their frames.
-    raw.write_all(&[0x81, 0x02, b'h', b'i'])
-        .await
-        .expect("write");
+    raw.write_all(&[0x81, 0x02, b'h', b'i']).await.expect("write");
     assert_eq!(close_code(&mut raw).await, 1002);
     alice.expect("* raw left").await;
 

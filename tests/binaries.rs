@@ -33,30 +33,18 @@ fn command(program: &str, args: &[&str]) -> Command {
 async fn run(program: &str, args: &[&str], input: &str) -> (i32, String, String) {
     let mut child = command(program, args).spawn().expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(input.as_bytes())
-        .await
-        .expect("write stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write stdin");
     drop(stdin);
-    let output = timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let output =
+        timeout(PATIENCE, child.wait_with_output()).await.expect("exits in time").expect("wait");
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
-    (
-        output.status.code().expect("an exit code"),
-        text(output.stdout),
-        text(output.stderr),
-    )
+    (output.status.code().expect("an exit code"), text(output.stdout), text(output.stderr))
 }
 
 /// Reads one line of a child's stdout.
 async fn line(reader: &mut BufReader<tokio::process::ChildStdout>) -> String {
     let mut line = String::new();
-    timeout(PATIENCE, reader.read_line(&mut line))
-        .await
-        .expect("a line in time")
-        .expect("read");
+    timeout(PATIENCE, reader.read_line(&mut line)).await.expect("a line in time").expect("read");
     line.trim_end_matches('\n').to_owned()
 }
 
@@ -84,10 +72,7 @@ async fn client_against_a_closed_port_exits_1_with_one_line() {
     let (code, stdout, stderr) = run(CLIENT, &[&url], "").await;
     assert_eq!(code, 1);
     assert_eq!(stdout, "");
-    assert_eq!(
-        stderr,
-        format!("error: cannot connect to {url}: connection refused\n")
-    );
+    assert_eq!(stderr, format!("error: cannot connect to {url}: connection refused\n"));
 }
 
 #[tokio::test]
@@ -117,17 +102,11 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     let url = server.url("/?name=bob");
     let mut child: Child = command(CLIENT, &[&url]).spawn().expect("spawn");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    assert!(
-        line(&mut stdout)
-            .await
-            .starts_with("* you are bob in room lobby")
-    );
+    assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
     assert_eq!(line(&mut stdout).await, "* bob joined");
     alice.expect("* bob joined").await;
 
-    alice
-        .send("\x1b]0;pwned\x07\x1b[2J\u{202E}olleh\nfake: line")
-        .await;
+    alice.send("\x1b]0;pwned\x07\x1b[2J\u{202E}olleh\nfake: line").await;
     assert_eq!(
         line(&mut stdout).await,
         "alice: \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}olleh\\u{a}fake: line"
@@ -137,22 +116,10 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     // leaving on its own rather than being closed by the server.
     let _stdin = child.stdin.take();
     server.begin_stop();
-    let status = timeout(PATIENCE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let status = timeout(PATIENCE, child.wait()).await.expect("exits in time").expect("wait");
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .await
-        .expect("read");
-    assert_eq!(
-        stderr,
-        "the server closed the connection: server shutting down\n"
-    );
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).await.expect("read");
+    assert_eq!(stderr, "the server closed the connection: server shutting down\n");
     assert_eq!(status.code(), Some(0));
     server.stop().await;
 }
@@ -162,15 +129,9 @@ async fn server_binary_prints_its_address_serves_and_exits_0_on_sigterm() {
     let mut server = command(SERVER, &["--port", "0"]).spawn().expect("spawn");
     let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
     let listening = line(&mut stdout).await;
-    let url = listening
-        .strip_prefix("listening on ")
-        .expect("the listening line")
-        .to_owned();
-    let addr: std::net::SocketAddr = url
-        .strip_prefix("ws://")
-        .expect("ws://")
-        .parse()
-        .expect("HOST:PORT");
+    let url = listening.strip_prefix("listening on ").expect("the listening line").to_owned();
+    let addr: std::net::SocketAddr =
+        url.strip_prefix("ws://").expect("ws://").parse().expect("HOST:PORT");
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{listening}");
 
     let (code, out, _) = run(CLIENT, &[&url, "--name", "carol"], "ping\n").await;
@@ -180,16 +141,9 @@ async fn server_binary_prints_its_address_serves_and_exits_0_on_sigterm() {
     let mut watcher = common::connect(&format!("{url}?name=dave")).await;
     common::next_text(&mut watcher).await;
     let pid = server.id().expect("pid").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
     assert!(killed.success());
-    let status = timeout(PATIENCE, server.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
+    let status = timeout(PATIENCE, server.wait()).await.expect("exits in time").expect("wait");
     assert_eq!(status.code(), Some(0));
     // Only the listening line on stdout: logs go to stderr.
     let mut rest = String::new();
@@ -205,8 +159,5 @@ async fn server_binary_that_cannot_bind_exits_1_with_one_line() {
     assert_eq!(code, 1);
     assert_eq!(stdout, "");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("error: cannot listen on 127.0.0.1:{port}: ")),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with(&format!("error: cannot listen on 127.0.0.1:{port}: ")), "{stderr}");
 }

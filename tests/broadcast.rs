@@ -24,7 +24,9 @@ async fn three_clients_all_receive_a_message_sender_included() {
 
 #[tokio::test]
 async fn messages_arrive_in_the_order_they_were_sent() {
-    let server = TestServer::start().await;
+    // 100 messages at once is a flood by default.
+    let config = chat::config::ServerConfig { rate_limit: 0, ..Default::default() };
+    let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
     alice.expect("* bob joined").await;
@@ -97,10 +99,7 @@ async fn a_message_sent_just_before_close_is_still_echoed() {
 
 #[tokio::test]
 async fn large_rooms_summarize_joins_and_leaves_instead_of_announcing_each() {
-    let config = chat::config::ServerConfig {
-        presence_limit: 2,
-        ..Default::default()
-    };
+    let config = chat::config::ServerConfig { presence_limit: 2, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;

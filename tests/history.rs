@@ -8,11 +8,7 @@ use common::{Peer, TestServer, connect, next_text};
 
 #[tokio::test]
 async fn a_late_joiner_sees_the_last_messages_then_live_ones() {
-    let server = TestServer::with(ServerConfig {
-        history: 3,
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::with(ServerConfig { history: 3, ..Default::default() }).await;
     let mut alice = Peer::named(&server, "alice").await;
     for i in 1..=4 {
         alice.send(&format!("m{i}")).await;
@@ -41,22 +37,14 @@ async fn a_late_joiner_sees_the_last_messages_then_live_ones() {
 
     // History belongs to its room.
     let mut carol = connect(&server.url("/other?name=carol")).await;
-    assert!(
-        next_text(&mut carol)
-            .await
-            .starts_with("* you are carol in room other")
-    );
+    assert!(next_text(&mut carol).await.starts_with("* you are carol in room other"));
     assert_eq!(next_text(&mut carol).await, "* carol joined");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn history_zero_turns_it_off() {
-    let server = TestServer::with(ServerConfig {
-        history: 0,
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::with(ServerConfig { history: 0, ..Default::default() }).await;
     let mut alice = Peer::named(&server, "alice").await;
     alice.send("hello").await;
     alice.expect("alice: hello").await;

@@ -31,26 +31,11 @@ async fn bad_requests_get_a_status() {
                    Sec-WebSocket-Version: 13\r\n";
     let cases: Vec<(String, &str)> = vec![
         ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "426"),
-        (
-            format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
-            "405",
-        ),
-        (
-            format!("GET /no/such/room HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
-            "404",
-        ),
-        (
-            format!("GET /%1b HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"),
-            "404",
-        ),
+        (format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "405"),
+        (format!("GET /no/such/room HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "404"),
+        (format!("GET /%1b HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "404"),
         ("\x16\x03\x01\x02\x00garbage\r\n\r\n".into(), "400"),
-        (
-            format!(
-                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-                "a".repeat(20_000)
-            ),
-            "431",
-        ),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000)), "431"),
         // tokio-websockets checks the upgrade headers themselves.
         (
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".into(),
@@ -84,10 +69,7 @@ async fn bad_requests_get_a_status() {
 async fn a_peer_that_hangs_up_mid_request_harms_no_one() {
     let server = TestServer::start().await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .expect("write");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("write");
     drop(stream);
     let mut alice = Peer::named(&server, "alice").await;
     alice.send("fine").await;
@@ -106,10 +88,7 @@ async fn healthz_answers_ok() {
 
 #[tokio::test]
 async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouched() {
-    let config = chat::config::ServerConfig {
-        max_connections: 2,
-        ..Default::default()
-    };
+    let config = chat::config::ServerConfig { max_connections: 2, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;

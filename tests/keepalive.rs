@@ -39,11 +39,7 @@ async fn a_silent_client_is_closed_and_leaves_while_an_answering_one_stays() {
     let reason = b"no answer to ping";
     // 0x88: a final Close frame; 19: its length; 0x03F0: 1008.
     let close = [&[0x88, 19, 0x03, 0xF0][..], reason].concat();
-    assert!(
-        received.ends_with(&close),
-        "{:?}",
-        String::from_utf8_lossy(&received)
-    );
+    assert!(received.ends_with(&close), "{:?}", String::from_utf8_lossy(&received));
 
     alice.send("still here").await;
     alice.expect("alice: still here").await;

@@ -24,9 +24,7 @@ async fn a_taken_or_invalid_requested_name_falls_back_to_the_address_with_a_noti
     let mut ws = connect(&server.url("/?name=alice")).await;
     assert_eq!(next_text(&mut ws).await, "! name \"alice\" is taken");
     let welcome = next_text(&mut ws).await;
-    let name = chat::protocol::parse_welcome(&welcome)
-        .expect("welcome")
-        .to_owned();
+    let name = chat::protocol::parse_welcome(&welcome).expect("welcome").to_owned();
     assert!(name.parse::<std::net::SocketAddr>().is_ok(), "{name}");
     alice.expect(&format!("* {name} joined")).await;
 
@@ -89,9 +87,7 @@ async fn who_help_unknown_commands_and_escaped_slashes() {
     alice.send("/help").await;
     alice.expect(chat::protocol::HELP).await;
     alice.send("/shout hey").await;
-    alice
-        .expect("! unknown command /shout; /help lists the commands")
-        .await;
+    alice.expect("! unknown command /shout; /help lists the commands").await;
     alice.send("").await;
     alice.expect("! empty message: nothing was sent").await;
     alice.send("//who is there?").await;
@@ -108,14 +104,8 @@ async fn a_binary_frame_gets_an_error_and_is_not_relayed() {
     let mut bob = Peer::named(&server, "bob").await;
     alice.expect("* bob joined").await;
 
-    alice
-        .ws
-        .send(Message::binary(&b"\x00\x01binary"[..]))
-        .await
-        .expect("send");
-    alice
-        .expect("! binary frames are not chat: send text frames; nothing was sent")
-        .await;
+    alice.ws.send(Message::binary(&b"\x00\x01binary"[..])).await.expect("send");
+    alice.expect("! binary frames are not chat: send text frames; nothing was sent").await;
     alice.send("text").await;
     bob.expect("alice: text").await;
     server.stop().await;
@@ -123,10 +113,7 @@ async fn a_binary_frame_gets_an_error_and_is_not_relayed() {
 
 #[tokio::test]
 async fn an_oversized_message_closes_that_connection_with_1009_and_is_not_relayed() {
-    let config = chat::config::ServerConfig {
-        max_message_bytes: 1024,
-        ..Default::default()
-    };
+    let config = chat::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
@@ -137,5 +124,43 @@ async fn an_oversized_message_closes_that_connection_with_1009_and_is_not_relaye
     alice.expect("* bob left").await;
     alice.send(&"y".repeat(1024)).await;
     alice.expect(&format!("alice: {}", "y".repeat(1024))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_messages_are_dropped_with_a_notice_and_a_flood_is_closed() {
+    let config = chat::config::ServerConfig {
+        rate_limit: 10,
+        burst: 2,
+        flood_grace: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut watcher = Peer::named(&server, "watcher").await;
+    let mut alice = Peer::named(&server, "alice").await;
+    watcher.expect("* alice joined").await;
+
+    for text in ["one", "two", "three"] {
+        alice.send(text).await;
+    }
+    alice.expect("alice: one").await;
+    alice.expect("alice: two").await;
+    alice.expect("! slow down: at most 10 messages a second; this one was not sent").await;
+    watcher.expect("alice: one").await;
+    watcher.expect("alice: two").await;
+
+    // Keep flooding: each message gets its echo or a notice, until the grace
+    // is over and the server closes with 1008.
+    let mut code = None;
+    for _ in 0..100_000 {
+        alice.send("flood").await;
+        let frame = common::next_frame(&mut alice.ws).await;
+        if let Some((close, _)) = frame.as_close() {
+            code = Some(u16::from(close));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1008));
+    watcher.wait_for("* alice left").await;
     server.stop().await;
 }

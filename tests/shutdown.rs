@@ -23,10 +23,7 @@ async fn shutdown_sends_1001_to_every_client_and_returns() {
 
     server.begin_stop();
     for peer in &mut peers {
-        assert_eq!(
-            peer.closed().await,
-            (1001, "server shutting down".to_owned())
-        );
+        assert_eq!(peer.closed().await, (1001, "server shutting down".to_owned()));
     }
     server.stop().await;
 }
@@ -45,10 +42,7 @@ async fn shutdown_returns_even_when_a_client_never_answers() {
     );
     mute.write_all(request.as_bytes()).await.expect("write");
     let mut head = [0u8; 12];
-    timeout(PATIENCE, mute.read_exact(&mut head))
-        .await
-        .expect("in time")
-        .expect("read");
+    timeout(PATIENCE, mute.read_exact(&mut head)).await.expect("in time").expect("read");
     assert_eq!(&head, b"HTTP/1.1 101");
 
     // A connection still in its handshake must not hold shutdown either.

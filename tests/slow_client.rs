@@ -15,10 +15,7 @@ const MESSAGE_BYTES: usize = 32 * 1024;
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_missed() {
     let max_lag = 256;
-    let config = chat::config::ServerConfig {
-        max_lag,
-        ..Default::default()
-    };
+    let config = chat::config::ServerConfig { max_lag, rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
 
     // A tiny receive buffer, so that the server's writes to this client block
@@ -26,9 +23,7 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
-    let builder = ClientBuilder::new()
-        .uri(&server.url("/?name=sleepy"))
-        .expect("uri");
+    let builder = ClientBuilder::new().uri(&server.url("/?name=sleepy")).expect("uri");
     let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
     assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
     assert_eq!(next_text(&mut slow).await, "* sleepy joined");
@@ -61,9 +56,7 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
             }
         }
     };
-    timeout(PATIENCE * 3, all)
-        .await
-        .expect("the others are served while one client is stuck");
+    timeout(PATIENCE * 3, all).await.expect("the others are served while one client is stuck");
 
     // Now the slow client reads. Since its own join, the room broadcast two
     // join notices and the messages: each one it either got, in order, or was
@@ -73,9 +66,8 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
     let mut missed = 0;
     while received.last() != Some(&(MESSAGES - 1)) {
         let line = next_text(&mut slow).await;
-        if let Some(count) = line
-            .strip_prefix("! missed ")
-            .and_then(|rest| rest.strip_suffix(" messages"))
+        if let Some(count) =
+            line.strip_prefix("! missed ").and_then(|rest| rest.strip_suffix(" messages"))
         {
             missed += count.parse::<usize>().expect("a count");
         } else if line == "* fast joined" || line == "* watcher joined" {
@@ -86,10 +78,7 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
         }
     }
     assert!(missed > 0, "the slow client was told it missed messages");
-    assert!(
-        received.windows(2).all(|w| w[0] < w[1]),
-        "what it got is in order"
-    );
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "what it got is in order");
     assert_eq!(
         received.len() + joins + missed,
         MESSAGES + 2,
@@ -103,15 +92,14 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
 async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
     let config = chat::config::ServerConfig {
         slow_client_timeout: std::time::Duration::from_millis(300),
+        rate_limit: 0,
         ..Default::default()
     };
     let server = TestServer::with(config).await;
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
-    let builder = ClientBuilder::new()
-        .uri(&server.url("/?name=sleepy"))
-        .expect("uri");
+    let builder = ClientBuilder::new().uri(&server.url("/?name=sleepy")).expect("uri");
     let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
     assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
 

@@ -38,12 +38,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr().context("cannot read the bound address")?;
     // The one line of stdout: scripts read the real port from it.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on ws://{local}")?;

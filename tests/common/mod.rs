@@ -36,11 +36,7 @@ impl TestServer {
         let task = tokio::spawn(chat::server::run(listener, config, async {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Self { addr, stop: Some(stop), task }
     }
 
     /// The URL of a room path such as `/` or `/rust?name=bob`.
@@ -100,10 +96,7 @@ impl Peer {
     }
 
     pub async fn send(&mut self, text: &str) {
-        self.ws
-            .send(Message::text(text.to_owned()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(text.to_owned())).await.expect("send");
     }
 
     /// Sends a normal Close frame; the server's answer can still be read.
@@ -148,10 +141,8 @@ impl Peer {
 
 pub async fn connect(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
     let builder = ClientBuilder::new().uri(url).expect("valid url");
-    let (ws, _) = timeout(PATIENCE, builder.connect())
-        .await
-        .expect("connect in time")
-        .expect("connect");
+    let (ws, _) =
+        timeout(PATIENCE, builder.connect()).await.expect("connect in time").expect("connect");
     ws
 }
 
@@ -161,18 +152,23 @@ pub async fn next_text<S>(ws: &mut S) -> String
 where
     S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
+    let frame = next_frame(ws).await;
+    frame.as_text().unwrap_or_else(|| panic!("expected a text frame, got {frame:?}")).to_owned()
+}
+
+/// The next frame other than a ping or pong.
+pub async fn next_frame<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
     loop {
         let frame = timeout(PATIENCE, ws.next())
             .await
             .expect("a frame in time")
             .expect("a frame, not the end")
             .expect("a frame, not an error");
-        if frame.is_ping() || frame.is_pong() {
-            continue;
+        if !frame.is_ping() && !frame.is_pong() {
+            return frame;
         }
-        return frame
-            .as_text()
-            .unwrap_or_else(|| panic!("expected a text frame, got {frame:?}"))
-            .to_owned();
     }
 }
