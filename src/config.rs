@@ -122,6 +122,13 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_FLOOD_GRACE", default_value = "10", value_parser = parse_positive_seconds)]
     pub flood_grace: Duration,
 
+    /// An origin (`https://chat.example.com`) whose pages may connect, besides
+    /// the server's own; repeat it, or separate them with commas in the
+    /// environment. Requests with another Origin header get HTTP 403;
+    /// requests without one (terminal tools) are not affected.
+    #[arg(long, env = "CHAT_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -172,6 +179,7 @@ impl Default for ServerConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
+            allow_origin: Vec::new(),
             rate_limit: DEFAULT_RATE_LIMIT,
             burst: DEFAULT_BURST,
             flood_grace: DEFAULT_FLOOD_GRACE,

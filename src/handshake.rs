@@ -43,7 +43,10 @@ pub struct ChatRequest {
 
 /// Reads one request head and decides: a chat upgrade (returned, with the
 /// bytes read so far to replay) or a refusal (already answered).
-pub async fn read_request<S>(stream: &mut S) -> Result<(ChatRequest, BytesMut), HandshakeError>
+pub async fn read_request<S>(
+    stream: &mut S,
+    access: &Access,
+) -> Result<(ChatRequest, BytesMut), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -52,7 +55,7 @@ where
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        match parse(&buf) {
+        match parse(&buf, access) {
             None if buf.len() < MAX_REQUEST_HEAD_BYTES => {
                 let room = MAX_REQUEST_HEAD_BYTES - buf.len();
                 buf.reserve(room.min(4096));
@@ -70,12 +73,12 @@ where
 /// Parses what has arrived of a request head: `None` while it is incomplete,
 /// else the decision. Kept out of the async function so that the header array
 /// is not part of every connection's future.
-fn parse(buf: &[u8]) -> Option<Result<ChatRequest, (u16, String)>> {
+fn parse(buf: &[u8], access: &Access) -> Option<Result<ChatRequest, (u16, String)>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
-            Some(route(&request))
+            Some(route(&request, access))
         }
         Ok(httparse::Status::Complete(_)) => {
             Some(Err((431, format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"))))
@@ -87,7 +90,10 @@ fn parse(buf: &[u8]) -> Option<Result<ChatRequest, (u16, String)>> {
 }
 
 /// Decides what to do with a complete request head.
-fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, String)> {
+fn route(
+    request: &httparse::Request<'_, '_>,
+    access: &Access,
+) -> Result<ChatRequest, (u16, String)> {
     let target = request.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -107,6 +113,11 @@ fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, Strin
     if request.method != Some("GET") {
         return Err((405, "only GET is served here".into()));
     }
+    if let Some(origin) = header(request, "origin")
+        && !access.allows(origin, header(request, "host"))
+    {
+        return Err((403, format!("origin {origin:?} is not allowed (see --allow-origin)")));
+    }
     if !upgrade {
         return Err((
             426,
@@ -114,6 +125,35 @@ fn route(request: &httparse::Request<'_, '_>) -> Result<ChatRequest, (u16, Strin
         ));
     }
     Ok(ChatRequest { room: room.to_owned(), name: name_from_query(query) })
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Origins allowed besides the server's own (`--allow-origin`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Access {
+    /// Browsers send `Origin`; a page from another site must not be able to
+    /// open a chat connection with its visitors' access (cross-site WebSocket
+    /// hijacking). Terminal tools send no Origin and are not affected.
+    fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let own = host.is_some_and(|host| {
+            ["http://", "https://"].iter().any(|scheme| {
+                origin.len() == scheme.len() + host.len()
+                    && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+                    && origin[scheme.len()..].eq_ignore_ascii_case(host)
+            })
+        });
+        own || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// A header's value, if present and text.
+fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a str> {
+    let header = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
+    std::str::from_utf8(header.value).ok().map(str::trim)
 }
 
 /// Answers with a status instead of upgrading, and closes; returns the
@@ -125,6 +165,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
 ) -> HandshakeError {
     let phrase = match status {
         200 => "OK",
+        403 => "Forbidden",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -22,7 +22,7 @@ use crate::config::{
     PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
-use crate::handshake::{HandshakeError, Replay, read_request, refuse};
+use crate::handshake::{Access, HandshakeError, Replay, read_request, refuse};
 use crate::hub::Hub;
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every
@@ -33,11 +33,14 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(summarize_presence(hub.clone(), token.clone()));
-    let websockets = Arc::new(
-        ServerBuilder::new()
+    let context = Arc::new(Context {
+        hub: hub.clone(),
+        websockets: ServerBuilder::new()
             .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
             .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
-    );
+        liveness: config.liveness(),
+        access: Access { allowed_origins: config.allow_origin.clone() },
+    });
 
     // A permit per chat connection; past the limit, a few more connections
     // are read just enough to be told 503, and the rest are closed at once.
@@ -63,15 +66,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
                     continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
-                let task = handle(
-                    stream,
-                    peer,
-                    admission,
-                    hub.clone(),
-                    websockets.clone(),
-                    config.liveness(),
-                    token.clone(),
-                );
+                let task = handle(stream, peer, admission, context.clone(), token.clone());
                 tracker.spawn(task.instrument(span));
             }
             Err(error) if is_per_connection(&error) => {
@@ -120,6 +115,14 @@ fn is_per_connection(error: &io::Error) -> bool {
     )
 }
 
+/// What every connection shares.
+struct Context {
+    hub: Arc<Hub>,
+    websockets: ServerBuilder,
+    liveness: Liveness,
+    access: Access,
+}
+
 /// One connection: handshake, then chat. Errors end here, logged.
 ///
 /// `admission` holds a chat slot, or (when all are taken) a slot for telling
@@ -128,9 +131,7 @@ async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
     admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
-    hub: Arc<Hub>,
-    websockets: Arc<ServerBuilder>,
-    liveness: Liveness,
+    context: Arc<Context>,
     shutdown: CancellationToken,
 ) {
     // Chat frames are small and latency matters more than packet count; the
@@ -141,16 +142,17 @@ async fn handle(
     let admitted = admission.is_ok();
     // Held until this function returns, that is for the whole connection.
     let _slot = admission;
+    let upgrading = context.clone();
     let upgrade = async move {
-        let (request, read) = read_request(&mut stream).await?;
+        let (request, read) = read_request(&mut stream, &upgrading.access).await?;
         if !admitted {
             let reason = "the server is full: try again later".to_owned();
             return Err(refuse(&mut stream, 503, reason).await);
         }
-        let (_, ws) = websockets
-            .accept(Replay::new(read, stream))
-            .await
-            .map_err(|error| HandshakeError::Refused { status: 400, reason: error.to_string() })?;
+        let (_, ws) =
+            upgrading.websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
+                HandshakeError::Refused { status: 400, reason: error.to_string() }
+            })?;
         // Boxed once here, so that it is not part of the connection future's
         // state as well as of the split halves' shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))
@@ -175,10 +177,10 @@ async fn handle(
 
     let span = tracing::Span::current();
     span.record("room", request.room.as_str());
-    let joined = hub.join(&request.room, request.name.as_deref(), &peer.to_string());
+    let joined = context.hub.join(&request.room, request.name.as_deref(), &peer.to_string());
     span.record("name", joined.member.name());
     info!("joined");
-    match connection::serve(ws, joined, liveness, &shutdown).await {
+    match connection::serve(ws, joined, context.liveness, &shutdown).await {
         End::Closed => info!("left"),
         End::Shutdown => info!("closed by shutdown"),
         End::Error(error) => info!(%error, "left on error"),

@@ -103,3 +103,37 @@ async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouche
     alice.expect("bob: still fine").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn upgrades_from_foreign_origins_get_403_unless_allowed() {
+    let config = chat::config::ServerConfig {
+        allow_origin: vec!["https://chat.example.org".into()],
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let upgrade = |origin: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        )
+    };
+    let first_line = |response: String| response.lines().next().unwrap_or_default().to_owned();
+    let status_of = |request: String| async move {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = vec![0u8; 12];
+        timeout(PATIENCE, stream.read_exact(&mut head)).await.expect("in time").expect("read");
+        first_line(String::from_utf8_lossy(&head).into_owned())
+    };
+
+    let foreign = upgrade("Origin: https://evil.example.com\r\n");
+    assert_eq!(status_of(foreign).await, "HTTP/1.1 403");
+    let own = upgrade(&format!("Origin: http://{}\r\n", server.addr));
+    assert_eq!(status_of(own).await, "HTTP/1.1 101");
+    let listed = upgrade("Origin: https://chat.example.org\r\n");
+    assert_eq!(status_of(listed).await, "HTTP/1.1 101");
+    let tool = upgrade("");
+    assert_eq!(status_of(tool).await, "HTTP/1.1 101");
+    server.stop().await;
+}
