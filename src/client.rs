@@ -75,7 +75,17 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let url = config.url.clone();
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
 
-    let builder = ClientBuilder::from_uri(uri);
+    let mut builder = ClientBuilder::from_uri(uri);
+    if let Some(token) = &config.token {
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"));
+        builder = bearer
+            .ok()
+            .and_then(|value| builder.add_header(http::header::AUTHORIZATION, value).ok())
+            .ok_or_else(|| Error::Connect {
+                url: url.clone(),
+                cause: "the token is not a valid header value".into(),
+            })?;
+    }
     let ws = match timeout(CONNECT_TIMEOUT, builder.connect()).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(error)) => {

@@ -129,6 +129,11 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_ALLOW_ORIGIN", value_delimiter = ',')]
     pub allow_origin: Vec<String>,
 
+    /// A shared secret every client must present (`Authorization: Bearer`, or
+    /// `?token=` from a browser); others get HTTP 401. Never logged.
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Largest message a client may send, in bytes; larger frames close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
@@ -180,6 +185,7 @@ impl Default for ServerConfig {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
             allow_origin: Vec::new(),
+            token: None,
             rate_limit: DEFAULT_RATE_LIMIT,
             burst: DEFAULT_BURST,
             flood_grace: DEFAULT_FLOOD_GRACE,
@@ -204,6 +210,10 @@ pub struct ClientConfig {
     /// Name to join with (sent as `?name=`); the server uses your address without it.
     #[arg(long, env = "CHAT_NAME")]
     pub name: Option<String>,
+
+    /// The server's shared secret, if it requires one (sent as `Authorization: Bearer`).
+    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// Seconds to wait, after stdin ends, for the echoes and the server's close.
     #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]

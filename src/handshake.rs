@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::MAX_REQUEST_HEAD_BYTES;
-use crate::protocol::{name_from_query, room_from_path};
+use crate::protocol::{name_from_query, query_param, room_from_path};
 
 /// Why a request was refused before the upgrade.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,12 @@ fn route(
     if request.method != Some("GET") {
         return Err((405, "only GET is served here".into()));
     }
+    if !access.admits(request, query) {
+        return Err((
+            401,
+            "a valid token is required: Authorization: Bearer TOKEN, or ?token=".into(),
+        ));
+    }
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, header(request, "host"))
     {
@@ -132,9 +138,24 @@ fn route(
 pub struct Access {
     /// Origins allowed besides the server's own (`--allow-origin`).
     pub allowed_origins: Vec<String>,
+    /// The shared secret clients must present (`--token`), if any.
+    pub token: Option<String>,
 }
 
 impl Access {
+    /// Whether the request presents the token, when one is required: as
+    /// `Authorization: Bearer TOKEN` or, for browsers, `?token=TOKEN`.
+    fn admits(&self, request: &httparse::Request<'_, '_>, query: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some(token) = &self.token else { return true };
+        let bearer = header(request, "authorization")
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|value| value.trim().to_owned());
+        let presented = bearer.or_else(|| query_param(query, "token"));
+        // Compared in constant time, so timing does not reveal how much matched.
+        presented.is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(token.as_bytes())))
+    }
+
     /// Browsers send `Origin`; a page from another site must not be able to
     /// open a chat connection with its visitors' access (cross-site WebSocket
     /// hijacking). Terminal tools send no Origin and are not affected.
@@ -165,6 +186,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
 ) -> HandshakeError {
     let phrase = match status {
         200 => "OK",
+        401 => "Unauthorized",
         403 => "Forbidden",
         400 => "Bad Request",
         404 => "Not Found",
@@ -175,6 +197,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         _ => "Error",
     };
     let extra = match status {
+        401 => "WWW-Authenticate: Bearer\r\n",
         405 => "Allow: GET\r\n",
         426 => "Upgrade: websocket\r\n",
         _ => "",

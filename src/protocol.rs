@@ -122,9 +122,12 @@ pub fn room_from_path(path: &str) -> Result<&str, NameError> {
 
 /// The `name` parameter of a request's query string, if any.
 pub fn name_from_query(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(key, _)| key == "name")
-        .map(|(_, value)| value.into_owned())
+    query_param(query, "name")
+}
+
+/// A parameter of a request's query string, decoded, if present.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 /// One frame from the server, in its text form (see [`fmt::Display`]).

@@ -39,7 +39,10 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
             .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
             .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
         liveness: config.liveness(),
-        access: Access { allowed_origins: config.allow_origin.clone() },
+        access: Access {
+            allowed_origins: config.allow_origin.clone(),
+            token: config.token.clone(),
+        },
     });
 
     // A permit per chat connection; past the limit, a few more connections

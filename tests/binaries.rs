@@ -21,6 +21,7 @@ fn command(program: &str, args: &[&str]) -> Command {
         .env_remove("CHAT_NAME")
         .env_remove("CHAT_PORT")
         .env_remove("CHAT_HOST")
+        .env_remove("CHAT_TOKEN")
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -160,4 +161,23 @@ async fn server_binary_that_cannot_bind_exits_1_with_one_line() {
     assert_eq!(stdout, "");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("error: cannot listen on 127.0.0.1:{port}: ")), "{stderr}");
+}
+
+#[tokio::test]
+async fn client_presents_its_token() {
+    let config = chat::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
+    let server = TestServer::with(config).await;
+    let url = server.url("/");
+    let (code, stdout, _) =
+        run(CLIENT, &[&url, "--name", "eve", "--token", "s3cret"], "hi\n").await;
+    assert_eq!(code, 0);
+    assert!(stdout.ends_with("* eve joined\neve: hi\n"), "{stdout}");
+
+    let (code, _, stderr) = run(CLIENT, &[&url, "--name", "eve"], "hi\n").await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 401\n")
+    );
+    server.stop().await;
 }

@@ -137,3 +137,31 @@ async fn upgrades_from_foreign_origins_get_403_unless_allowed() {
     assert_eq!(status_of(tool).await, "HTTP/1.1 101");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_token_only_clients_presenting_it_may_upgrade() {
+    let config = chat::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
+    let server = TestServer::with(config).await;
+    let upgrade = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let status_of = |request: String| async move {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = vec![0u8; 12];
+        timeout(PATIENCE, stream.read_exact(&mut head)).await.expect("in time").expect("read");
+        String::from_utf8_lossy(&head).into_owned()
+    };
+    assert_eq!(status_of(upgrade("/", "")).await, "HTTP/1.1 401");
+    assert_eq!(status_of(upgrade("/?token=wrong", "")).await, "HTTP/1.1 401");
+    assert_eq!(status_of(upgrade("/", "Authorization: Bearer s3cre\r\n")).await, "HTTP/1.1 401");
+    assert_eq!(status_of(upgrade("/?token=s3cret", "")).await, "HTTP/1.1 101");
+    assert_eq!(status_of(upgrade("/", "Authorization: Bearer s3cret\r\n")).await, "HTTP/1.1 101");
+    // The health check stays open.
+    let response = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&response), "200");
+    server.stop().await;
+}
