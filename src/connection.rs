@@ -234,8 +234,15 @@ where
             let _ = ws.send(close).await;
         }
         // A protocol error left a Close frame queued: send it.
-        End::Error(Error::Protocol(_) | Error::PayloadTooLong { .. }) => {
+        End::Error(Error::Protocol(_)) => {
             let _ = ws.flush().await;
+        }
+        // So does an oversized frame, but not an oversized fragmented message:
+        // then the stream is still open and the Close is ours to send.
+        End::Error(Error::PayloadTooLong { max_len, .. }) => {
+            let _ = ws.flush().await;
+            let reason = format!("max length: {max_len}");
+            let _ = ws.send(Message::close(Some(CloseCode::MESSAGE_TOO_BIG), &reason)).await;
         }
         End::Closed | End::Error(_) => {}
     }

@@ -67,3 +67,29 @@ async fn invalid_utf8_closes_with_1007_and_an_unmasked_frame_with_1002() {
     alice.expect("alice: unharmed").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
+    let config = chat::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut raw = raw_client(&server).await;
+    alice.expect("* raw joined").await;
+
+    // Two masked fragments of 600 bytes (zero mask key): each under the limit,
+    // together over it.
+    let fragment = |first: bool, last: bool| {
+        let opcode = if first { 0x1 } else { 0x0 };
+        let fin = if last { 0x80 } else { 0x00 };
+        let mut frame = vec![fin | opcode, 0x80 | 126, 0x02, 0x58, 0, 0, 0, 0];
+        frame.extend(std::iter::repeat_n(b'a', 600));
+        frame
+    };
+    raw.write_all(&fragment(true, false)).await.expect("write");
+    raw.write_all(&fragment(false, true)).await.expect("write");
+    assert_eq!(close_code(&mut raw).await, 1009);
+    alice.expect("* raw left").await;
+    alice.send("unharmed").await;
+    alice.expect("alice: unharmed").await;
+    server.stop().await;
+}
