@@ -76,12 +76,13 @@ async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
     let mut raw = raw_client(&server).await;
     alice.expect("* raw joined").await;
 
-    // Two masked fragments of 600 bytes (zero mask key): each under the limit,
-    // together over it.
+    // Two masked fragments of 600 bytes (0x7e: 16-bit length 0x0258; zero
+    // mask key): each under the limit, together over it.
     let fragment = |first: bool, last: bool| {
-        let opcode = if first { 0x1 } else { 0x0 };
+        // Text for the first fragment, continuation after.
+        let opcode = u8::from(first);
         let fin = if last { 0x80 } else { 0x00 };
-        let mut frame = vec![fin | opcode, 0x80 | 126, 0x02, 0x58, 0, 0, 0, 0];
+        let mut frame = vec![fin | opcode, 0x80 | 0x7e, 0x02, 0x58, 0, 0, 0, 0];
         frame.extend(std::iter::repeat_n(b'a', 600));
         frame
     };
