@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 use crate::config::{CLOSE_TIMEOUT, Liveness, MAX_BATCH};
 use crate::hub::{Joined, Member, Outbound, lock, text};
 use crate::limit::{Bucket, RateLimit, Verdict};
+use crate::metrics::Metrics;
 use crate::protocol::{ClientError, Command, Event, parse_command};
 
 /// How a connection ended.
@@ -54,6 +55,7 @@ pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     joined: Joined,
     liveness: Liveness,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> End
 where
@@ -85,6 +87,8 @@ where
                 // Ping, pong and close are answered by tokio-websockets.
                 continue;
             }
+            metrics.messages_received.inc();
+            metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
             let wait_for = match on_frame(&mut member, &frame, &mut bucket, liveness.rate, &outbox)
             {
                 Ok(wait_for) => wait_for,
@@ -117,7 +121,7 @@ where
                         fed_pos.store(pos, Ordering::Relaxed);
                         frame
                     }
-                    Err(TryRecvError::Lagged(count)) => missed(count),
+                    Err(TryRecvError::Lagged(count)) => missed(count, metrics),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
                 if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
@@ -126,6 +130,7 @@ where
                 fed += 1;
             }
             if fed > 0 {
+                metrics.frames_delivered.inc_by(fed as u64);
                 wake_reader.notify_one();
                 if let Err(end) = within(liveness.slow_client, sink.flush()).await {
                     return end;
@@ -141,7 +146,7 @@ where
                         fed_pos.store(pos, Ordering::Relaxed);
                         frame
                     }
-                    Err(RecvError::Lagged(count)) => missed(count),
+                    Err(RecvError::Lagged(count)) => missed(count, metrics),
                     // The room outlives its members: cannot happen while we hold one.
                     Err(RecvError::Closed) => return End::Closed,
                 },
@@ -313,7 +318,8 @@ fn pop(outbox: &Outbox) -> Option<Message> {
     lock(outbox).pop_front()
 }
 
-fn missed(count: u64) -> Message {
+fn missed(count: u64, metrics: &Metrics) -> Message {
+    metrics.frames_missed.inc_by(count);
     warn!(missed = count, "client fell behind and missed messages");
     text(Event::Missed { count })
 }

@@ -14,6 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::MAX_REQUEST_HEAD_BYTES;
+use crate::metrics::Metrics;
 use crate::protocol::{name_from_query, query_param, room_from_path};
 
 /// Why a request was refused before the upgrade.
@@ -46,6 +47,7 @@ pub struct ChatRequest {
 pub async fn read_request<S>(
     stream: &mut S,
     access: &Access,
+    metrics: &Metrics,
 ) -> Result<(ChatRequest, BytesMut), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -55,17 +57,17 @@ where
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        match parse(&buf, access) {
+        match parse(&buf, access, metrics) {
             None if buf.len() < MAX_REQUEST_HEAD_BYTES => {
                 let room = MAX_REQUEST_HEAD_BYTES - buf.len();
                 buf.reserve(room.min(4096));
             }
             None => {
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
-                return Err(refuse(stream, 431, reason).await);
+                return Err(refuse(stream, Answer::text(431, reason), metrics).await);
             }
             Some(Ok(chat)) => return Ok((chat, buf)),
-            Some(Err((status, reason))) => return Err(refuse(stream, status, reason).await),
+            Some(Err(answer)) => return Err(refuse(stream, answer, metrics).await),
         }
     }
 }
@@ -73,19 +75,22 @@ where
 /// Parses what has arrived of a request head: `None` while it is incomplete,
 /// else the decision. Kept out of the async function so that the header array
 /// is not part of every connection's future.
-fn parse(buf: &[u8], access: &Access) -> Option<Result<ChatRequest, (u16, String)>> {
+fn parse(buf: &[u8], access: &Access, metrics: &Metrics) -> Option<Result<ChatRequest, Answer>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
-            Some(route(&request, access))
+            Some(route(&request, access, metrics))
         }
-        Ok(httparse::Status::Complete(_)) => {
-            Some(Err((431, format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"))))
-        }
+        Ok(httparse::Status::Complete(_)) => Some(Err(Answer::text(
+            431,
+            format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes"),
+        ))),
         Ok(httparse::Status::Partial) => None,
-        Err(httparse::Error::TooManyHeaders) => Some(Err((431, "more than 64 headers".into()))),
-        Err(error) => Some(Err((400, format!("malformed HTTP request: {error}")))),
+        Err(httparse::Error::TooManyHeaders) => {
+            Some(Err(Answer::text(431, "more than 64 headers".into())))
+        }
+        Err(error) => Some(Err(Answer::text(400, format!("malformed HTTP request: {error}")))),
     }
 }
 
@@ -93,7 +98,8 @@ fn parse(buf: &[u8], access: &Access) -> Option<Result<ChatRequest, (u16, String
 fn route(
     request: &httparse::Request<'_, '_>,
     access: &Access,
-) -> Result<ChatRequest, (u16, String)> {
+    metrics: &Metrics,
+) -> Result<ChatRequest, Answer> {
     let target = request.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -106,26 +112,33 @@ fn route(
     });
     // For load balancers and supervisors: answered while the server accepts.
     if path == "/healthz" && request.method == Some("GET") && !upgrade {
-        return Err((200, "ok".into()));
+        return Err(Answer::text(200, "ok".into()));
     }
-    let room =
-        room_from_path(path).map_err(|error| (404, format!("no such room {path:?}: {error}")))?;
+    let room = room_from_path(path)
+        .map_err(|error| Answer::text(404, format!("no such room {path:?}: {error}")))?;
     if request.method != Some("GET") {
-        return Err((405, "only GET is served here".into()));
+        return Err(Answer::text(405, "only GET is served here".into()));
     }
     if !access.admits(request, query) {
-        return Err((
+        return Err(Answer::text(
             401,
             "a valid token is required: Authorization: Bearer TOKEN, or ?token=".into(),
         ));
     }
+    // For Prometheus; behind the token when there is one.
+    if path == "/metrics" && request.method == Some("GET") && !upgrade {
+        return Err(Answer { status: 200, content_type: OPENMETRICS, body: metrics.encode() });
+    }
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, header(request, "host"))
     {
-        return Err((403, format!("origin {origin:?} is not allowed (see --allow-origin)")));
+        return Err(Answer::text(
+            403,
+            format!("origin {origin:?} is not allowed (see --allow-origin)"),
+        ));
     }
     if !upgrade {
-        return Err((
+        return Err(Answer::text(
             426,
             "this is a WebSocket chat server: connect with a WebSocket client".into(),
         ));
@@ -177,13 +190,50 @@ fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a 
     std::str::from_utf8(header.value).ok().map(str::trim)
 }
 
-/// Answers with a status instead of upgrading, and closes; returns the
+/// The content type of `/metrics`.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// An HTTP response given instead of an upgrade.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: u16,
+    /// Its body's type.
+    pub content_type: &'static str,
+    /// The body: for an error, why, in one line.
+    pub body: String,
+}
+
+impl Answer {
+    /// A plain-text answer; a trailing newline is added.
+    pub fn text(status: u16, reason: String) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: reason + "\n" }
+    }
+}
+
+/// Answers instead of upgrading, counts a refusal, and closes; returns the
 /// matching error.
 pub async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    status: u16,
-    reason: String,
+    answer: Answer,
+    metrics: &Metrics,
 ) -> HandshakeError {
+    let Answer { status, content_type, body } = answer;
+    let reason = match status {
+        200 => None,
+        400 => Some("bad_request"),
+        401 => Some("unauthorized"),
+        403 => Some("origin"),
+        404 => Some("not_found"),
+        405 => Some("method"),
+        426 => Some("not_websocket"),
+        431 => Some("too_large"),
+        503 => Some("full"),
+        _ => Some("other"),
+    };
+    if let Some(reason) = reason {
+        metrics.refuse(reason);
+    }
     let phrase = match status {
         200 => "OK",
         401 => "Unauthorized",
@@ -203,14 +253,14 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         _ => "",
     };
     let response = format!(
-        "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
-        reason.len() + 1
+        "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     // The peer may already be gone; the refusal stands either way.
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
-    HandshakeError::Refused { status, reason }
+    HandshakeError::Refused { status, reason: body.trim_end().to_owned() }
 }
 
 /// A stream that first yields bytes already read from it, then reads on.

@@ -22,8 +22,9 @@ use crate::config::{
     PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
-use crate::handshake::{Access, HandshakeError, Replay, read_request, refuse};
+use crate::handshake::{Access, Answer, HandshakeError, Replay, read_request, refuse};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every
 /// connection with code 1001 and returns once they are gone (or after
@@ -32,9 +33,11 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     let hub = Hub::new(config.max_lag, config.presence_limit, config.history);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(summarize_presence(hub.clone(), token.clone()));
+    let metrics = Arc::new(Metrics::default());
+    tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
     let context = Arc::new(Context {
         hub: hub.clone(),
+        metrics: metrics.clone(),
         websockets: ServerBuilder::new()
             .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
             .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
@@ -66,6 +69,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
                     Err(permit)
                 } else {
                     debug!(%peer, "full: closed without an answer");
+                    context.metrics.refuse("full_unanswered");
                     continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
@@ -97,13 +101,16 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
 }
 
 /// Sends large rooms their join and leave summaries until shutdown.
-async fn summarize_presence(hub: Arc<Hub>, shutdown: CancellationToken) {
+async fn summarize_presence(hub: Arc<Hub>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(PRESENCE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => hub.summarize(),
+            _ = ticks.tick() => {
+                hub.summarize();
+                metrics.rooms.set(i64::try_from(hub.room_count()).unwrap_or(i64::MAX));
+            }
         }
     }
 }
@@ -121,6 +128,7 @@ fn is_per_connection(error: &io::Error) -> bool {
 /// What every connection shares.
 struct Context {
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     websockets: ServerBuilder,
     liveness: Liveness,
     access: Access,
@@ -147,10 +155,11 @@ async fn handle(
     let _slot = admission;
     let upgrading = context.clone();
     let upgrade = async move {
-        let (request, read) = read_request(&mut stream, &upgrading.access).await?;
+        let (request, read) =
+            read_request(&mut stream, &upgrading.access, &upgrading.metrics).await?;
         if !admitted {
             let reason = "the server is full: try again later".to_owned();
-            return Err(refuse(&mut stream, 503, reason).await);
+            return Err(refuse(&mut stream, Answer::text(503, reason), &upgrading.metrics).await);
         }
         let (_, ws) =
             upgrading.websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
@@ -174,6 +183,7 @@ async fn handle(
         }
         Err(_) => {
             debug!("handshake timed out");
+            context.metrics.refuse("handshake_timeout");
             return;
         }
     };
@@ -183,12 +193,35 @@ async fn handle(
     let joined = context.hub.join(&request.room, request.name.as_deref(), &peer.to_string());
     span.record("name", joined.member.name());
     info!("joined");
-    match connection::serve(ws, joined, context.liveness, &shutdown).await {
-        End::Closed => info!("left"),
-        End::Shutdown => info!("closed by shutdown"),
-        End::Error(error) => info!(%error, "left on error"),
-        End::Silent => info!("closed: no answer to ping"),
-        End::TooSlow => warn!("closed: too slow to read"),
-        End::Flood => warn!("closed: flooding"),
-    }
+    let metrics = &context.metrics;
+    metrics.connections.inc();
+    metrics.connections_opened.inc();
+    let reason = match connection::serve(ws, joined, context.liveness, metrics, &shutdown).await {
+        End::Closed => {
+            info!("left");
+            "client"
+        }
+        End::Shutdown => {
+            info!("closed by shutdown");
+            "shutdown"
+        }
+        End::Error(error) => {
+            info!(%error, "left on error");
+            "error"
+        }
+        End::Silent => {
+            info!("closed: no answer to ping");
+            "no_pong"
+        }
+        End::TooSlow => {
+            warn!("closed: too slow to read");
+            "too_slow"
+        }
+        End::Flood => {
+            warn!("closed: flooding");
+            "flood"
+        }
+    };
+    metrics.connections.dec();
+    metrics.closed.get_or_create(&crate::metrics::Reason { reason }).inc();
 }

@@ -165,3 +165,38 @@ async fn with_a_token_only_clients_presenting_it_may_upgrade() {
     assert_eq!(status(&response), "200");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_connections_messages_and_refusals() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut bob = Peer::named(&server, "bob").await;
+    alice.expect("* bob joined").await;
+    alice.send("hello").await;
+    alice.expect("alice: hello").await;
+    bob.expect("alice: hello").await;
+    let refused =
+        exchange(&server, b"GET /no/such HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").await;
+    assert_eq!(status(&refused), "404");
+
+    let response = exchange(&server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("Content-Type: application/openmetrics-text"), "{response}");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let value = |name: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {body}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(value("chat_connections"), 2);
+    assert_eq!(value("chat_connections_opened_total"), 2);
+    assert_eq!(value("chat_messages_received_total"), 1);
+    assert_eq!(value("chat_received_bytes_total"), 5);
+    // Welcome and own join for both, bob's join for alice, the message for both.
+    assert!(value("chat_frames_delivered_total") >= 7, "{body}");
+    assert_eq!(value("chat_refused_total{reason=\"not_found\"}"), 1);
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    server.stop().await;
+}

@@ -1,0 +1,109 @@
+//! What `GET /metrics` reports, in the Prometheus (`OpenMetrics`) text format.
+//!
+//! Counters and gauges are atomics: the hot path (messages in, frames out)
+//! never takes a lock. Labelled families are only touched when connections
+//! open, close or are refused.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// The server's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Chat connections open now.
+    pub connections: Gauge,
+    /// Chat connections opened since start.
+    pub connections_opened: Counter,
+    /// Connections refused before the upgrade, by reason.
+    pub refused: Family<Reason, Counter>,
+    /// Chat connections closed, by reason.
+    pub closed: Family<Reason, Counter>,
+    /// Rooms with at least one client.
+    pub rooms: Gauge,
+    /// Text and binary frames received from clients.
+    pub messages_received: Counter,
+    /// Bytes of those frames.
+    pub bytes_received: Counter,
+    /// Frames written to clients (one per recipient).
+    pub frames_delivered: Counter,
+    /// Frames skipped for clients that fell behind.
+    pub frames_missed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chat");
+        let metrics = Self {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+            rooms: Gauge::default(),
+            messages_received: Counter::default(),
+            bytes_received: Counter::default(),
+            frames_delivered: Counter::default(),
+            frames_missed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Chat connections open now", metrics.connections.clone());
+        registry.register(
+            "connections_opened",
+            "Chat connections opened since start",
+            metrics.connections_opened.clone(),
+        );
+        registry.register(
+            "refused",
+            "Connections answered with an HTTP error instead of an upgrade, by reason",
+            metrics.refused.clone(),
+        );
+        registry.register("closed", "Chat connections closed, by reason", metrics.closed.clone());
+        registry.register("rooms", "Rooms with at least one client", metrics.rooms.clone());
+        registry.register(
+            "messages_received",
+            "Frames received from clients",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes of frames received from clients",
+            metrics.bytes_received.clone(),
+        );
+        registry.register(
+            "frames_delivered",
+            "Frames written to clients, one per recipient",
+            metrics.frames_delivered.clone(),
+        );
+        registry.register(
+            "frames_missed",
+            "Frames skipped for clients that fell behind",
+            metrics.frames_missed.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a refusal.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
+    }
+}
