@@ -94,3 +94,25 @@ async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
     alice.expect("alice: unharmed").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn reserved_bits_and_unknown_opcodes_close_with_1002() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    // RSV1 set without an extension; opcode 0x3 (reserved); a fragmented ping.
+    let frames: [&[u8]; 3] = [
+        &[0xC1, 0x82, 0, 0, 0, 0, b'h', b'i'],
+        &[0x83, 0x80, 0, 0, 0, 0],
+        &[0x09, 0x80, 0, 0, 0, 0],
+    ];
+    for frame in frames {
+        let mut raw = raw_client(&server).await;
+        alice.expect("* raw joined").await;
+        raw.write_all(frame).await.expect("write");
+        assert_eq!(close_code(&mut raw).await, 1002, "{frame:x?}");
+        alice.expect("* raw left").await;
+    }
+    alice.send("unharmed").await;
+    alice.expect("alice: unharmed").await;
+    server.stop().await;
+}
