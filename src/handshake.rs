@@ -72,6 +72,19 @@ where
     }
 }
 
+/// Reads a request head without looking at it (up to the blank line, or
+/// [`MAX_REQUEST_HEAD_BYTES`]), so that an answer is not sent into unread
+/// input, which would reset the connection before the client reads it.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(1024);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST_HEAD_BYTES {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
 /// Parses what has arrived of a request head: `None` while it is incomplete,
 /// else the decision. Kept out of the async function so that the header array
 /// is not part of every connection's future.

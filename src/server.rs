@@ -18,11 +18,11 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, HANDSHAKE_TIMEOUT, Liveness, MAX_PENDING_REFUSALS,
-    PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, Liveness,
+    MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
-use crate::handshake::{Access, Answer, HandshakeError, Replay, read_request, refuse};
+use crate::handshake::{Access, Answer, HandshakeError, Replay, read_head, read_request, refuse};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -92,11 +92,35 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     }
 
     info!(connections = tracker.len(), "shutting down");
-    drop(listener);
     token.cancel();
     tracker.close();
-    if timeout(SHUTDOWN_TIMEOUT, tracker.wait()).await.is_err() {
-        warn!(left = tracker.len(), "some connections did not close in time");
+    // While connections close, whoever knocks (a health check, a client
+    // reconnecting) is told 503 rather than finding the port closed.
+    let turn_away = async {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                sleep(ACCEPT_BACKOFF_START).await;
+                continue;
+            };
+            let Ok(permit) = refusals.clone().try_acquire_owned() else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let answer = async {
+                    if read_head(&mut stream).await.is_ok() {
+                        let answer = Answer::text(503, "the server is shutting down".into());
+                        refuse(&mut stream, answer, &metrics).await;
+                    }
+                };
+                let _ = timeout(CLOSE_TIMEOUT, answer).await;
+            });
+        }
+    };
+    tokio::select! {
+        waited = timeout(SHUTDOWN_TIMEOUT, tracker.wait()) => if waited.is_err() {
+            warn!(left = tracker.len(), "some connections did not close in time");
+        },
+        () = turn_away => {}
     }
 }
 

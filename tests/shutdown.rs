@@ -52,3 +52,26 @@ async fn shutdown_returns_even_when_a_client_never_answers() {
     server.stop().await;
     drop(mute);
 }
+
+#[tokio::test]
+async fn while_shutting_down_newcomers_and_health_checks_get_503() {
+    let mut server = TestServer::start().await;
+    let mut polite = Peer::named(&server, "polite").await;
+    // Never answers the Close: keeps the shutdown going for a while.
+    let mut mute = TcpStream::connect(server.addr).await.expect("connect");
+    let request = "GET /?name=mute HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    mute.write_all(request.as_bytes()).await.expect("write");
+    polite.expect("* mute joined").await;
+
+    server.begin_stop();
+    // The 1001 tells us the shutdown has begun.
+    assert_eq!(polite.closed().await.0, 1001);
+    let mut health = TcpStream::connect(server.addr).await.expect("still accepting");
+    health.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut response = String::new();
+    timeout(PATIENCE, health.read_to_string(&mut response)).await.expect("in time").expect("read");
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    server.stop().await;
+    drop(mute);
+}
