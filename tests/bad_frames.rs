@@ -116,3 +116,41 @@ async fn reserved_bits_and_unknown_opcodes_close_with_1002() {
     alice.expect("alice: unharmed").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reset_mid_frame_frees_the_client_and_announces_its_leave() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut raw = raw_client(&server).await;
+    alice.expect("* raw joined").await;
+    // Half a frame (a header announcing 100 bytes, then 3 of them), then a
+    // reset instead of a close.
+    raw.write_all(&[0x81, 0x80 | 100, 0, 0, 0, 0, b'a', b'b', b'c']).await.expect("write");
+    raw.set_zero_linger().expect("SO_LINGER 0");
+    drop(raw);
+    alice.expect("* raw left").await;
+    alice.send("/who").await;
+    alice.expect("* 1 in lobby: alice").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_connections_from_one_address_are_all_served_and_all_freed() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut crowd = Vec::new();
+    for i in 0..50 {
+        crowd.push(Peer::named(&server, &format!("p{i}")).await);
+        alice.expect(&format!("* p{i} joined")).await;
+    }
+    alice.send("/who").await;
+    alice.wait_for("* 51 in lobby: alice, p0, p1, p10, p11, p12, p13, p14, p15, p16, p17, p18, p19, p2, p20, p21, p22, p23, p24, p25, p26, p27, p28, p29, p3, p30, p31, p32, p33, p34, p35, p36, p37, p38, p39, p4, p40, p41, p42, p43, p44, p45, p46, p47, p48, p49, p5, p6, p7, p8, p9").await;
+    drop(crowd);
+    for _ in 0..50 {
+        let line = alice.next().await;
+        assert!(line.starts_with("* p") && line.ends_with(" left"), "{line}");
+    }
+    alice.send("/who").await;
+    alice.expect("* 1 in lobby: alice").await;
+    server.stop().await;
+}
