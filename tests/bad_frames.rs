@@ -125,7 +125,7 @@ async fn a_reset_mid_frame_frees_the_client_and_announces_its_leave() {
     alice.expect("* raw joined").await;
     // Half a frame (a header announcing 100 bytes, then 3 of them), then a
     // reset instead of a close.
-    raw.write_all(&[0x81, 0x80 | 100, 0, 0, 0, 0, b'a', b'b', b'c']).await.expect("write");
+    raw.write_all(&[0x81, 0x80 | 0x64, 0, 0, 0, 0, b'a', b'b', b'c']).await.expect("write");
     raw.set_zero_linger().expect("SO_LINGER 0");
     drop(raw);
     alice.expect("* raw left").await;
