@@ -8,6 +8,7 @@
 //! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
 //! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
 //! - [`limit`]: per-connection flood control.
+//! - [`logging`]: the binaries' log set-up.
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
 //! - [`bench`]: the load generator behind `chat-bench`.
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod handshake;
 pub mod hub;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

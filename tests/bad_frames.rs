@@ -11,8 +11,7 @@ use tokio::time::timeout;
 /// An upgraded raw socket, past the welcome and join frames.
 async fn raw_client(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let request = "GET /?name=raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let request = common::upgrade_request("/?name=raw");
     stream.write_all(request.as_bytes()).await.expect("write");
     stream
 }

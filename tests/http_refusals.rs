@@ -94,8 +94,7 @@ async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouche
     let mut bob = Peer::named(&server, "bob").await;
     alice.expect("* bob joined").await;
 
-    let upgrade = "GET /?name=carol HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let upgrade = common::upgrade_request("/?name=carol");
     let response = exchange(&server, upgrade.as_bytes()).await;
     assert_eq!(status(&response), "503", "{response}");
 

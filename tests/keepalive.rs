@@ -24,8 +24,7 @@ async fn a_silent_client_is_closed_and_leaves_while_an_answering_one_stays() {
 
     // Upgraded, then silent: never reads, never answers a ping.
     let mut mute = TcpStream::connect(server.addr).await.expect("connect");
-    let request = "GET /?name=mute HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let request = common::upgrade_request("/?name=mute");
     mute.write_all(request.as_bytes()).await.expect("write");
     alice.expect("* mute joined").await;
     alice.expect("* mute left").await;

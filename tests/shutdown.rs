@@ -59,8 +59,7 @@ async fn while_shutting_down_newcomers_and_health_checks_get_503() {
     let mut polite = Peer::named(&server, "polite").await;
     // Never answers the Close: keeps the shutdown going for a while.
     let mut mute = TcpStream::connect(server.addr).await.expect("connect");
-    let request = "GET /?name=mute HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let request = common::upgrade_request("/?name=mute");
     mute.write_all(request.as_bytes()).await.expect("write");
     polite.expect("* mute joined").await;
 

@@ -4,13 +4,25 @@
 mod common;
 
 use common::{PATIENCE, Peer, TestServer, next_text};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
-use tokio_websockets::ClientBuilder;
+use tokio_websockets::{ClientBuilder, WebSocketStream};
 
 const MESSAGES: usize = 1000;
 const WINDOW: usize = 32;
 const MESSAGE_BYTES: usize = 32 * 1024;
+
+/// A client "sleepy" with a tiny receive buffer, so that the server's writes
+/// to it block after a few frames; past its welcome.
+async fn sleepy(server: &TestServer) -> WebSocketStream<TcpStream> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let builder = ClientBuilder::new().uri(&server.url("/?name=sleepy")).expect("uri");
+    let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
+    assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
+    slow
+}
 
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_missed() {
@@ -18,14 +30,8 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
     let config = chat::config::ServerConfig { max_lag, rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
 
-    // A tiny receive buffer, so that the server's writes to this client block
-    // after a few frames: 1000 × 32 KiB is far more than any socket buffers.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(server.addr).await.expect("connect");
-    let builder = ClientBuilder::new().uri(&server.url("/?name=sleepy")).expect("uri");
-    let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
-    assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
+    // 1000 × 32 KiB is far more than any socket buffers.
+    let mut slow = sleepy(&server).await;
     assert_eq!(next_text(&mut slow).await, "* sleepy joined");
 
     let mut fast = Peer::named(&server, "fast").await;
@@ -96,12 +102,7 @@ async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
         ..Default::default()
     };
     let server = TestServer::with(config).await;
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let stream = socket.connect(server.addr).await.expect("connect");
-    let builder = ClientBuilder::new().uri(&server.url("/?name=sleepy")).expect("uri");
-    let (mut slow, _) = builder.connect_on(stream).await.expect("upgrade");
-    assert!(next_text(&mut slow).await.starts_with("* you are sleepy"));
+    let mut slow = sleepy(&server).await;
 
     let mut fast = Peer::named(&server, "fast").await;
     // Fill the slow client's socket (10 MB against a few MB of buffers), then

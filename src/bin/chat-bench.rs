@@ -2,7 +2,6 @@
 //! Flags in [`chat::bench::BenchConfig`].
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Open-loop load generator for the chat server.
 #[derive(Debug, Parser)]
@@ -15,12 +14,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chat::logging::init("warn");
     let json = cli.config.json;
     match chat::bench::run(cli.config).await {
         Ok(report) if json => match serde_json::to_string(&report) {

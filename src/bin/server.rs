@@ -4,7 +4,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use std::io::Write as _;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// A WebSocket broadcast chat server.
 #[derive(Debug, Parser)]
@@ -17,16 +16,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    chat::logging::init("info");
     match serve(cli.config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -14,6 +14,15 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
 
+/// A valid WebSocket upgrade request for `target` (a path and query), as a
+/// raw client sends it.
+pub fn upgrade_request(target: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// Safety net for anything a test waits on; never a synchronization tool.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
