@@ -141,13 +141,14 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
 }
 
-/// How a connection checks that its client is still there and keeping up.
+/// What each connection enforces on its client: that it is still there,
+/// keeps up with its room, and does not flood it.
 #[derive(Debug, Clone, Copy)]
-pub struct Liveness {
+pub struct ConnectionLimits {
     /// Time between pings.
-    pub interval: Duration,
+    pub ping_interval: Duration,
     /// Silence after which the client is closed.
-    pub timeout: Duration,
+    pub ping_timeout: Duration,
     /// How long a write to the client may stay blocked before it is closed.
     pub slow_client: Duration,
     /// How much the client may send.
@@ -160,11 +161,11 @@ impl ServerConfig {
         RateLimit { per_second: self.rate_limit, burst: self.burst, grace: self.flood_grace }
     }
 
-    /// The liveness settings.
-    pub fn liveness(&self) -> Liveness {
-        Liveness {
-            interval: self.ping_interval,
-            timeout: self.ping_timeout,
+    /// What each connection enforces.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
             slow_client: self.slow_client_timeout,
             rate: self.rate_limit(),
         }

@@ -14,22 +14,21 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-
-use bytes::Bytes;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
-use crate::config::{CLOSE_TIMEOUT, Liveness, MAX_BATCH};
+use crate::config::{CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
 use crate::hub::{Joined, Member, Outbound, lock, text};
-use crate::limit::{Bucket, RateLimit, Verdict};
+use crate::limit::{Bucket, Verdict};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientError, Command, Event, parse_command};
 
@@ -54,7 +53,7 @@ pub enum End {
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     joined: Joined,
-    liveness: Liveness,
+    limits: ConnectionLimits,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> End
@@ -75,22 +74,22 @@ where
     let last_heard = AtomicU64::new(0);
 
     let reader = async {
-        let mut bucket = Bucket::new(liveness.rate, Instant::now());
+        let mut bucket = Bucket::new(limits.rate, Instant::now());
         loop {
             let frame = match stream.next().await {
                 None => return End::Closed,
                 Some(Err(error)) => return End::Error(error),
                 Some(Ok(frame)) => frame,
             };
-            last_heard.store(millis(started.elapsed()), Ordering::Relaxed);
+            let now = Instant::now();
+            last_heard.store(millis(now - started), Ordering::Relaxed);
             if !frame.is_text() && !frame.is_binary() {
                 // Ping, pong and close are answered by tokio-websockets.
                 continue;
             }
             metrics.messages_received.inc();
             metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
-            let wait_for = match on_frame(&mut member, &frame, &mut bucket, liveness.rate, &outbox)
-            {
+            let wait_for = match on_frame(&mut member, &frame, &mut bucket, now, &outbox) {
                 Ok(wait_for) => wait_for,
                 Err(end) => return end,
             };
@@ -109,7 +108,7 @@ where
         loop {
             // Answers first: they are few, and a client waits for them.
             while let Some(frame) = pop(&outbox) {
-                if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+                if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
                     return end;
                 }
                 fed += 1;
@@ -124,7 +123,7 @@ where
                     Err(TryRecvError::Lagged(count)) => missed(count, metrics),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
-                if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+                if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
                     return end;
                 }
                 fed += 1;
@@ -132,7 +131,7 @@ where
             if fed > 0 {
                 metrics.frames_delivered.inc_by(fed as u64);
                 wake_reader.notify_one();
-                if let Err(end) = within(liveness.slow_client, sink.flush()).await {
+                if let Err(end) = within(limits.slow_client, sink.flush()).await {
                     return end;
                 }
                 fed = 0;
@@ -151,14 +150,14 @@ where
                     Err(RecvError::Closed) => return End::Closed,
                 },
             };
-            if let Err(end) = within(liveness.slow_client, sink.feed(frame)).await {
+            if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
                 return end;
             }
             fed = 1;
         }
     };
 
-    let pinger = ping(liveness, started, &last_heard, &outbox, &wake_writer);
+    let pinger = ping(limits, started, &last_heard, &outbox, &wake_writer);
 
     let end = tokio::select! {
         end = reader => end,
@@ -192,18 +191,18 @@ async fn within(
 /// Pings the client every interval; returns when it has sent nothing at all
 /// (pongs included) for the timeout: it is gone, even if TCP has not noticed.
 async fn ping(
-    liveness: Liveness,
+    limits: ConnectionLimits,
     started: Instant,
     last_heard: &AtomicU64,
     outbox: &Outbox,
     wake_writer: &Notify,
 ) -> End {
-    let mut ticks = tokio::time::interval_at(started + liveness.interval, liveness.interval);
+    let mut ticks = tokio::time::interval_at(started + limits.ping_interval, limits.ping_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
-        if started.elapsed().saturating_sub(heard) >= liveness.timeout {
+        if started.elapsed().saturating_sub(heard) >= limits.ping_timeout {
             return End::Silent;
         }
         push(outbox, Message::ping(Bytes::new()));
@@ -224,19 +223,15 @@ where
                 while ws.next().await.is_some() {}
             }
         }
-        End::Silent => {
-            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "no answer to ping");
-            let _ = ws.send(close).await;
-        }
-        End::Flood => {
-            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "flooding");
-            let _ = ws.send(close).await;
-        }
-        End::TooSlow => {
-            // Queued behind what the client did not read: it gets there only
-            // if the client starts reading within the close timeout.
-            let close = Message::close(Some(CloseCode::POLICY_VIOLATION), "too slow");
-            let _ = ws.send(close).await;
+        // Queued behind whatever the client did not read: a client that is
+        // too slow gets it only if it starts reading within the close timeout.
+        End::Silent | End::Flood | End::TooSlow => {
+            let reason = match end {
+                End::Silent => "no answer to ping",
+                End::Flood => "flooding",
+                _ => "too slow",
+            };
+            let _ = ws.send(Message::close(Some(CloseCode::POLICY_VIOLATION), reason)).await;
         }
         // A protocol error left a Close frame queued: send it.
         End::Error(Error::Protocol(_)) => {
@@ -259,13 +254,14 @@ fn on_frame(
     member: &mut Member,
     frame: &Message,
     bucket: &mut Bucket,
-    rate: RateLimit,
+    now: Instant,
     outbox: &Outbox,
 ) -> Result<u64, End> {
-    match bucket.check(Instant::now()) {
+    match bucket.check(now) {
         Verdict::Close => Err(End::Flood),
         Verdict::Drop => {
-            push(outbox, error(ClientError::SlowDown { per_second: rate.per_second }));
+            let per_second = bucket.limit().per_second;
+            push(outbox, error(ClientError::SlowDown { per_second }));
             Ok(0)
         }
         Verdict::Allow => {

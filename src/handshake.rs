@@ -247,18 +247,10 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     if let Some(reason) = reason {
         metrics.refuse(reason);
     }
-    let phrase = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
+    let phrase = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("Error");
     let extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
         405 => "Allow: GET\r\n",

@@ -197,11 +197,6 @@ impl Member {
         &self.name
     }
 
-    /// This client's room.
-    pub fn room(&self) -> &str {
-        &self.room.name
-    }
-
     /// Relays `message` to the room; returns its position.
     pub fn say(&self, message: &str) -> Result<u64, ClientError<'static>> {
         if message.is_empty() {
@@ -236,8 +231,13 @@ impl Member {
     pub fn who(&self) -> Message {
         let state = lock(&self.room.state);
         let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
+        // Only the first names are listed: select them before sorting, since
+        // this runs under the room's lock.
+        if names.len() > MAX_WHO_NAMES {
+            names.select_nth_unstable(MAX_WHO_NAMES);
+            names.truncate(MAX_WHO_NAMES);
+        }
         names.sort_unstable();
-        names.truncate(MAX_WHO_NAMES);
         text(Event::Who { room: &self.room.name, count: state.names.len(), names: &names })
     }
 }

@@ -44,6 +44,11 @@ impl Bucket {
         Self { limit, tokens: f64::from(limit.burst), refilled: now, flooding_since: None }
     }
 
+    /// The limit this bucket enforces.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
     /// Takes a token for a message arriving at `now`, if there is one.
     pub fn check(&mut self, now: Instant) -> Verdict {
         if self.limit.per_second == 0 {

@@ -18,7 +18,7 @@ use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, Liveness,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, ConnectionLimits, HANDSHAKE_TIMEOUT,
     MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
 };
 use crate::connection::{self, End};
@@ -41,7 +41,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
         websockets: ServerBuilder::new()
             .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
             .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
-        liveness: config.liveness(),
+        limits: config.limits(),
         access: Access {
             allowed_origins: config.allow_origin.clone(),
             token: config.token.clone(),
@@ -154,7 +154,7 @@ struct Context {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     websockets: ServerBuilder,
-    liveness: Liveness,
+    limits: ConnectionLimits,
     access: Access,
 }
 
@@ -220,7 +220,7 @@ async fn handle(
     let metrics = &context.metrics;
     metrics.connections.inc();
     metrics.connections_opened.inc();
-    let reason = match connection::serve(ws, joined, context.liveness, metrics, &shutdown).await {
+    let reason = match connection::serve(ws, joined, context.limits, metrics, &shutdown).await {
         End::Closed => {
             info!("left");
             "client"
