@@ -1,14 +1,21 @@
-//! The client: sends stdin lines as text frames and prints every frame the
-//! server sends, one per line.
+//! The client: sends stdin lines to the server and prints what it relays, one
+//! line per event, in the server's text form.
+//!
+//! It speaks the JSON subprotocol, which tells it each message's number and
+//! time: when the connection is lost it reconnects on its own, with growing
+//! waits, and resumes after the last message it printed, so nothing is missed
+//! twice or printed twice.
 //!
 //! With a terminal on both ends it shows a prompt with line editing (rustyline)
-//! and prints incoming lines above it; otherwise it is a plain filter whose
-//! output is the server's frames. Either way, control characters in what it
-//! prints are escaped, so nobody in the room can drive your terminal.
+//! and prints incoming lines above it, with their local time; otherwise it is a
+//! plain filter whose output is exactly the server's text protocol. Either way,
+//! control characters in what it prints are escaped, so nobody in the room can
+//! drive your terminal.
 //!
 //! Stdin is read on a plain thread, not a tokio blocking task, so that the
 //! process can exit while a read is still pending.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::thread;
@@ -16,14 +23,20 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
 use rustyline::error::ReadlineError;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
-use tokio_websockets::{ClientBuilder, CloseCode, Message};
+use tokio::time::{sleep, timeout};
+use tokio_websockets::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocketStream};
 use tracing::debug;
 
-use crate::config::{ClientConfig, LINE_QUEUE, MAX_LINE_BYTES};
-use crate::protocol::{is_invisible_format, parse_renamed, parse_sender, parse_welcome};
+use crate::config::{
+    ClientConfig, LINE_QUEUE, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
+};
+use crate::protocol::{
+    ClientError, Command, Event, HELP, JSON_PROTOCOL, Request, is_invisible_format, parse_command,
+};
 
 /// How long connecting and upgrading may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +59,9 @@ pub enum Error {
         url: String,
         /// Why.
         cause: String,
+        /// Whether trying again later may work: the server is down,
+        /// restarting or full.
+        temporary: bool,
     },
     /// The connection broke without a Close frame.
     #[error("connection to {url} lost: {cause}")]
@@ -68,109 +84,243 @@ pub enum Error {
     Output(#[from] io::Error),
 }
 
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the client knows of its place in the room, to come back to it.
+#[derive(Debug, Default)]
+struct Session {
+    /// Our current name, from the welcome and our renames.
+    name: Option<String>,
+    /// The room's history epoch, from the welcome.
+    epoch: Option<String>,
+    /// The last message number printed.
+    seq: Option<u64>,
+}
+
 /// Joins the server at `config.url` and chats until stdin ends or the server
-/// closes. Returns `Ok` after a normal close.
+/// closes for good, reconnecting when the connection is lost. Returns `Ok`
+/// after a normal close.
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
-    let uri = chat_uri(&config.url, config.name.as_deref())?;
-    let url = config.url.clone();
+    // Checked once, before anything else.
+    chat_uri(&config.url, config.name.as_deref(), None)?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
-
-    let mut builder = ClientBuilder::from_uri(uri);
-    if let Some(token) = &config.token {
-        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"));
-        builder = bearer
-            .ok()
-            .and_then(|value| builder.add_header(http::header::AUTHORIZATION, value).ok())
-            .ok_or_else(|| Error::Connect {
-                url: url.clone(),
-                cause: "the token is not a valid header value".into(),
-            })?;
-    }
-    let ws = match timeout(CONNECT_TIMEOUT, builder.connect()).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(error)) => {
-            return Err(Error::Connect { url, cause: describe(&error) });
-        }
-        Err(_) => {
-            return Err(Error::Connect { url, cause: "timed out".into() });
-        }
-    };
-    let (mut sink, mut stream) = ws.split();
-
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
-    let (mut output, input) = if interactive {
+    let (output, input) = if interactive {
         let (printer, thread) = spawn_editor(tx)?;
         (
-            Output::Terminal { printer, own: None, color: std::env::var_os("NO_COLOR").is_none() },
+            Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() },
             Some(thread),
         )
     } else {
         spawn_pipe_reader(tx);
         (Output::Pipe, None)
     };
+    let output = RefCell::new(output);
+    let mut session = Session { name: config.name.clone(), ..Session::default() };
 
-    // Sending and receiving run together: a server that waits for us to read
-    // never blocks our writes, and the other way round.
-    let sending = async {
-        while let Some(line) = lines.recv().await {
-            sink.send(Message::text(line)).await?;
-        }
-        sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
-    };
-    let ended = {
-        let receiving = receive(&mut stream, &mut output);
-        tokio::pin!(receiving);
-        let ended = tokio::select! {
-            ended = &mut receiving => Some(ended),
-            sent = sending => {
-                if let Err(error) = sent {
-                    debug!(%error, "sending failed");
-                }
-                None
-            }
-        };
-        match ended {
-            Some(ended) => ended,
-            // Stdin ended and our Close is sent: wait a little for the echoes
-            // and the server's answering Close.
-            None => match timeout(config.linger, &mut receiving).await {
-                Ok(Ended::Closed { .. }) | Err(_) => return Ok(()),
-                Ok(ended) => ended,
-            },
-        }
-    };
-
-    let result = match ended {
-        Ended::Closed { code, reason } => {
-            let reason = if reason.is_empty() { describe_code(code) } else { reason };
-            if matches!(code, 1000 | 1001) {
-                output.notice(&format!("the server closed the connection: {reason}"))?;
-                Ok(())
-            } else {
-                Err(Error::Closed { code, reason })
-            }
-        }
-        Ended::Lost(cause) => Err(Error::Lost { url: config.url.clone(), cause }),
-        Ended::Output(error) => Err(Error::Output(error)),
-    };
+    let result = chat(&config, &mut session, &mut lines, &output).await;
     drop(lines);
     if let Some(thread) = input {
         // The editor holds the terminal in raw mode: let it finish its line so
         // it can restore the terminal before we exit.
-        let _ = output.notice("connection closed; press Enter to exit");
+        let _ = output.borrow_mut().notice("connection closed; press Enter to exit");
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     result
 }
 
-/// How the connection ended, seen from the receiving side.
+/// Connects, and reconnects while the connection is lost, until the end.
+async fn chat(
+    config: &ClientConfig,
+    session: &mut Session,
+    lines: &mut mpsc::Receiver<String>,
+    output: &RefCell<Output>,
+) -> Result<(), Error> {
+    // A line read while disconnected, sent first once connected again.
+    let mut pending: Option<String> = None;
+    let mut failures = 0;
+    let mut connected_once = false;
+    loop {
+        let failure = match connect(config, session).await {
+            Ok(ws) => {
+                connected_once = true;
+                failures = 0;
+                match converse(ws, config, session, lines, &mut pending, output).await {
+                    Ended::Quit => return Ok(()),
+                    Ended::Closed { code, reason } => {
+                        let reason = if reason.is_empty() { describe_code(code) } else { reason };
+                        if code == 1000 {
+                            output
+                                .borrow_mut()
+                                .notice(&format!("the server closed the connection: {reason}"))?;
+                            return Ok(());
+                        }
+                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010) {
+                            // Our own fault: it would happen again.
+                            return Err(Error::Closed { code, reason });
+                        }
+                        Error::Closed { code, reason }
+                    }
+                    Ended::Lost(cause) => Error::Lost { url: config.url.clone(), cause },
+                    Ended::Output(error) => return Err(Error::Output(error)),
+                }
+            }
+            // The first connection fails at once: the URL or server is wrong.
+            Err(error) if !connected_once => return Err(error),
+            Err(error @ Error::Connect { temporary: true, .. }) => error,
+            Err(error) => return Err(error),
+        };
+        if config.retries.is_some_and(|retries| failures >= retries) {
+            return Err(failure);
+        }
+        failures += 1;
+        let delay = backoff(failures);
+        output.borrow_mut().notice(&format!(
+            "{failure}; reconnecting in {:.1} s",
+            delay.as_secs_f64()
+        ))?;
+        // Waiting, but still watching stdin: the user may quit meanwhile.
+        if pending.is_none() {
+            tokio::select! {
+                () = sleep(delay) => {}
+                line = lines.recv() => match line {
+                    Some(line) => {
+                        pending = Some(line);
+                        sleep(delay).await;
+                    }
+                    None => return Ok(()),
+                },
+            }
+        } else {
+            sleep(delay).await;
+        }
+    }
+}
+
+/// The wait before reconnection attempt `n` (from 1): doubling from
+/// [`RECONNECT_FIRST_DELAY`] up to [`RECONNECT_MAX_DELAY`], drawn between half
+/// and all of that.
+fn backoff(n: u32) -> Duration {
+    let full = RECONNECT_FIRST_DELAY.saturating_mul(1 << n.saturating_sub(1).min(16));
+    let full = full.min(RECONNECT_MAX_DELAY);
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Connects and upgrades, asking to resume where `session` left.
+async fn connect(config: &ClientConfig, session: &Session) -> Result<Socket, Error> {
+    let url = config.url.clone();
+    let resume = session.epoch.as_deref().map(|epoch| (session.seq.unwrap_or(0), epoch));
+    let uri = chat_uri(&url, session.name.as_deref(), resume)?;
+    let failed = |cause, temporary| Error::Connect { url: url.clone(), cause, temporary };
+    let mut builder = ClientBuilder::from_uri(uri)
+        .add_header(SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(JSON_PROTOCOL))
+        .map_err(|error| failed(error.to_string(), false))?;
+    if let Some(token) = &config.token {
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"));
+        builder = bearer
+            .ok()
+            .and_then(|value| builder.add_header(http::header::AUTHORIZATION, value).ok())
+            .ok_or_else(|| failed("the token is not a valid header value".into(), false))?;
+    }
+    let (ws, response) = match timeout(CONNECT_TIMEOUT, builder.connect()).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(error)) => return Err(failed(describe(&error), is_temporary(&error))),
+        Err(_) => return Err(failed("timed out".into(), true)),
+    };
+    let protocol = response.headers().get(SEC_WEBSOCKET_PROTOCOL);
+    if protocol.is_none_or(|p| p != JSON_PROTOCOL) {
+        return Err(failed(format!("the server does not speak {JSON_PROTOCOL}"), false));
+    }
+    Ok(ws)
+}
+
+/// Whether a failed connection attempt may work later.
+fn is_temporary(error: &tokio_websockets::Error) -> bool {
+    use tokio_websockets::Error as E;
+    use tokio_websockets::upgrade::Error as U;
+    match error {
+        E::Upgrade(U::DidNotSwitchProtocols(status)) => *status == 503,
+        E::Upgrade(_) | E::CannotResolveHost => false,
+        _ => true,
+    }
+}
+
+/// How one connection ended.
 enum Ended {
+    /// Stdin ended or the user quit: our Close is sent.
+    Quit,
     Closed { code: u16, reason: String },
     Lost(String),
     Output(io::Error),
 }
 
-async fn receive<S>(stream: &mut S, output: &mut Output) -> Ended
+/// Sends stdin lines and prints the server's events until one side ends.
+async fn converse(
+    ws: Socket,
+    config: &ClientConfig,
+    session: &mut Session,
+    lines: &mut mpsc::Receiver<String>,
+    pending: &mut Option<String>,
+    output: &RefCell<Output>,
+) -> Ended {
+    let (mut sink, mut stream) = ws.split();
+    // Sending and receiving run together: a server that waits for us to read
+    // never blocks our writes, and the other way round.
+    let sending = async {
+        if let Some(line) = pending.take() {
+            send(&mut sink, &line, output).await?;
+        }
+        while let Some(line) = lines.recv().await {
+            send(&mut sink, &line, output).await?;
+        }
+        sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
+    };
+    let receiving = receive(&mut stream, session, output);
+    tokio::pin!(receiving);
+    tokio::select! {
+        ended = &mut receiving => ended,
+        sent = sending => {
+            if let Err(error) = sent {
+                debug!(%error, "sending failed");
+                return receiving.await;
+            }
+            // Stdin ended and our Close is sent: wait a little for the echoes
+            // and the server's answering Close.
+            match timeout(config.linger, &mut receiving).await {
+                Ok(Ended::Output(error)) => Ended::Output(error),
+                _ => Ended::Quit,
+            }
+        }
+    }
+}
+
+/// Sends one line as a request, or answers it here when it needs no server.
+async fn send<S>(sink: &mut S, line: &str, output: &RefCell<Output>) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let request = match parse_command(line) {
+        Command::Say(text) => Request::Message { text: text.into() },
+        Command::Nick(name) => Request::Nick { name: name.into() },
+        Command::Who => Request::Who,
+        // The same answers the text protocol gives, without a round trip.
+        local => {
+            let event = match local {
+                Command::MissingArgument(usage) => ClientError::Usage { usage }.into(),
+                Command::Unknown(command) => ClientError::UnknownCommand { command }.into(),
+                _ => Event::Notice { text: HELP.into() },
+            };
+            if let Err(error) = output.borrow_mut().event(&event, None) {
+                debug!(%error, "cannot print");
+            }
+            return Ok(());
+        }
+    };
+    // Serializing a request cannot fail: every key is a string.
+    sink.send(Message::text(serde_json::to_string(&request).unwrap_or_default())).await
+}
+
+async fn receive<S>(stream: &mut S, session: &mut Session, output: &RefCell<Output>) -> Ended
 where
     S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
@@ -179,7 +329,16 @@ where
         match stream.next().await {
             Some(Ok(frame)) => {
                 if let Some(text) = frame.as_text() {
-                    if let Err(error) = output.line(text) {
+                    let printed = match serde_json::from_str::<Event<'_>>(text) {
+                        Ok(event) => {
+                            session.update(&event);
+                            output.borrow_mut().event(&event, session.name.as_deref())
+                        }
+                        Err(error) => output
+                            .borrow_mut()
+                            .notice(&format!("the server sent an unreadable event: {error}")),
+                    };
+                    if let Err(error) = printed {
                         return Ended::Output(error);
                     }
                 } else if let Some((code, reason)) = frame.as_close() {
@@ -198,48 +357,61 @@ where
     }
 }
 
+impl Session {
+    fn update(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Welcome { name, epoch, .. } => {
+                if self.epoch.as_deref() != Some(epoch) {
+                    // A new history: its numbers start over.
+                    self.epoch = Some(epoch.to_string());
+                    self.seq = None;
+                }
+                self.name = Some(name.to_string());
+            }
+            Event::Nick { old, new, .. } if self.name.as_deref() == Some(old) => {
+                self.name = Some(new.to_string());
+            }
+            Event::Message { seq, .. } => self.seq = Some(*seq),
+            _ => {}
+        }
+    }
+}
+
 /// Where received lines go.
 enum Output {
-    /// Stdout as is: one frame per line.
+    /// Stdout as is: one event per line, in the server's text form.
     Pipe,
-    /// Above the prompt, own messages highlighted.
-    Terminal {
-        printer: Box<dyn rustyline::ExternalPrinter + Send>,
-        /// Our current name, learned from the welcome and rename notices.
-        own: Option<String>,
-        color: bool,
-    },
+    /// Above the prompt, with local times, own messages highlighted.
+    Terminal { printer: Box<dyn rustyline::ExternalPrinter + Send>, color: bool },
 }
 
 impl Output {
-    fn line(&mut self, text: &str) -> io::Result<()> {
-        let safe = sanitize(text);
+    /// Prints an event; `own` is our name, to highlight our messages.
+    fn event(&mut self, event: &Event<'_>, own: Option<&str>) -> io::Result<()> {
+        let safe = sanitize(&event.to_string());
         match self {
             Output::Pipe => match writeln!(io::stdout(), "{safe}") {
                 // A reader that went away (`| head`) is not a failure.
                 Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
                 result => result,
             },
-            Output::Terminal { printer, own, color } => {
-                if let Some(name) = parse_welcome(text) {
-                    *own = Some(name.to_owned());
-                } else if let Some((old, new)) = parse_renamed(text)
-                    && own.as_deref() == Some(old)
-                {
-                    *own = Some(new.to_owned());
-                }
-                let styled = if !*color {
-                    safe
-                } else if text.starts_with("! ") {
-                    format!("\x1b[31m{safe}\x1b[0m")
-                } else if text.starts_with("* ") {
-                    dim(&safe, true)
-                } else if own.is_some() && parse_sender(text) == own.as_deref() {
-                    format!("\x1b[1;32m{safe}\x1b[0m")
-                } else {
-                    safe
+            Output::Terminal { printer, color } => {
+                let styled = match event {
+                    _ if !*color => safe,
+                    Event::Error { .. } | Event::Missed { .. } => format!("\x1b[31m{safe}\x1b[0m"),
+                    Event::Message { from, .. } if Some(from.as_ref()) == own => {
+                        format!("\x1b[1;32m{safe}\x1b[0m")
+                    }
+                    Event::Message { .. } => safe,
+                    _ => dim(&safe, true),
                 };
-                printer.print(styled + "\n").map_err(io::Error::other)
+                let time = match event {
+                    Event::Message { ts, .. } | Event::Join { ts, .. } | Event::Leave { ts, .. } => {
+                        ts.with_timezone(&chrono::Local).format("%H:%M ").to_string()
+                    }
+                    _ => "      ".to_owned(),
+                };
+                printer.print(dim(&time, *color) + &styled + "\n").map_err(io::Error::other)
             }
         }
     }
@@ -281,8 +453,9 @@ fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\t') || is_invisible_format(c)
 }
 
-/// The URL to connect to: `url` checked, with `?name=` added.
-fn chat_uri(url: &str, name: Option<&str>) -> Result<Uri, Error> {
+/// The URL to connect to: `url` checked, with `?name=` and, to resume,
+/// `?since=SEQ&epoch=E` added.
+fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Result<Uri, Error> {
     let invalid =
         |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
     let uri: Uri =
@@ -297,13 +470,21 @@ fn chat_uri(url: &str, name: Option<&str>) -> Result<Uri, Error> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
     }
-    let Some(name) = name else { return Ok(uri) };
+    if name.is_none() && resume.is_none() {
+        return Ok(uri);
+    }
     let mut path_and_query = uri.path().to_owned();
     if path_and_query.is_empty() {
         path_and_query.push('/');
     }
     let mut query = form_urlencoded::Serializer::new(uri.query().unwrap_or_default().to_owned());
-    query.append_pair("name", name);
+    if let Some(name) = name {
+        query.append_pair("name", name);
+    }
+    if let Some((since, epoch)) = resume {
+        query.append_pair("since", &since.to_string());
+        query.append_pair("epoch", epoch);
+    }
     path_and_query.push('?');
     path_and_query.push_str(&query.finish());
     let mut parts = uri.into_parts();
@@ -421,17 +602,17 @@ mod tests {
 
     #[test]
     fn chat_uri_adds_the_name() {
-        let uri = chat_uri("ws://127.0.0.1:8080", Some("zoë b")).unwrap();
+        let uri = chat_uri("ws://127.0.0.1:8080", Some("zoë b"), None).unwrap();
         assert_eq!(uri.to_string(), "ws://127.0.0.1:8080/?name=zo%C3%AB+b");
-        let uri = chat_uri("ws://h:1/rust?x=1", Some("a&b")).unwrap();
-        assert_eq!(uri.to_string(), "ws://h:1/rust?x=1&name=a%26b");
-        assert_eq!(chat_uri("ws://h/r", None).unwrap().to_string(), "ws://h/r");
+        let uri = chat_uri("ws://h:1/rust?x=1", Some("a&b"), Some((7, "e"))).unwrap();
+        assert_eq!(uri.to_string(), "ws://h:1/rust?x=1&name=a%26b&since=7&epoch=e");
+        assert_eq!(chat_uri("ws://h/r", None, None).unwrap().to_string(), "ws://h/r");
     }
 
     #[test]
     fn chat_uri_refuses_unusable_urls() {
         for url in ["http://h/", "h:80", "wss://h/", "ws:///x", "ws://h h/"] {
-            let error = chat_uri(url, None).unwrap_err();
+            let error = chat_uri(url, None, None).unwrap_err();
             assert!(matches!(error, Error::InvalidUrl { .. }), "{url}: {error}");
         }
     }

@@ -201,6 +201,13 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Lines typed in a terminal waiting to be sent.
 pub const LINE_QUEUE: usize = 64;
 
+/// The client's first wait before reconnecting; each failed attempt doubles
+/// it, up to [`RECONNECT_MAX_DELAY`], and each wait is drawn at random between
+/// half and all of it, so clients of a restarted server do not return at once.
+pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between two reconnection attempts.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+
 /// Client flags.
 #[derive(Debug, Clone, Args)]
 pub struct ClientConfig {
@@ -215,6 +222,11 @@ pub struct ClientConfig {
     /// The server's shared secret, if it requires one (sent as `Authorization: Bearer`).
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Reconnection attempts in a row, after the connection is lost, before
+    /// giving up; 0 never reconnects. Unlimited when not given.
+    #[arg(long, env = "CHAT_RETRIES")]
+    pub retries: Option<u32>,
 
     /// Seconds to wait, after stdin ends, for the echoes and the server's close.
     #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]

@@ -27,10 +27,10 @@ use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
 use crate::config::{CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
-use crate::hub::{Joined, Member, Outbound, lock, text};
+use crate::hub::{Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::Metrics;
-use crate::protocol::{ClientError, Command, Event, parse_command};
+use crate::protocol::{ClientError, Command, Event, HELP, Protocol, Request, parse_command};
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -53,6 +53,7 @@ pub enum End {
 pub async fn serve<S>(
     ws: Box<WebSocketStream<S>>,
     joined: Joined,
+    protocol: Protocol,
     limits: ConnectionLimits,
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -89,7 +90,8 @@ where
             }
             metrics.messages_received.inc();
             metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
-            let wait_for = match on_frame(&mut member, &frame, &mut bucket, now, &outbox) {
+            let wait_for = match on_frame(&mut member, &frame, protocol, &mut bucket, now, &outbox)
+            {
                 Ok(wait_for) => wait_for,
                 Err(end) => return end,
             };
@@ -116,11 +118,11 @@ where
             // Then whatever the room has pending, up to a batch, in one write.
             while fed < MAX_BATCH {
                 let frame = match rx.try_recv() {
-                    Ok(Outbound { pos, frame }) => {
+                    Ok(Outbound { pos, frames }) => {
                         fed_pos.store(pos, Ordering::Relaxed);
-                        frame
+                        frames.get(protocol)
                     }
-                    Err(TryRecvError::Lagged(count)) => missed(count, metrics),
+                    Err(TryRecvError::Lagged(count)) => missed(count, protocol, metrics),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
                 if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
@@ -141,11 +143,11 @@ where
             let frame = tokio::select! {
                 () = wake_writer.notified() => continue,
                 received = rx.recv() => match received {
-                    Ok(Outbound { pos, frame }) => {
+                    Ok(Outbound { pos, frames }) => {
                         fed_pos.store(pos, Ordering::Relaxed);
-                        frame
+                        frames.get(protocol)
                     }
-                    Err(RecvError::Lagged(count)) => missed(count, metrics),
+                    Err(RecvError::Lagged(count)) => missed(count, protocol, metrics),
                     // The room outlives its members: cannot happen while we hold one.
                     Err(RecvError::Closed) => return End::Closed,
                 },
@@ -253,6 +255,7 @@ where
 fn on_frame(
     member: &mut Member,
     frame: &Message,
+    protocol: Protocol,
     bucket: &mut Bucket,
     now: Instant,
     outbox: &Outbox,
@@ -261,24 +264,35 @@ fn on_frame(
         Verdict::Close => Err(End::Flood),
         Verdict::Drop => {
             let per_second = bucket.limit().per_second;
-            push(outbox, error(ClientError::SlowDown { per_second }));
+            push(outbox, error(ClientError::SlowDown { per_second }, protocol));
             Ok(0)
         }
         Verdict::Allow => {
-            if let Some(text) = frame.as_text() {
-                Ok(act(member, text, outbox))
-            } else {
-                push(outbox, error(ClientError::BinaryFrame));
-                Ok(0)
-            }
+            let answer = match (frame.as_text(), protocol) {
+                (None, _) => ClientError::BinaryFrame,
+                (Some(text), Protocol::Text) => {
+                    return Ok(act(member, parse_command(text), protocol, outbox));
+                }
+                (Some(text), Protocol::Json) => match serde_json::from_str::<Request<'_>>(text) {
+                    Ok(request) => return Ok(act(member, request.command(), protocol, outbox)),
+                    Err(malformed) => {
+                        let reason = malformed.to_string();
+                        push(outbox, error(ClientError::Malformed { reason: &reason }, protocol));
+                        return Ok(0);
+                    }
+                },
+            };
+            push(outbox, error(answer, protocol));
+            Ok(0)
         }
     }
 }
 
-/// Acts on one text frame; returns the room position the client must be fed up
+/// Acts on one command; returns the room position the client must be fed up
 /// to before its next frame is read (0 when the answer is in the outbox).
-fn act(member: &mut Member, frame: &str, outbox: &Outbox) -> u64 {
-    let result = match parse_command(frame) {
+fn act(member: &mut Member, command: Command<'_>, protocol: Protocol, outbox: &Outbox) -> u64 {
+    let error = |e| error(e, protocol);
+    let result = match command {
         Command::Say(message) => member.say(message).map_err(error),
         Command::Nick(name) => {
             let renamed = member.rename(name).map_err(error);
@@ -287,8 +301,8 @@ fn act(member: &mut Member, frame: &str, outbox: &Outbox) -> u64 {
             }
             renamed
         }
-        Command::Who => Err(member.who()),
-        Command::Help => Err(text(Event::Help)),
+        Command::Who => Err(member.who().encode(protocol)),
+        Command::Help => Err(Event::Notice { text: HELP.into() }.encode(protocol)),
         Command::MissingArgument(usage) => Err(error(ClientError::Usage { usage })),
         Command::Unknown(command) => Err(error(ClientError::UnknownCommand { command })),
     };
@@ -314,12 +328,12 @@ fn pop(outbox: &Outbox) -> Option<Message> {
     lock(outbox).pop_front()
 }
 
-fn missed(count: u64, metrics: &Metrics) -> Message {
+fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Message {
     metrics.frames_missed.inc_by(count);
     warn!(missed = count, "client fell behind and missed messages");
-    text(Event::Missed { count })
+    Event::Missed { count: Some(count) }.encode(protocol)
 }
 
-fn error(error: ClientError<'_>) -> Message {
-    text(Event::Error(error))
+fn error(error: ClientError<'_>, protocol: Protocol) -> Message {
+    Event::from(error).encode(protocol)
 }

@@ -6,6 +6,7 @@
 //! that we can bound its size and refuse a bad path before upgrading; the bytes
 //! read are then replayed to tokio-websockets through [`Replay`].
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
-use crate::protocol::{name_from_query, query_param, room_from_path};
+use crate::protocol::{
+    ChatRequest, JSON_PROTOCOL, Protocol, Resume, name_from_query, query_param, room_from_path,
+};
 
 /// Why a request was refused before the upgrade.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +34,6 @@ pub enum HandshakeError {
         /// Why, as sent in the body.
         reason: String,
     },
-}
-
-/// A request for a chat upgrade, checked.
-#[derive(Debug)]
-pub struct ChatRequest {
-    /// The room its path names.
-    pub room: String,
-    /// The name from `?name=`, not yet validated.
-    pub name: Option<String>,
 }
 
 /// Reads one request head and decides: a chat upgrade (returned, with the
@@ -140,7 +134,7 @@ fn route(
     }
     // For Prometheus; behind the token when there is one.
     if path == "/metrics" && request.method == Some("GET") && !upgrade {
-        return Err(Answer { status: 200, content_type: OPENMETRICS, body: metrics.encode() });
+        return Err(Answer { status: 200, content_type: OPENMETRICS, body: metrics.encode().into() });
     }
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, header(request, "host"))
@@ -150,14 +144,41 @@ fn route(
             format!("origin {origin:?} is not allowed (see --allow-origin)"),
         ));
     }
+    // A browser visiting a room: the web page, which then connects to it.
     if !upgrade {
-        return Err(Answer::text(
-            426,
-            "this is a WebSocket chat server: connect with a WebSocket client".into(),
-        ));
+        return Err(Answer { status: 200, content_type: HTML, body: PAGE.into() });
     }
-    Ok(ChatRequest { room: room.to_owned(), name: name_from_query(query) })
+    // Any of the offered subprotocols, comma-separated, may be ours.
+    let json = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("sec-websocket-protocol")
+            && std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.split(',').any(|p| p.trim() == JSON_PROTOCOL))
+    });
+    Ok(ChatRequest {
+        room: room.to_owned(),
+        name: name_from_query(query),
+        resume: resume(query)?,
+        protocol: if json { Protocol::Json } else { Protocol::Text },
+    })
 }
+
+/// `?since=SEQ&epoch=E`: both or neither.
+fn resume(query: Option<&str>) -> Result<Option<Resume>, Answer> {
+    match (query_param(query, "since"), query_param(query, "epoch")) {
+        (None, None) => Ok(None),
+        (Some(since), Some(epoch)) => match since.parse() {
+            Ok(since) => Ok(Some(Resume { since, epoch })),
+            Err(_) => Err(Answer::text(400, format!("since={since:?} is not a message number"))),
+        },
+        _ => Err(Answer::text(400, "since= and epoch= go together".into())),
+    }
+}
+
+/// The web chat page, served for a plain GET of a room's path.
+const PAGE: &str = include_str!("page.html");
+
+/// The content type of [`PAGE`].
+const HTML: &str = "text/html; charset=utf-8";
 
 /// Who may connect.
 #[derive(Debug, Clone, Default)]
@@ -214,13 +235,13 @@ pub struct Answer {
     /// Its body's type.
     pub content_type: &'static str,
     /// The body: for an error, why, in one line.
-    pub body: String,
+    pub body: Cow<'static, str>,
 }
 
 impl Answer {
     /// A plain-text answer; a trailing newline is added.
     pub fn text(status: u16, reason: String) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: reason + "\n" }
+        Self { status, content_type: "text/plain; charset=utf-8", body: (reason + "\n").into() }
     }
 }
 
@@ -239,7 +260,6 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         403 => Some("origin"),
         404 => Some("not_found"),
         405 => Some("method"),
-        426 => Some("not_websocket"),
         431 => Some("too_large"),
         503 => Some("full"),
         _ => Some("other"),
@@ -254,12 +274,12 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     let extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
         405 => "Allow: GET\r\n",
-        426 => "Upgrade: websocket\r\n",
         _ => "",
     };
     let response = format!(
         "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\nX-Content-Type-Options: nosniff\r\n\
+         Connection: close\r\n\r\n{body}",
         body.len()
     );
     // The peer may already be gone; the refusal stands either way.

@@ -1,6 +1,9 @@
 //! Rooms and names, and the fan-out: each room has one tokio broadcast channel
-//! whose items are encoded frames, cloned by reference count for every
-//! recipient, never copied.
+//! whose items are frames encoded once in each protocol, cloned by reference
+//! count for every recipient, never copied.
+//!
+//! Each room numbers its messages (`seq`) and keeps the last ones, so that a
+//! client joining late sees them and one coming back resumes where it left.
 //!
 //! A client is in a room while it holds a [`Member`]; dropping it leaves the
 //! room, announces the departure and forgets the room when it empties.
@@ -11,15 +14,38 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_websockets::Message;
 
-use crate::protocol::{ClientError, Event, MAX_WHO_NAMES, validate_name};
+use crate::protocol::{
+    ChatRequest, ClientError, Event, Resume, MAX_WHO_NAMES, Phase, Protocol, Str, now, validate_name,
+};
 
-/// One frame broadcast to a room, with its position in the room's stream.
+/// One event broadcast to a room, with its position in the room's stream.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     /// Counts every frame broadcast in the room since it was created.
     pub pos: u64,
-    /// The encoded frame, shared by every recipient.
-    pub frame: Message,
+    /// The event, encoded, shared by every recipient.
+    pub frames: Frames,
+}
+
+/// An event encoded once per protocol.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    text: Message,
+    json: Message,
+}
+
+impl Frames {
+    fn new(event: &Event<'_>) -> Self {
+        Self { text: event.encode(Protocol::Text), json: event.encode(Protocol::Json) }
+    }
+
+    /// The frame for a client of `protocol`.
+    pub fn get(&self, protocol: Protocol) -> Message {
+        match protocol {
+            Protocol::Text => self.text.clone(),
+            Protocol::Json => self.json.clone(),
+        }
+    }
 }
 
 /// All rooms of a server.
@@ -38,6 +64,9 @@ pub struct Hub {
 #[derive(Debug)]
 struct Room {
     name: String,
+    /// Random, drawn when the room is created: its message numbers mean
+    /// something only within this epoch.
+    epoch: String,
     tx: broadcast::Sender<Outbound>,
     state: Mutex<RoomState>,
 }
@@ -46,11 +75,13 @@ struct Room {
 struct RoomState {
     names: HashSet<String>,
     pos: u64,
+    /// The last message's number.
+    seq: u64,
     /// Arrivals and departures not announced yet, in a large room.
     joined: u64,
     left: u64,
-    /// The last messages, oldest first, as sent.
-    history: VecDeque<Message>,
+    /// The last messages, oldest first, numbered without gaps.
+    history: VecDeque<(u64, Frames)>,
 }
 
 /// What [`Hub::join`] gives a new client.
@@ -90,13 +121,14 @@ impl Hub {
             let mut state = lock(&room.state);
             if state.joined > 0 || state.left > 0 {
                 let event = Event::Presence {
+                    room: room.name.as_str().into(),
                     joined: state.joined,
                     left: state.left,
                     online: state.names.len(),
                 };
                 state.joined = 0;
                 state.left = 0;
-                room.broadcast(&mut state, event);
+                room.broadcast(&mut state, &event);
             }
         }
     }
@@ -106,9 +138,13 @@ impl Hub {
         lock(&self.rooms).len()
     }
 
-    /// Puts a client in `room` under `requested` if that name is valid and free,
-    /// else under `fallback` (its address) with an error notice saying why.
-    pub fn join(self: &Arc<Self>, room: &str, requested: Option<&str>, fallback: &str) -> Joined {
+    /// Puts a client in the room it asks for, under the name it asks for if
+    /// that is valid and free, else under `fallback` (its address) with an
+    /// error notice saying why. Its first frames replay the room's history,
+    /// or only what it missed when it resumes.
+    pub fn join(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
+        let ChatRequest { room, name: requested, resume, protocol } = request;
+        let (room, requested, protocol) = (room.as_str(), requested.as_deref(), *protocol);
         // Holding the hub lock while inserting keeps a concurrent last leave from
         // forgetting the room between our lookup and our insertion.
         let mut rooms = lock(&self.rooms);
@@ -117,6 +153,7 @@ impl Hub {
             .or_insert_with(|| {
                 Arc::new(Room {
                     name: room.to_owned(),
+                    epoch: format!("{:016x}", fastrand::u64(..)),
                     tx: broadcast::channel(self.capacity).0,
                     state: Mutex::default(),
                 })
@@ -135,7 +172,7 @@ impl Hub {
             (Some(name), None) => name.to_owned(),
             (_, refusal) => {
                 if let Some(error) = refusal {
-                    notices.push(text(Event::Error(error)));
+                    notices.push(Event::from(error).encode(protocol));
                 }
                 // Someone may have taken this address as a name: add a suffix.
                 let mut name = fallback.to_owned();
@@ -148,25 +185,37 @@ impl Hub {
             }
         };
         state.names.insert(name.clone());
-        notices.push(text(Event::Welcome {
-            name: &name,
-            room: &room.name,
-            online: state.names.len(),
-        }));
+        notices.push(
+            Event::Welcome {
+                room: room.name.as_str().into(),
+                name: name.as_str().into(),
+                online: state.names.len(),
+                epoch: room.epoch.as_str().into(),
+                seq: state.seq,
+            }
+            .encode(protocol),
+        );
         // What was said before, then live frames: both under the room's lock,
         // so nothing falls between them and nothing comes twice.
-        if !state.history.is_empty() {
-            let count = state.history.len();
+        let (from, missed) = replay_from(&state, &room.epoch, resume.as_ref());
+        if let Some(missed) = missed {
+            notices.push(missed.encode(protocol));
+        }
+        let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
+        let skip = usize::try_from(from.saturating_sub(first_held)).unwrap_or(usize::MAX);
+        let count = state.history.len().saturating_sub(skip);
+        if count > 0 {
             notices.reserve(count + 2);
-            notices.push(text(Event::HistoryStart { count }));
-            notices.extend(state.history.iter().cloned());
-            notices.push(text(Event::HistoryEnd));
+            notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
+            notices.extend(state.history.iter().skip(skip).map(|(_, frames)| frames.get(protocol)));
+            notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
         }
 
         // Subscribe before announcing, so the joiner sees its own join notice.
         let rx = room.tx.subscribe();
         if state.names.len() <= self.presence_limit {
-            room.broadcast(&mut state, Event::Joined { name: &name });
+            let event = Event::Join { room: room.name.as_str().into(), name: name.as_str().into(), ts: now() };
+            room.broadcast(&mut state, &event);
         } else {
             state.joined += 1;
         }
@@ -177,16 +226,17 @@ impl Hub {
 }
 
 impl Room {
-    /// Sends a frame to every member, the sender included; returns its position.
-    /// Called with the state locked so positions follow the channel's order.
-    fn broadcast(&self, state: &mut RoomState, event: Event<'_>) -> u64 {
-        self.send(state, text(event))
+    /// Sends an event to every member, the sender included; returns its
+    /// position. Called with the state locked so positions follow the
+    /// channel's order.
+    fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
+        self.send(state, Frames::new(event))
     }
 
-    fn send(&self, state: &mut RoomState, frame: Message) -> u64 {
+    fn send(&self, state: &mut RoomState, frames: Frames) -> u64 {
         state.pos += 1;
         // An error only means nobody is subscribed, so there is nobody to tell.
-        let _ = self.tx.send(Outbound { pos: state.pos, frame });
+        let _ = self.tx.send(Outbound { pos: state.pos, frames });
         state.pos
     }
 }
@@ -202,16 +252,25 @@ impl Member {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
-        let frame = text(Event::Message { from: &self.name, text: message });
+        let ts = now();
         let mut state = lock(&self.room.state);
+        state.seq += 1;
+        let frames = Frames::new(&Event::Message {
+            room: self.room.name.as_str().into(),
+            seq: state.seq,
+            from: self.name.as_str().into(),
+            text: message.into(),
+            ts,
+        });
         if self.hub.history > 0 {
             if state.history.len() == self.hub.history {
                 state.history.pop_front();
             }
-            // A reference-counted clone: the history shares the broadcast's bytes.
-            state.history.push_back(frame.clone());
+            // Reference-counted clones: the history shares the broadcast's bytes.
+            let seq = state.seq;
+            state.history.push_back((seq, frames.clone()));
         }
-        Ok(self.room.send(&mut state, frame))
+        Ok(self.room.send(&mut state, frames))
     }
 
     /// Changes this client's name and tells the room; returns the notice's position.
@@ -224,11 +283,12 @@ impl Member {
         state.names.remove(&self.name);
         state.names.insert(new.to_owned());
         let old = std::mem::replace(&mut self.name, new.to_owned());
-        Ok(self.room.broadcast(&mut state, Event::Renamed { old: &old, new }))
+        let event = Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
+        Ok(self.room.broadcast(&mut state, &event))
     }
 
     /// The `/who` answer: this room's names, sorted.
-    pub fn who(&self) -> Message {
+    pub fn who(&self) -> Event<'static> {
         let state = lock(&self.room.state);
         let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
         // Only the first names are listed: select them before sorting, since
@@ -238,7 +298,11 @@ impl Member {
             names.truncate(MAX_WHO_NAMES);
         }
         names.sort_unstable();
-        text(Event::Who { room: &self.room.name, count: state.names.len(), names: &names })
+        Event::Who {
+            room: self.room.name.clone().into(),
+            count: state.names.len(),
+            names: names.into_iter().map(|name| Str::Owned(name.to_owned())).collect(),
+        }
     }
 }
 
@@ -246,7 +310,8 @@ impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
         if state.names.len() <= self.hub.presence_limit {
-            self.room.broadcast(&mut state, Event::Left { name: &self.name });
+            let event = Event::Leave { room: self.room.name.as_str().into(), name: self.name.as_str().into(), ts: now() };
+            self.room.broadcast(&mut state, &event);
         } else {
             state.left += 1;
         }
@@ -266,9 +331,29 @@ impl Drop for Member {
     }
 }
 
-/// Encodes an event as a text frame.
-pub fn text(event: Event<'_>) -> Message {
-    Message::text(event.to_string())
+/// Where a joining client's replay starts (the first message number it
+/// gets), and what it is told it missed.
+fn replay_from(
+    state: &RoomState,
+    epoch: &str,
+    resume: Option<&Resume>,
+) -> (u64, Option<Event<'static>>) {
+    let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
+    match resume {
+        // A newcomer gets all that is held.
+        None => (first_held, None),
+        Some(Resume { epoch: theirs, .. }) if theirs != epoch => {
+            (first_held, Some(Event::Missed { count: None }))
+        }
+        Some(Resume { since, .. }) if *since > state.seq => {
+            let error = ClientError::ResumeAhead { since: *since, seq: state.seq };
+            (state.seq + 1, Some(Event::from(error)))
+        }
+        Some(Resume { since, .. }) => {
+            let missed = first_held.saturating_sub(since + 1);
+            (since + 1, (missed > 0).then_some(Event::Missed { count: Some(missed) }))
+        }
+    }
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the

@@ -6,7 +6,12 @@
 //! ends the name), `* ` starts a notice and `! ` starts an error meant for the
 //! reader only.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_websockets::Message;
 
 /// The room of the path `/`.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -16,6 +21,28 @@ pub const MAX_NAME_CHARS: usize = 32;
 pub const MAX_WHO_NAMES: usize = 100;
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 32;
+
+/// A chat upgrade request, checked: what a client asks for when it joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatRequest {
+    /// The room its path names.
+    pub room: String,
+    /// The name from `?name=`, not yet validated.
+    pub name: Option<String>,
+    /// From `?since=SEQ&epoch=E`: the last message it has.
+    pub resume: Option<Resume>,
+    /// What it asked for in `Sec-WebSocket-Protocol`.
+    pub protocol: Protocol,
+}
+
+/// Where a returning client left a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last message number it got.
+    pub since: u64,
+    /// The epoch that number belongs to.
+    pub epoch: String,
+}
 
 /// What one text frame from a client asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,54 +157,93 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
-/// One frame from the server, in its text form (see [`fmt::Display`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A string on the wire: borrowed when the server builds an event, owned when
+/// a client decodes one.
+pub type Str<'a> = Cow<'a, str>;
+
+/// When something happened: RFC 3339, UTC, to the millisecond.
+pub type Timestamp = DateTime<Utc>;
+
+/// The current time as events carry it.
+pub fn now() -> Timestamp {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// One frame from the server. Its text form (the default protocol) is its
+/// [`fmt::Display`]; its JSON form (subprotocol [`JSON_PROTOCOL`]) is its serde
+/// form: one object whose `type` names the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event<'a> {
     /// `NAME: TEXT`
     Message {
+        /// The room.
+        room: Str<'a>,
+        /// The message's number in its room: strictly increasing.
+        seq: u64,
         /// Sender's name.
-        from: &'a str,
+        from: Str<'a>,
         /// The text, verbatim.
-        text: &'a str,
+        text: Str<'a>,
+        /// When the server relayed it.
+        ts: Timestamp,
     },
     /// `* NAME joined`
-    Joined {
+    Join {
+        /// The room.
+        room: Str<'a>,
         /// Who joined.
-        name: &'a str,
+        name: Str<'a>,
+        /// When.
+        ts: Timestamp,
     },
     /// `* NAME left`
-    Left {
+    Leave {
+        /// The room.
+        room: Str<'a>,
         /// Who left.
-        name: &'a str,
+        name: Str<'a>,
+        /// When.
+        ts: Timestamp,
     },
     /// `* OLD is now NEW`
-    Renamed {
+    Nick {
+        /// The room.
+        room: Str<'a>,
         /// Name before.
-        old: &'a str,
+        old: Str<'a>,
         /// Name after.
-        new: &'a str,
+        new: Str<'a>,
     },
-    /// Sent to a client when it joins, before its own join notice.
+    /// Sent to a client when it joins, before anything else but an error about
+    /// its requested name.
     Welcome {
-        /// The client's name.
-        name: &'a str,
         /// Its room.
-        room: &'a str,
+        room: Str<'a>,
+        /// The client's name.
+        name: Str<'a>,
         /// Clients in the room, itself included.
         online: usize,
+        /// Identifies the room's history: a different epoch means the
+        /// numbering restarted (a restarted server, or a room that emptied).
+        epoch: Str<'a>,
+        /// The room's last message number; later ones are live.
+        seq: u64,
     },
     /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
     /// [`MAX_WHO_NAMES`]).
     Who {
         /// The room.
-        room: &'a str,
+        room: Str<'a>,
         /// How many are in the room.
         count: usize,
         /// Names, sorted; at most [`MAX_WHO_NAMES`].
-        names: &'a [&'a str],
+        names: Vec<Str<'a>>,
     },
     /// In a room too large to announce each arrival: what changed lately.
     Presence {
+        /// The room.
+        room: Str<'a>,
         /// Arrivals since the last summary.
         joined: u64,
         /// Departures since the last summary.
@@ -185,22 +251,101 @@ pub enum Event<'a> {
         /// Clients in the room now.
         online: usize,
     },
-    /// Answer to `/help`.
-    Help,
-    /// Before the room's recent messages, sent to a client that joins.
-    HistoryStart {
-        /// How many follow.
+    /// Around the room's earlier messages replayed to a client that joins:
+    /// `* N earlier messages` before, `* end of history` after.
+    History {
+        /// Start or end.
+        phase: Phase,
+        /// How many messages are replayed.
         count: usize,
     },
-    /// After them.
-    HistoryEnd,
-    /// The client fell behind and these messages were skipped for it.
+    /// Messages this client will not get: it fell behind, or asked to resume
+    /// from further back than the history holds.
     Missed {
-        /// How many.
-        count: u64,
+        /// How many; unknown (`null`) when the room's history was reset since.
+        count: Option<u64>,
     },
-    /// Something the client sent was refused; only that client sees it.
-    Error(ClientError<'a>),
+    /// Information for this client only: `* TEXT`.
+    Notice {
+        /// The information.
+        text: Str<'a>,
+    },
+    /// Something this client sent was refused; only it sees this: `! TEXT`.
+    Error {
+        /// What and why.
+        text: Str<'a>,
+    },
+}
+
+/// Which side of a history replay a [`Event::History`] marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Before the first replayed message.
+    Start,
+    /// After the last.
+    End,
+}
+
+/// The subprotocol (`Sec-WebSocket-Protocol`) of JSON events.
+pub const JSON_PROTOCOL: &str = "chat.v1.json";
+
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// One line per frame ([`fmt::Display`]): the default.
+    #[default]
+    Text,
+    /// One JSON object per frame ([`JSON_PROTOCOL`]).
+    Json,
+}
+
+impl Event<'_> {
+    /// The event as a frame of `protocol`.
+    pub fn encode(&self, protocol: Protocol) -> Message {
+        match protocol {
+            Protocol::Text => Message::text(self.to_string()),
+            // Serializing this enum cannot fail: every key is a string.
+            Protocol::Json => Message::text(serde_json::to_string(self).unwrap_or_default()),
+        }
+    }
+}
+
+impl<'a> From<ClientError<'a>> for Event<'a> {
+    fn from(error: ClientError<'a>) -> Self {
+        Event::Error { text: error.to_string().into() }
+    }
+}
+
+/// What a client sends under [`JSON_PROTOCOL`]: one object per frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Request<'a> {
+    /// Relay `text` to the room, as is (a leading `/` is not a command).
+    Message {
+        /// The text.
+        #[serde(borrow)]
+        text: Str<'a>,
+    },
+    /// Change name.
+    Nick {
+        /// The new name.
+        #[serde(borrow)]
+        name: Str<'a>,
+    },
+    /// List the room.
+    Who,
+}
+
+impl Request<'_> {
+    /// What the request asks for.
+    pub fn command(&self) -> Command<'_> {
+        match self {
+            Request::Message { text } => Command::Say(text),
+            Request::Nick { name } => Command::Nick(name),
+            Request::Who => Command::Who,
+        }
+    }
 }
 
 /// What a client did wrong; sent to that client only, as `! ...`.
@@ -232,6 +377,18 @@ pub enum ClientError<'a> {
     EmptyMessage,
     /// A binary frame: this protocol is text.
     BinaryFrame,
+    /// A frame that is not a JSON request, under [`JSON_PROTOCOL`].
+    Malformed {
+        /// What the JSON parser said.
+        reason: &'a str,
+    },
+    /// `?since=` names a message the room has not reached.
+    ResumeAhead {
+        /// The number asked for.
+        since: u64,
+        /// The room's last message number.
+        seq: u64,
+    },
     /// Over the rate limit: the frame was dropped.
     SlowDown {
         /// The limit, in messages per second.
@@ -240,17 +397,17 @@ pub enum ClientError<'a> {
 }
 
 /// `/help`'s answer.
-pub const HELP: &str = "* commands: /nick NAME changes your name, /who lists the room, \
+pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
                         /help shows this; start a message with // to send a literal /";
 
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Message { from, text } => write!(f, "{from}: {text}"),
-            Event::Joined { name } => write!(f, "* {name} joined"),
-            Event::Left { name } => write!(f, "* {name} left"),
-            Event::Renamed { old, new } => write!(f, "* {old} is now {new}"),
-            Event::Welcome { name, room, online } => write!(
+            Event::Message { from, text, .. } => write!(f, "{from}: {text}"),
+            Event::Join { name, .. } => write!(f, "* {name} joined"),
+            Event::Leave { name, .. } => write!(f, "* {name} left"),
+            Event::Nick { old, new, .. } => write!(f, "* {old} is now {new}"),
+            Event::Welcome { name, room, online, .. } => write!(
                 f,
                 "* you are {name} in room {room}, {online} online; /help lists the commands"
             ),
@@ -261,14 +418,17 @@ impl fmt::Display for Event<'_> {
                 }
                 Ok(())
             }
-            Event::Presence { joined, left, online } => {
+            Event::Presence { joined, left, online, .. } => {
                 write!(f, "* {joined} joined, {left} left; {online} online")
             }
-            Event::Help => f.write_str(HELP),
-            Event::HistoryStart { count } => write!(f, "* {count} earlier messages"),
-            Event::HistoryEnd => f.write_str("* end of history"),
-            Event::Missed { count } => write!(f, "! missed {count} messages"),
-            Event::Error(error) => write!(f, "! {error}"),
+            Event::History { phase: Phase::Start, count } => write!(f, "* {count} earlier messages"),
+            Event::History { phase: Phase::End, .. } => f.write_str("* end of history"),
+            Event::Missed { count: Some(count) } => write!(f, "! missed {count} messages"),
+            Event::Missed { count: None } => f.write_str(
+                "! missed an unknown number of messages: the room's history was reset",
+            ),
+            Event::Notice { text } => write!(f, "* {text}"),
+            Event::Error { text } => write!(f, "! {text}"),
         }
     }
 }
@@ -290,6 +450,13 @@ impl fmt::Display for ClientError<'_> {
                 f,
                 "slow down: at most {per_second} messages a second; this one was not sent"
             ),
+            ClientError::ResumeAhead { since, seq } => write!(
+                f,
+                "cannot resume after message {since}: the room's last message is {seq}"
+            ),
+            ClientError::Malformed { reason } => {
+                write!(f, "malformed request: {reason}; nothing was sent")
+            }
             ClientError::BinaryFrame => {
                 f.write_str("binary frames are not chat: send text frames; nothing was sent")
             }
@@ -301,18 +468,6 @@ impl fmt::Display for ClientError<'_> {
 pub fn parse_welcome(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("* you are ")?;
     rest.split_once(" in room ").map(|(name, _)| name)
-}
-
-/// The old and new names in a [`Event::Renamed`] line.
-pub fn parse_renamed(line: &str) -> Option<(&str, &str)> {
-    let (old, new) = line.strip_prefix("* ")?.split_once(" is now ")?;
-    (validate_name(old).is_ok() && validate_name(new).is_ok()).then_some((old, new))
-}
-
-/// The sender of a [`Event::Message`] line.
-pub fn parse_sender(line: &str) -> Option<&str> {
-    let (name, _) = line.split_once(": ")?;
-    validate_name(name).is_ok().then_some(name)
 }
 
 #[cfg(test)]
@@ -369,26 +524,89 @@ mod tests {
     }
 
     #[test]
-    fn event_text_round_trips_through_the_client_parsers() {
-        let welcome = Event::Welcome { name: "bob", room: "lobby", online: 2 }.to_string();
-        assert_eq!(parse_welcome(&welcome), Some("bob"));
-        let renamed = Event::Renamed { old: "bob", new: "rob" }.to_string();
-        assert_eq!(renamed, "* bob is now rob");
-        assert_eq!(parse_renamed(&renamed), Some(("bob", "rob")));
-        let message = Event::Message { from: "a:", text: "b: c" }.to_string();
-        assert_eq!(parse_sender(&message), Some("a:"));
-        assert_eq!(parse_sender("* bob joined"), None);
-        let who = Event::Who { room: "r", count: 2, names: &["a", "b"] }.to_string();
-        assert_eq!(who, "* 2 in r: a, b");
-        let who = Event::Who { room: "r", count: 5, names: &["a", "b"] }.to_string();
-        assert_eq!(who, "* 5 in r: a, b, and 3 more");
-        let presence = Event::Presence { joined: 3, left: 1, online: 200 }.to_string();
-        assert_eq!(presence, "* 3 joined, 1 left; 200 online");
-        assert_eq!(Event::Missed { count: 3 }.to_string(), "! missed 3 messages");
-        let error = ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control };
-        assert_eq!(
-            Event::Error(error).to_string(),
-            "! invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"
-        );
+    fn every_event_round_trips_through_json_and_has_its_text_form() {
+        let ts: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
+        let room = || Str::from("lobby");
+        let cases: Vec<(Event<'_>, &str, &str)> = vec![
+            (
+                Event::Message { room: room(), seq: 7, from: "a:".into(), text: "b: \"c\"".into(), ts },
+                r#"{"type":"message","room":"lobby","seq":7,"from":"a:","text":"b: \"c\"","ts":"2026-11-24T10:00:00.123Z"}"#,
+                "a:: b: \"c\"",
+            ),
+            (
+                Event::Join { room: room(), name: "bob".into(), ts },
+                r#"{"type":"join","room":"lobby","name":"bob","ts":"2026-11-24T10:00:00.123Z"}"#,
+                "* bob joined",
+            ),
+            (
+                Event::Leave { room: room(), name: "bob".into(), ts },
+                r#"{"type":"leave","room":"lobby","name":"bob","ts":"2026-11-24T10:00:00.123Z"}"#,
+                "* bob left",
+            ),
+            (
+                Event::Nick { room: room(), old: "bob".into(), new: "rob".into() },
+                r#"{"type":"nick","room":"lobby","old":"bob","new":"rob"}"#,
+                "* bob is now rob",
+            ),
+            (
+                Event::Welcome { room: room(), name: "bob".into(), online: 2, epoch: "e1".into(), seq: 9 },
+                r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9}"#,
+                "* you are bob in room lobby, 2 online; /help lists the commands",
+            ),
+            (
+                Event::Who { room: "r".into(), count: 5, names: vec!["a".into(), "b".into()] },
+                r#"{"type":"who","room":"r","count":5,"names":["a","b"]}"#,
+                "* 5 in r: a, b, and 3 more",
+            ),
+            (
+                Event::Presence { room: room(), joined: 3, left: 1, online: 200 },
+                r#"{"type":"presence","room":"lobby","joined":3,"left":1,"online":200}"#,
+                "* 3 joined, 1 left; 200 online",
+            ),
+            (
+                Event::History { phase: Phase::Start, count: 3 },
+                r#"{"type":"history","phase":"start","count":3}"#,
+                "* 3 earlier messages",
+            ),
+            (
+                Event::History { phase: Phase::End, count: 3 },
+                r#"{"type":"history","phase":"end","count":3}"#,
+                "* end of history",
+            ),
+            (Event::Missed { count: Some(3) }, r#"{"type":"missed","count":3}"#, "! missed 3 messages"),
+            (
+                Event::Missed { count: None },
+                r#"{"type":"missed","count":null}"#,
+                "! missed an unknown number of messages: the room's history was reset",
+            ),
+            (Event::Notice { text: "hi \"you\"".into() }, r#"{"type":"notice","text":"hi \"you\""}"#, "* hi \"you\""),
+            (
+                ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control }.into(),
+                r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"}"#,
+                "! invalid name \"a\\u{1b}\": it contains control or invisible formatting characters",
+            ),
+        ];
+        for (event, json, text) in cases {
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Event<'_>>(json).unwrap(), event);
+            assert_eq!(event.to_string(), text);
+            assert_eq!(event.encode(Protocol::Json).as_text(), Some(json));
+            assert_eq!(event.encode(Protocol::Text).as_text(), Some(text));
+        }
+        let welcome = Event::Welcome { room: room(), name: "bob".into(), online: 2, epoch: "e".into(), seq: 0 };
+        assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
+    }
+
+    #[test]
+    fn requests_decode_to_commands() {
+        let decode = |json| serde_json::from_str::<Request<'_>>(json);
+        let request = decode(r#"{"type":"message","text":"/who \u00e9"}"#).unwrap();
+        assert_eq!(request.command(), Command::Say("/who é"));
+        let request = decode(r#"{"type":"nick","name":"bob","extra":1}"#).unwrap();
+        assert_eq!(request.command(), Command::Nick("bob"));
+        assert_eq!(decode(r#"{"type":"who"}"#).unwrap().command(), Command::Who);
+        for bad in [r#"{"type":"shout","text":"x"}"#, r#"{"type":"message"}"#, "hello", "[1]", "{}"] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
     }
 }

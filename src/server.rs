@@ -9,6 +9,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
+use http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep, timeout};
@@ -25,6 +27,7 @@ use crate::connection::{self, End};
 use crate::handshake::{Access, Answer, HandshakeError, Replay, read_head, read_request, refuse};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::{JSON_PROTOCOL, Protocol};
 
 /// Serves chat on `listener` until `shutdown` completes, then closes every
 /// connection with code 1001 and returns once they are gone (or after
@@ -38,9 +41,8 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     let context = Arc::new(Context {
         hub: hub.clone(),
         metrics: metrics.clone(),
-        websockets: ServerBuilder::new()
-            .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
-            .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES)),
+        websockets: websockets(&config, Protocol::Text),
+        websockets_json: websockets(&config, Protocol::Json),
         limits: config.limits(),
         access: Access {
             allowed_origins: config.allow_origin.clone(),
@@ -124,6 +126,20 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     }
 }
 
+/// How connections of `protocol` are upgraded.
+fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
+    let builder = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
+        .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES));
+    match protocol {
+        Protocol::Text => builder,
+        // Answer that the JSON subprotocol was chosen.
+        Protocol::Json => builder
+            .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(JSON_PROTOCOL))
+            .expect("Sec-WebSocket-Protocol is an allowed response header"),
+    }
+}
+
 /// Sends large rooms their join and leave summaries until shutdown.
 async fn summarize_presence(hub: Arc<Hub>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(PRESENCE_INTERVAL);
@@ -154,6 +170,7 @@ struct Context {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     websockets: ServerBuilder,
+    websockets_json: ServerBuilder,
     limits: ConnectionLimits,
     access: Access,
 }
@@ -185,10 +202,13 @@ async fn handle(
             let reason = "the server is full: try again later".to_owned();
             return Err(refuse(&mut stream, Answer::text(503, reason), &upgrading.metrics).await);
         }
-        let (_, ws) =
-            upgrading.websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
-                HandshakeError::Refused { status: 400, reason: error.to_string() }
-            })?;
+        let websockets = match request.protocol {
+            Protocol::Text => &upgrading.websockets,
+            Protocol::Json => &upgrading.websockets_json,
+        };
+        let (_, ws) = websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
+            HandshakeError::Refused { status: 400, reason: error.to_string() }
+        })?;
         // Boxed once here, so that it is not part of the connection future's
         // state as well as of the split halves' shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))
@@ -214,13 +234,13 @@ async fn handle(
 
     let span = tracing::Span::current();
     span.record("room", request.room.as_str());
-    let joined = context.hub.join(&request.room, request.name.as_deref(), &peer.to_string());
+    let joined = context.hub.join(&request, &peer.to_string());
     span.record("name", joined.member.name());
     info!("joined");
     let metrics = &context.metrics;
     metrics.connections.inc();
     metrics.connections_opened.inc();
-    let reason = match connection::serve(ws, joined, context.limits, metrics, &shutdown).await {
+    let reason = match connection::serve(ws, joined, request.protocol, context.limits, metrics, &shutdown).await {
         End::Closed => {
             info!("left");
             "client"

@@ -30,7 +30,10 @@ async fn bad_requests_get_a_status() {
     let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
                    Sec-WebSocket-Version: 13\r\n";
     let cases: Vec<(String, &str)> = vec![
-        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "426"),
+        ("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "405"),
+        ("GET /a/b HTTP/1.1\r\nHost: x\r\n\r\n".into(), "404"),
+        (format!("GET /?since=x&epoch=e HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "400"),
+        (format!("GET /?since=1 HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "400"),
         (format!("POST / HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "405"),
         (format!("GET /no/such/room HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "404"),
         (format!("GET /%1b HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n"), "404"),
@@ -83,6 +86,22 @@ async fn healthz_answers_ok() {
     let response = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_get_of_a_room_serves_the_web_page() {
+    let server = TestServer::start().await;
+    for path in ["/", "/rust"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let response = exchange(&server, request.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("Content-Type: text/html; charset=utf-8\r\n"), "{response}");
+        let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+        assert!(body.starts_with("<!doctype html>") && body.trim_end().ends_with("</html>"));
+        // Self-contained: nothing fetched from elsewhere.
+        assert!(!body.contains("http://") && !body.contains("https://") && !body.contains("src="));
+    }
     server.stop().await;
 }
 

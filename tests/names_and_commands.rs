@@ -85,7 +85,7 @@ async fn who_help_unknown_commands_and_escaped_slashes() {
     alice.send("/who").await;
     alice.expect("* 2 in lobby: alice, bob").await;
     alice.send("/help").await;
-    alice.expect(chat::protocol::HELP).await;
+    alice.expect(&format!("* {}", chat::protocol::HELP)).await;
     alice.send("/shout hey").await;
     alice.expect("! unknown command /shout; /help lists the commands").await;
     alice.send("").await;

@@ -3,7 +3,7 @@
 
 use chat::client::sanitize;
 use chat::protocol::{
-    Command, MAX_NAME_CHARS, parse_command, parse_renamed, parse_sender, parse_welcome,
+    Command, Event, MAX_NAME_CHARS, Request, now, parse_command, parse_welcome,
     query_param, room_from_path, validate_name,
 };
 use proptest::prelude::*;
@@ -51,12 +51,21 @@ proptest! {
     }
 
     #[test]
-    fn client_side_line_parsers_never_panic(line in any::<String>()) {
-        let _ = parse_welcome(&line);
-        let _ = parse_renamed(&line);
-        if let Some(sender) = parse_sender(&line) {
-            prop_assert!(validate_name(sender).is_ok());
-        }
+    fn json_requests_never_panic_and_any_text_round_trips(junk in any::<String>(), text in any::<String>()) {
+        let _ = serde_json::from_str::<Request<'_>>(&junk);
+        let request = Request::Message { text: text.as_str().into() };
+        let json = serde_json::to_string(&request).expect("encodes");
+        let decoded: Request<'_> = serde_json::from_str(&json).expect("decodes");
+        prop_assert_eq!(decoded.command(), Command::Say(&text));
+    }
+
+    #[test]
+    fn any_event_round_trips_through_json(from in any::<String>(), text in any::<String>(), seq in any::<u64>()) {
+        let event = Event::Message { room: "r".into(), seq, from: from.into(), text: text.into(), ts: now() };
+        let json = serde_json::to_string(&event).expect("encodes");
+        prop_assert_eq!(serde_json::from_str::<Event<'_>>(&json).expect("decodes"), event.clone());
+        prop_assert!(!json.contains('\n'));
+        let _ = parse_welcome(&event.to_string());
     }
 
     #[test]

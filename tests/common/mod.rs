@@ -39,7 +39,12 @@ impl TestServer {
     }
 
     pub async fn with(config: ServerConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::at("127.0.0.1:0".parse().expect("address"), config).await
+    }
+
+    /// A server on `addr`: a restarted server binds its predecessor's.
+    pub async fn at(addr: SocketAddr, config: ServerConfig) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(chat::server::run(listener, config, async {
@@ -179,5 +184,82 @@ where
         if !frame.is_ping() && !frame.is_pong() {
             return frame;
         }
+    }
+}
+
+/// Connects asking for the JSON subprotocol, and checks the server agreed.
+pub async fn connect_json(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let builder = ClientBuilder::new()
+        .uri(url)
+        .expect("valid url")
+        .add_header(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(chat::protocol::JSON_PROTOCOL),
+        )
+        .expect("allowed header");
+    let (ws, response) =
+        timeout(PATIENCE, builder.connect()).await.expect("connect in time").expect("connect");
+    assert_eq!(
+        response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes()),
+        Some(chat::protocol::JSON_PROTOCOL.as_bytes())
+    );
+    ws
+}
+
+/// The next JSON event, past pings and pongs.
+pub async fn next_json<S>(ws: &mut S) -> serde_json::Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    let text = next_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text:?}"))
+}
+
+/// A TCP relay between clients and a server whose connections can all be cut
+/// at once, as a dropped network would: the server sees them reset, not closed.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {
+                            // Reset both sides rather than closing them cleanly.
+                            let _ = client.set_zero_linger();
+                            let _ = server.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    /// Resets every connection relayed so far; new ones are relayed again.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
