@@ -107,10 +107,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let (output, input) = if interactive {
         let (printer, thread) = spawn_editor(tx)?;
-        (
-            Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() },
-            Some(thread),
-        )
+        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(thread))
     } else {
         spawn_pipe_reader(tx);
         (Output::Pipe, None)
@@ -175,10 +172,9 @@ async fn chat(
         }
         failures += 1;
         let delay = backoff(failures);
-        output.borrow_mut().notice(&format!(
-            "{failure}; reconnecting in {:.1} s",
-            delay.as_secs_f64()
-        ))?;
+        output
+            .borrow_mut()
+            .notice(&format!("{failure}; reconnecting in {:.1} s", delay.as_secs_f64()))?;
         // Waiting, but still watching stdin: the user may quit meanwhile.
         if pending.is_none() {
             tokio::select! {
@@ -249,7 +245,10 @@ fn is_temporary(error: &tokio_websockets::Error) -> bool {
 enum Ended {
     /// Stdin ended or the user quit: our Close is sent.
     Quit,
-    Closed { code: u16, reason: String },
+    Closed {
+        code: u16,
+        reason: String,
+    },
     Lost(String),
     Output(io::Error),
 }
@@ -406,7 +405,9 @@ impl Output {
                     _ => dim(&safe, true),
                 };
                 let time = match event {
-                    Event::Message { ts, .. } | Event::Join { ts, .. } | Event::Leave { ts, .. } => {
+                    Event::Message { ts, .. }
+                    | Event::Join { ts, .. }
+                    | Event::Leave { ts, .. } => {
                         ts.with_timezone(&chrono::Local).format("%H:%M ").to_string()
                     }
                     _ => "      ".to_owned(),

@@ -134,7 +134,11 @@ fn route(
     }
     // For Prometheus; behind the token when there is one.
     if path == "/metrics" && request.method == Some("GET") && !upgrade {
-        return Err(Answer { status: 200, content_type: OPENMETRICS, body: metrics.encode().into() });
+        return Err(Answer {
+            status: 200,
+            content_type: OPENMETRICS,
+            body: metrics.encode().into(),
+        });
     }
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, header(request, "host"))

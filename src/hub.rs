@@ -15,7 +15,8 @@ use tokio::sync::broadcast;
 use tokio_websockets::Message;
 
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Resume, MAX_WHO_NAMES, Phase, Protocol, Str, now, validate_name,
+    ChatRequest, ClientError, Event, MAX_WHO_NAMES, Phase, Protocol, Resume, Str, now,
+    validate_name,
 };
 
 /// One event broadcast to a room, with its position in the room's stream.
@@ -214,7 +215,11 @@ impl Hub {
         // Subscribe before announcing, so the joiner sees its own join notice.
         let rx = room.tx.subscribe();
         if state.names.len() <= self.presence_limit {
-            let event = Event::Join { room: room.name.as_str().into(), name: name.as_str().into(), ts: now() };
+            let event = Event::Join {
+                room: room.name.as_str().into(),
+                name: name.as_str().into(),
+                ts: now(),
+            };
             room.broadcast(&mut state, &event);
         } else {
             state.joined += 1;
@@ -283,7 +288,8 @@ impl Member {
         state.names.remove(&self.name);
         state.names.insert(new.to_owned());
         let old = std::mem::replace(&mut self.name, new.to_owned());
-        let event = Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
+        let event =
+            Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
         Ok(self.room.broadcast(&mut state, &event))
     }
 
@@ -310,7 +316,11 @@ impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
         if state.names.len() <= self.hub.presence_limit {
-            let event = Event::Leave { room: self.room.name.as_str().into(), name: self.name.as_str().into(), ts: now() };
+            let event = Event::Leave {
+                room: self.room.name.as_str().into(),
+                name: self.name.as_str().into(),
+                ts: now(),
+            };
             self.room.broadcast(&mut state, &event);
         } else {
             state.left += 1;

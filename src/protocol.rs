@@ -421,12 +421,14 @@ impl fmt::Display for Event<'_> {
             Event::Presence { joined, left, online, .. } => {
                 write!(f, "* {joined} joined, {left} left; {online} online")
             }
-            Event::History { phase: Phase::Start, count } => write!(f, "* {count} earlier messages"),
+            Event::History { phase: Phase::Start, count } => {
+                write!(f, "* {count} earlier messages")
+            }
             Event::History { phase: Phase::End, .. } => f.write_str("* end of history"),
             Event::Missed { count: Some(count) } => write!(f, "! missed {count} messages"),
-            Event::Missed { count: None } => f.write_str(
-                "! missed an unknown number of messages: the room's history was reset",
-            ),
+            Event::Missed { count: None } => {
+                f.write_str("! missed an unknown number of messages: the room's history was reset")
+            }
             Event::Notice { text } => write!(f, "* {text}"),
             Event::Error { text } => write!(f, "! {text}"),
         }
@@ -450,10 +452,9 @@ impl fmt::Display for ClientError<'_> {
                 f,
                 "slow down: at most {per_second} messages a second; this one was not sent"
             ),
-            ClientError::ResumeAhead { since, seq } => write!(
-                f,
-                "cannot resume after message {since}: the room's last message is {seq}"
-            ),
+            ClientError::ResumeAhead { since, seq } => {
+                write!(f, "cannot resume after message {since}: the room's last message is {seq}")
+            }
             ClientError::Malformed { reason } => {
                 write!(f, "malformed request: {reason}; nothing was sent")
             }
@@ -529,7 +530,13 @@ mod tests {
         let room = || Str::from("lobby");
         let cases: Vec<(Event<'_>, &str, &str)> = vec![
             (
-                Event::Message { room: room(), seq: 7, from: "a:".into(), text: "b: \"c\"".into(), ts },
+                Event::Message {
+                    room: room(),
+                    seq: 7,
+                    from: "a:".into(),
+                    text: "b: \"c\"".into(),
+                    ts,
+                },
                 r#"{"type":"message","room":"lobby","seq":7,"from":"a:","text":"b: \"c\"","ts":"2026-11-24T10:00:00.123Z"}"#,
                 "a:: b: \"c\"",
             ),
@@ -549,7 +556,13 @@ mod tests {
                 "* bob is now rob",
             ),
             (
-                Event::Welcome { room: room(), name: "bob".into(), online: 2, epoch: "e1".into(), seq: 9 },
+                Event::Welcome {
+                    room: room(),
+                    name: "bob".into(),
+                    online: 2,
+                    epoch: "e1".into(),
+                    seq: 9,
+                },
                 r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9}"#,
                 "* you are bob in room lobby, 2 online; /help lists the commands",
             ),
@@ -573,13 +586,21 @@ mod tests {
                 r#"{"type":"history","phase":"end","count":3}"#,
                 "* end of history",
             ),
-            (Event::Missed { count: Some(3) }, r#"{"type":"missed","count":3}"#, "! missed 3 messages"),
+            (
+                Event::Missed { count: Some(3) },
+                r#"{"type":"missed","count":3}"#,
+                "! missed 3 messages",
+            ),
             (
                 Event::Missed { count: None },
                 r#"{"type":"missed","count":null}"#,
                 "! missed an unknown number of messages: the room's history was reset",
             ),
-            (Event::Notice { text: "hi \"you\"".into() }, r#"{"type":"notice","text":"hi \"you\""}"#, "* hi \"you\""),
+            (
+                Event::Notice { text: "hi \"you\"".into() },
+                r#"{"type":"notice","text":"hi \"you\""}"#,
+                "* hi \"you\"",
+            ),
             (
                 ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control }.into(),
                 r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"}"#,
@@ -593,7 +614,13 @@ mod tests {
             assert_eq!(event.encode(Protocol::Json).as_text(), Some(json));
             assert_eq!(event.encode(Protocol::Text).as_text(), Some(text));
         }
-        let welcome = Event::Welcome { room: room(), name: "bob".into(), online: 2, epoch: "e".into(), seq: 0 };
+        let welcome = Event::Welcome {
+            room: room(),
+            name: "bob".into(),
+            online: 2,
+            epoch: "e".into(),
+            seq: 0,
+        };
         assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
     }
 
@@ -605,7 +632,8 @@ mod tests {
         let request = decode(r#"{"type":"nick","name":"bob","extra":1}"#).unwrap();
         assert_eq!(request.command(), Command::Nick("bob"));
         assert_eq!(decode(r#"{"type":"who"}"#).unwrap().command(), Command::Who);
-        for bad in [r#"{"type":"shout","text":"x"}"#, r#"{"type":"message"}"#, "hello", "[1]", "{}"] {
+        for bad in [r#"{"type":"shout","text":"x"}"#, r#"{"type":"message"}"#, "hello", "[1]", "{}"]
+        {
             assert!(decode(bad).is_err(), "{bad}");
         }
     }

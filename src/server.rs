@@ -206,9 +206,10 @@ async fn handle(
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
         };
-        let (_, ws) = websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
-            HandshakeError::Refused { status: 400, reason: error.to_string() }
-        })?;
+        let (_, ws) = websockets
+            .accept(Replay::new(read, stream))
+            .await
+            .map_err(|error| HandshakeError::Refused { status: 400, reason: error.to_string() })?;
         // Boxed once here, so that it is not part of the connection future's
         // state as well as of the split halves' shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))
@@ -240,32 +241,35 @@ async fn handle(
     let metrics = &context.metrics;
     metrics.connections.inc();
     metrics.connections_opened.inc();
-    let reason = match connection::serve(ws, joined, request.protocol, context.limits, metrics, &shutdown).await {
-        End::Closed => {
-            info!("left");
-            "client"
-        }
-        End::Shutdown => {
-            info!("closed by shutdown");
-            "shutdown"
-        }
-        End::Error(error) => {
-            info!(%error, "left on error");
-            "error"
-        }
-        End::Silent => {
-            info!("closed: no answer to ping");
-            "no_pong"
-        }
-        End::TooSlow => {
-            warn!("closed: too slow to read");
-            "too_slow"
-        }
-        End::Flood => {
-            warn!("closed: flooding");
-            "flood"
-        }
-    };
+    let reason =
+        match connection::serve(ws, joined, request.protocol, context.limits, metrics, &shutdown)
+            .await
+        {
+            End::Closed => {
+                info!("left");
+                "client"
+            }
+            End::Shutdown => {
+                info!("closed by shutdown");
+                "shutdown"
+            }
+            End::Error(error) => {
+                info!(%error, "left on error");
+                "error"
+            }
+            End::Silent => {
+                info!("closed: no answer to ping");
+                "no_pong"
+            }
+            End::TooSlow => {
+                warn!("closed: too slow to read");
+                "too_slow"
+            }
+            End::Flood => {
+                warn!("closed: flooding");
+                "flood"
+            }
+        };
     metrics.connections.dec();
     metrics.closed.get_or_create(&crate::metrics::Reason { reason }).inc();
 }

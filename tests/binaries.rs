@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{PATIENCE, Peer, TestServer};
+use common::{PATIENCE, Peer, Proxy, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
@@ -101,7 +101,7 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     let mut server = TestServer::start().await;
     let mut alice = Peer::named(&server, "alice").await;
     let url = server.url("/?name=bob");
-    let mut child: Child = command(CLIENT, &[&url]).spawn().expect("spawn");
+    let mut child: Child = command(CLIENT, &[&url, "--retries", "0"]).spawn().expect("spawn");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
     assert_eq!(line(&mut stdout).await, "* bob joined");
@@ -120,8 +120,74 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     let status = timeout(PATIENCE, child.wait()).await.expect("exits in time").expect("wait");
     let mut stderr = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut stderr).await.expect("read");
-    assert_eq!(stderr, "the server closed the connection: server shutting down\n");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        stderr,
+        "error: the server closed the connection: server shutting down (code 1001)\n"
+    );
+    assert_eq!(status.code(), Some(1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_reconnects_after_a_dropped_connection_and_prints_what_it_missed_once() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut child = command(CLIENT, &[&proxy.url("/"), "--name", "bob"]).spawn().expect("spawn");
+    let _stdin = child.stdin.take();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
+    assert_eq!(line(&mut stdout).await, "* bob joined");
+    alice.expect("* bob joined").await;
+    alice.send("one").await;
+    assert_eq!(line(&mut stdout).await, "alice: one");
+
+    proxy.cut();
+    alice.wait_for("* bob left").await;
+    alice.send("two").await;
+    alice.send("three").await;
+    alice.wait_for("* bob joined").await;
+    alice.send("four").await;
+    assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
+    for expected in [
+        "* 2 earlier messages",
+        "alice: two",
+        "alice: three",
+        "* end of history",
+        "* bob joined",
+        "alice: four",
+    ] {
+        assert_eq!(line(&mut stdout).await, expected);
+    }
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut notice = String::new();
+    timeout(PATIENCE, stderr.read_line(&mut notice)).await.expect("in time").expect("read");
+    assert!(notice.starts_with("connection to ") && notice.contains("reconnecting in"), "{notice}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_comes_back_to_a_restarted_server_and_says_the_history_was_reset() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let mut child = command(CLIENT, &[&server.url("/"), "--name", "bob"]).spawn().expect("spawn");
+    let _stdin = child.stdin.take();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
+    assert_eq!(line(&mut stdout).await, "* bob joined");
+
+    server.stop().await;
+    let server = TestServer::at(addr, chat::config::ServerConfig::default()).await;
+    assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
+    assert_eq!(
+        line(&mut stdout).await,
+        "! missed an unknown number of messages: the room's history was reset"
+    );
+    assert_eq!(line(&mut stdout).await, "* bob joined");
+    let mut alice = Peer::named(&server, "alice").await;
+    alice.send("welcome back").await;
+    assert_eq!(line(&mut stdout).await, "* alice joined");
+    assert_eq!(line(&mut stdout).await, "alice: welcome back");
     server.stop().await;
 }
 

@@ -10,7 +10,10 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_websockets::Message;
 
-async fn send_json(ws: &mut (impl futures_util::Sink<Message, Error = tokio_websockets::Error> + Unpin), value: Value) {
+async fn send_json(
+    ws: &mut (impl futures_util::Sink<Message, Error = tokio_websockets::Error> + Unpin),
+    value: Value,
+) {
     ws.send(Message::text(value.to_string())).await.expect("send");
 }
 
@@ -37,7 +40,10 @@ async fn a_json_client_gets_every_event_as_json_and_chats_with_text_clients() {
         welcome,
         json!({"type": "welcome", "room": "lobby", "name": "bob", "online": 2, "epoch": epoch, "seq": 0})
     );
-    assert_eq!(untimed(next_json(&mut bob).await), json!({"type": "join", "room": "lobby", "name": "bob"}));
+    assert_eq!(
+        untimed(next_json(&mut bob).await),
+        json!({"type": "join", "room": "lobby", "name": "bob"})
+    );
     alice.expect("* bob joined").await;
 
     alice.send("hello {\"x\"}").await;
@@ -58,13 +64,22 @@ async fn a_json_client_gets_every_event_as_json_and_chats_with_text_clients() {
         json!({"type": "who", "room": "lobby", "count": 2, "names": ["alice", "bob"]})
     );
     send_json(&mut bob, json!({"type": "nick", "name": "rob"})).await;
-    assert_eq!(next_json(&mut bob).await, json!({"type": "nick", "room": "lobby", "old": "bob", "new": "rob"}));
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "nick", "room": "lobby", "old": "bob", "new": "rob"})
+    );
     alice.expect("* bob is now rob").await;
     send_json(&mut bob, json!({"type": "nick", "name": "alice"})).await;
-    assert_eq!(next_json(&mut bob).await, json!({"type": "error", "text": "name \"alice\" is taken"}));
+    assert_eq!(
+        next_json(&mut bob).await,
+        json!({"type": "error", "text": "name \"alice\" is taken"})
+    );
 
     alice.close().await;
-    assert_eq!(untimed(next_json(&mut bob).await), json!({"type": "leave", "room": "lobby", "name": "alice"}));
+    assert_eq!(
+        untimed(next_json(&mut bob).await),
+        json!({"type": "leave", "room": "lobby", "name": "alice"})
+    );
     server.stop().await;
 }
 
@@ -87,7 +102,10 @@ async fn malformed_json_gets_an_error_and_the_connection_stays_open() {
         let error = next_json(&mut bob).await;
         assert_eq!(error["type"], "error", "{frame}: {error}");
         let text = error["text"].as_str().expect("text");
-        assert!(text.starts_with("malformed request: ") && text.ends_with("; nothing was sent"), "{text}");
+        assert!(
+            text.starts_with("malformed request: ") && text.ends_with("; nothing was sent"),
+            "{text}"
+        );
     }
     bob.send(Message::binary(&b"\x00"[..])).await.expect("send");
     assert_eq!(next_json(&mut bob).await["type"], "error");
@@ -144,7 +162,15 @@ async fn resuming_replays_only_what_came_after_and_counts_what_is_gone() {
     // The same in the text protocol.
     let mut ws = connect(&server.url(&format!("/?name=d&since=2&epoch={epoch}"))).await;
     assert!(next_text(&mut ws).await.starts_with("* you are d in room lobby"));
-    for line in ["! missed 5 messages", "* 3 earlier messages", "alice: m8", "alice: m9", "alice: m10", "* end of history", "* d joined"] {
+    for line in [
+        "! missed 5 messages",
+        "* 3 earlier messages",
+        "alice: m8",
+        "alice: m9",
+        "alice: m10",
+        "* end of history",
+        "* d joined",
+    ] {
         assert_eq!(next_text(&mut ws).await, line);
     }
 
@@ -193,7 +219,8 @@ async fn resuming_while_messages_flow_has_no_gap_and_no_duplicate() {
     // Gone without a goodbye, with frames unread.
     drop(bob);
     let last = *seen.last().expect("some seen");
-    let mut bob = connect_json(&server.url(&format!("/?name=bob2&since={last}&epoch={epoch}"))).await;
+    let mut bob =
+        connect_json(&server.url(&format!("/?name=bob2&since={last}&epoch={epoch}"))).await;
     while seen.last() != Some(&TOTAL) {
         let event = next_json(&mut bob).await;
         match event["type"].as_str() {

@@ -3,8 +3,8 @@
 
 use chat::client::sanitize;
 use chat::protocol::{
-    Command, Event, MAX_NAME_CHARS, Request, now, parse_command, parse_welcome,
-    query_param, room_from_path, validate_name,
+    Command, Event, MAX_NAME_CHARS, Request, now, parse_command, parse_welcome, query_param,
+    room_from_path, validate_name,
 };
 use proptest::prelude::*;
 

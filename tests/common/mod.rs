@@ -200,7 +200,10 @@ pub async fn connect_json(url: &str) -> WebSocketStream<MaybeTlsStream<TcpStream
     let (ws, response) =
         timeout(PATIENCE, builder.connect()).await.expect("connect in time").expect("connect");
     assert_eq!(
-        response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes()),
+        response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .map(http::HeaderValue::as_bytes),
         Some(chat::protocol::JSON_PROTOCOL.as_bytes())
     );
     ws
