@@ -1,0 +1,41 @@
+//! The web page in Debian's headless Chromium, driven by Playwright: see
+//! `tests/browser/chat.mjs`. Needs `chromium`, `node` and
+//! `npm ci --prefix tests/browser`; without them the test says so and is
+//! skipped, unless `CHAT_REQUIRE_BROWSER=1` (set by `.ci/run`) makes that a
+//! failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const INSTALL: &str = "apt-get install chromium nodejs npm && npm ci --prefix tests/browser";
+
+#[test]
+fn two_pages_and_a_terminal_client_chat_and_survive_a_restart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var_os("CHAT_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let missing: Vec<&str> = [
+        (!chromium.exists()).then_some("chromium"),
+        Command::new("node").arg("--version").output().is_err().then_some("node"),
+        (!root.join("tests/browser/node_modules/playwright-core").exists())
+            .then_some("playwright-core"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        let message = format!("browser test needs {}: {INSTALL}", missing.join(", "));
+        assert!(std::env::var_os("CHAT_REQUIRE_BROWSER").is_none(), "{message}");
+        eprintln!("SKIPPED: {message}");
+        return;
+    }
+    // CHAT_SCREENSHOT=img/page.png, passed through, saves README's picture.
+    let status = Command::new("node")
+        .arg(root.join("tests/browser/chat.mjs"))
+        .env("CHAT_SERVER", env!("CARGO_BIN_EXE_server"))
+        .env("CHAT_CLIENT", env!("CARGO_BIN_EXE_client"))
+        .env("CHAT_CHROMIUM", &chromium)
+        .status()
+        .expect("run node");
+    assert!(status.success(), "the browser test failed (its output is above)");
+}
