@@ -133,7 +133,8 @@ async fn chat(
     lines: &mut mpsc::Receiver<String>,
     output: &RefCell<Output>,
 ) -> Result<(), Error> {
-    // A line read while disconnected, sent first once connected again.
+    // A line read but not sent yet (typed while disconnected, or cut off),
+    // sent first once connected again.
     let mut pending: Option<String> = None;
     let mut failures = 0;
     let mut connected_once = false;
@@ -266,11 +267,17 @@ async fn converse(
     // Sending and receiving run together: a server that waits for us to read
     // never blocks our writes, and the other way round.
     let sending = async {
-        if let Some(line) = pending.take() {
-            send(&mut sink, &line, output).await?;
-        }
-        while let Some(line) = lines.recv().await {
-            send(&mut sink, &line, output).await?;
+        loop {
+            // A line stays pending until it is sent: if the connection is
+            // lost meanwhile, it is sent again after reconnecting.
+            if pending.is_none() {
+                match lines.recv().await {
+                    Some(line) => *pending = Some(line),
+                    None => break,
+                }
+            }
+            send(&mut sink, pending.as_deref().unwrap_or_default(), output).await?;
+            *pending = None;
         }
         sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
     };

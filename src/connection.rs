@@ -118,13 +118,11 @@ where
             // Then whatever the room has pending, up to a batch, in one write.
             while fed < MAX_BATCH {
                 let frame = match rx.try_recv() {
-                    Ok(Outbound { pos, frames }) => {
-                        fed_pos.store(pos, Ordering::Relaxed);
-                        frames.get(protocol)
-                    }
-                    Err(TryRecvError::Lagged(count)) => missed(count, protocol, metrics),
+                    Ok(outbound) => received(outbound, protocol, &fed_pos),
+                    Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
+                let Some(frame) = frame else { continue };
                 if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
                     return end;
                 }
@@ -142,16 +140,14 @@ where
             // Nothing pending: sleep until the room or the reader has something.
             let frame = tokio::select! {
                 () = wake_writer.notified() => continue,
-                received = rx.recv() => match received {
-                    Ok(Outbound { pos, frames }) => {
-                        fed_pos.store(pos, Ordering::Relaxed);
-                        frames.get(protocol)
-                    }
-                    Err(RecvError::Lagged(count)) => missed(count, protocol, metrics),
+                event = rx.recv() => match event {
+                    Ok(outbound) => received(outbound, protocol, &fed_pos),
+                    Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
                     // The room outlives its members: cannot happen while we hold one.
                     Err(RecvError::Closed) => return End::Closed,
                 },
             };
+            let Some(frame) = frame else { continue };
             if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
                 return end;
             }
@@ -326,6 +322,12 @@ fn millis(duration: Duration) -> u64 {
 
 fn pop(outbox: &Outbox) -> Option<Message> {
     lock(outbox).pop_front()
+}
+
+/// The frame a room event is for this client, noting how far it was fed.
+fn received(outbound: Outbound, protocol: Protocol, fed_pos: &AtomicU64) -> Option<Message> {
+    fed_pos.store(outbound.pos, Ordering::Relaxed);
+    outbound.frames.take(protocol)
 }
 
 fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Message {

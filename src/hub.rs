@@ -28,23 +28,59 @@ pub struct Outbound {
     pub frames: Frames,
 }
 
-/// An event encoded once per protocol.
+/// An event encoded once per protocol, for the protocols its recipients
+/// speak: every recipient clones each frame it carries, so a frame nobody
+/// needs would cost every delivery a reference count.
 #[derive(Debug, Clone)]
 pub struct Frames {
-    text: Message,
-    json: Message,
+    text: Option<Message>,
+    json: Option<Message>,
 }
 
 impl Frames {
-    fn new(event: &Event<'_>) -> Self {
-        Self { text: event.encode(Protocol::Text), json: event.encode(Protocol::Json) }
+    /// The event in every protocol (for the history: anyone may join later).
+    fn all(event: &Event<'_>) -> Self {
+        Self::only(event, Speakers { text: 1, json: 1 })
     }
 
-    /// The frame for a client of `protocol`.
-    pub fn get(&self, protocol: Protocol) -> Message {
+    /// The event in the protocols `speakers` use.
+    fn only(event: &Event<'_>, speakers: Speakers) -> Self {
+        Self {
+            text: (speakers.text > 0).then(|| event.encode(Protocol::Text)),
+            json: (speakers.json > 0).then(|| event.encode(Protocol::Json)),
+        }
+    }
+
+    /// These frames, less those `speakers` do not use.
+    fn keep(&self, speakers: Speakers) -> Self {
+        Self {
+            text: self.text.as_ref().filter(|_| speakers.text > 0).cloned(),
+            json: self.json.as_ref().filter(|_| speakers.json > 0).cloned(),
+        }
+    }
+
+    /// The frame for a client of `protocol`: always there for a member of
+    /// the room it was sent to.
+    pub fn take(self, protocol: Protocol) -> Option<Message> {
         match protocol {
-            Protocol::Text => self.text.clone(),
-            Protocol::Json => self.json.clone(),
+            Protocol::Text => self.text,
+            Protocol::Json => self.json,
+        }
+    }
+}
+
+/// How many members of a room speak each protocol.
+#[derive(Debug, Clone, Copy, Default)]
+struct Speakers {
+    text: usize,
+    json: usize,
+}
+
+impl Speakers {
+    fn count(&mut self, protocol: Protocol) -> &mut usize {
+        match protocol {
+            Protocol::Text => &mut self.text,
+            Protocol::Json => &mut self.json,
         }
     }
 }
@@ -75,6 +111,7 @@ struct Room {
 #[derive(Debug, Default)]
 struct RoomState {
     names: HashSet<String>,
+    speakers: Speakers,
     pos: u64,
     /// The last message's number.
     seq: u64,
@@ -102,6 +139,7 @@ pub struct Member {
     hub: Arc<Hub>,
     room: Arc<Room>,
     name: String,
+    protocol: Protocol,
 }
 
 impl Hub {
@@ -186,6 +224,7 @@ impl Hub {
             }
         };
         state.names.insert(name.clone());
+        *state.speakers.count(protocol) += 1;
         notices.push(
             Event::Welcome {
                 room: room.name.as_str().into(),
@@ -208,7 +247,8 @@ impl Hub {
         if count > 0 {
             notices.reserve(count + 2);
             notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
-            notices.extend(state.history.iter().skip(skip).map(|(_, frames)| frames.get(protocol)));
+            let replay = state.history.iter().skip(skip);
+            notices.extend(replay.filter_map(|(_, frames)| frames.clone().take(protocol)));
             notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
         }
 
@@ -226,7 +266,7 @@ impl Hub {
         }
         drop(state);
 
-        Joined { member: Member { hub: self.clone(), room, name }, rx, notices }
+        Joined { member: Member { hub: self.clone(), room, name, protocol }, rx, notices }
     }
 }
 
@@ -235,7 +275,7 @@ impl Room {
     /// position. Called with the state locked so positions follow the
     /// channel's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
-        self.send(state, Frames::new(event))
+        self.send(state, Frames::only(event, state.speakers))
     }
 
     fn send(&self, state: &mut RoomState, frames: Frames) -> u64 {
@@ -260,22 +300,26 @@ impl Member {
         let ts = now();
         let mut state = lock(&self.room.state);
         state.seq += 1;
-        let frames = Frames::new(&Event::Message {
+        let event = Event::Message {
             room: self.room.name.as_str().into(),
             seq: state.seq,
             from: self.name.as_str().into(),
             text: message.into(),
             ts,
-        });
-        if self.hub.history > 0 {
-            if state.history.len() == self.hub.history {
-                state.history.pop_front();
-            }
-            // Reference-counted clones: the history shares the broadcast's bytes.
-            let seq = state.seq;
-            state.history.push_back((seq, frames.clone()));
+        };
+        if self.hub.history == 0 {
+            let frames = Frames::only(&event, state.speakers);
+            return Ok(self.room.send(&mut state, frames));
         }
-        Ok(self.room.send(&mut state, frames))
+        if state.history.len() == self.hub.history {
+            state.history.pop_front();
+        }
+        // The history keeps every protocol; the broadcast shares its bytes.
+        let frames = Frames::all(&event);
+        let live = frames.keep(state.speakers);
+        let seq = state.seq;
+        state.history.push_back((seq, frames));
+        Ok(self.room.send(&mut state, live))
     }
 
     /// Changes this client's name and tells the room; returns the notice's position.
@@ -326,6 +370,7 @@ impl Drop for Member {
             state.left += 1;
         }
         state.names.remove(&self.name);
+        *state.speakers.count(self.protocol) -= 1;
         let empty = state.names.is_empty();
         drop(state);
         if empty {

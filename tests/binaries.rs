@@ -169,15 +169,16 @@ async fn client_reconnects_after_a_dropped_connection_and_prints_what_it_missed_
 #[tokio::test]
 async fn client_comes_back_to_a_restarted_server_and_says_the_history_was_reset() {
     let server = TestServer::start().await;
-    let addr = server.addr;
-    let mut child = command(CLIENT, &[&server.url("/"), "--name", "bob"]).spawn().expect("spawn");
+    let proxy = Proxy::start(server.addr).await;
+    let mut child = command(CLIENT, &[&proxy.url("/"), "--name", "bob"]).spawn().expect("spawn");
     let _stdin = child.stdin.take();
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
     assert_eq!(line(&mut stdout).await, "* bob joined");
 
     server.stop().await;
-    let server = TestServer::at(addr, chat::config::ServerConfig::default()).await;
+    let server = TestServer::start().await;
+    proxy.redirect(server.addr);
     assert!(line(&mut stdout).await.starts_with("* you are bob in room lobby"));
     assert_eq!(
         line(&mut stdout).await,

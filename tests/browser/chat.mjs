@@ -49,9 +49,18 @@ function start(program, args) {
 }
 
 async function startServer(port) {
-  const server = start(CHAT_SERVER, ["--port", String(port)]);
-  const line = await server.waitFor((l) => l.startsWith("listening on "), "listening line");
-  return { server, port: Number(line.split(":").pop()) };
+  // Winning the old port back may take a few tries: until then another
+  // process's outgoing connection may hold it.
+  for (let attempt = 1; ; attempt++) {
+    const server = start(CHAT_SERVER, ["--port", String(port)]);
+    const exited = new Promise((resolve) => server.once("exit", () => resolve(null)));
+    const listening = server.waitFor((l) => l.startsWith("listening on "), "listening line");
+    listening.catch(() => {}); // settled by the race below when the server exits first
+    const line = await Promise.race([listening, exited]);
+    if (line !== null) return { server, port: Number(line.split(":").pop()) };
+    if (attempt === 20) fail(`the server could not listen on port ${port}`);
+    await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+  }
 }
 
 function stopped(child) {

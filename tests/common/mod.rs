@@ -39,12 +39,7 @@ impl TestServer {
     }
 
     pub async fn with(config: ServerConfig) -> Self {
-        Self::at("127.0.0.1:0".parse().expect("address"), config).await
-    }
-
-    /// A server on `addr`: a restarted server binds its predecessor's.
-    pub async fn at(addr: SocketAddr, config: ServerConfig) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(chat::server::run(listener, config, async {
@@ -222,6 +217,7 @@ where
 /// at once, as a dropped network would: the server sees them reset, not closed.
 pub struct Proxy {
     pub addr: SocketAddr,
+    upstream: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
     cut: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
@@ -231,10 +227,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+        let target = upstream.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let mut cuts = cuts.clone();
                 cuts.mark_unchanged();
+                let upstream = *target.lock().expect("upstream");
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
                     tokio::select! {
@@ -248,7 +247,13 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut, task }
+        Self { addr, upstream, cut, task }
+    }
+
+    /// Relays new connections to `upstream` from now on: a restarted server
+    /// need not win its old port back.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        *self.upstream.lock().expect("upstream") = upstream;
     }
 
     /// Resets every connection relayed so far; new ones are relayed again.
