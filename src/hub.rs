@@ -67,6 +67,13 @@ impl Frames {
             Protocol::Json => self.json,
         }
     }
+
+    fn get(&self, protocol: Protocol) -> Option<Message> {
+        match protocol {
+            Protocol::Text => self.text.clone(),
+            Protocol::Json => self.json.clone(),
+        }
+    }
 }
 
 /// How many members of a room speak each protocol.
@@ -248,7 +255,7 @@ impl Hub {
             notices.reserve(count + 2);
             notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
             let replay = state.history.iter().skip(skip);
-            notices.extend(replay.filter_map(|(_, frames)| frames.clone().take(protocol)));
+            notices.extend(replay.filter_map(|(_, frames)| frames.get(protocol)));
             notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
         }
 
