@@ -28,7 +28,9 @@ use rustyline::error::ReadlineError;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
-use tokio_websockets::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocketStream};
+use tokio_websockets::{
+    ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
+};
 use tracing::debug;
 
 use crate::config::{
@@ -82,6 +84,9 @@ pub enum Error {
     /// Stdout or the terminal failed.
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
+    /// TLS could not be set up (`--ca-cert`).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -103,6 +108,7 @@ struct Session {
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
     // Checked once, before anything else.
     chat_uri(&config.url, config.name.as_deref(), None)?;
+    let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let (output, input) = if interactive {
@@ -115,7 +121,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let output = RefCell::new(output);
     let mut session = Session { name: config.name.clone(), ..Session::default() };
 
-    let result = chat(&config, &mut session, &mut lines, &output).await;
+    let result = chat(&config, &tls, &mut session, &mut lines, &output).await;
     drop(lines);
     if let Some(thread) = input {
         // The editor holds the terminal in raw mode: let it finish its line so
@@ -129,6 +135,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 /// Connects, and reconnects while the connection is lost, until the end.
 async fn chat(
     config: &ClientConfig,
+    tls: &Connector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
     output: &RefCell<Output>,
@@ -139,7 +146,7 @@ async fn chat(
     let mut failures = 0;
     let mut connected_once = false;
     loop {
-        let failure = match connect(config, session).await {
+        let failure = match connect(config, tls, session).await {
             Ok(ws) => {
                 connected_once = true;
                 failures = 0;
@@ -204,12 +211,17 @@ fn backoff(n: u32) -> Duration {
 }
 
 /// Connects and upgrades, asking to resume where `session` left.
-async fn connect(config: &ClientConfig, session: &Session) -> Result<Socket, Error> {
+async fn connect(
+    config: &ClientConfig,
+    tls: &Connector,
+    session: &Session,
+) -> Result<Socket, Error> {
     let url = config.url.clone();
     let resume = session.epoch.as_deref().map(|epoch| (session.seq.unwrap_or(0), epoch));
     let uri = chat_uri(&url, session.name.as_deref(), resume)?;
     let failed = |cause, temporary| Error::Connect { url: url.clone(), cause, temporary };
     let mut builder = ClientBuilder::from_uri(uri)
+        .connector(tls)
         .add_header(SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(JSON_PROTOCOL))
         .map_err(|error| failed(error.to_string(), false))?;
     if let Some(token) = &config.token {
@@ -238,6 +250,8 @@ fn is_temporary(error: &tokio_websockets::Error) -> bool {
     match error {
         E::Upgrade(U::DidNotSwitchProtocols(status)) => *status == 503,
         E::Upgrade(_) | E::CannotResolveHost => false,
+        // A certificate that fails verification will fail again.
+        E::Io(error) if error.kind() == io::ErrorKind::InvalidData => false,
         _ => true,
     }
 }
@@ -469,11 +483,8 @@ fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Resul
     let uri: Uri =
         url.parse().map_err(|error: http::uri::InvalidUri| invalid(&error.to_string()))?;
     match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => {
-            return Err(invalid("wss:// needs TLS, which this client does not support yet"));
-        }
-        _ => return Err(invalid("the URL must start with ws://")),
+        Some("ws" | "wss") => {}
+        _ => return Err(invalid("the URL must start with ws:// or wss://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
@@ -619,7 +630,7 @@ mod tests {
 
     #[test]
     fn chat_uri_refuses_unusable_urls() {
-        for url in ["http://h/", "h:80", "wss://h/", "ws:///x", "ws://h h/"] {
+        for url in ["http://h/", "h:80", "ws:///x", "ws://h h/"] {
             let error = chat_uri(url, None, None).unwrap_err();
             assert!(matches!(error, Error::InvalidUrl { .. }), "{url}: {error}");
         }

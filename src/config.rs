@@ -4,6 +4,7 @@
 //! Flags are parsed and checked once here; the rest of the crate trusts them.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -139,6 +140,15 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
     pub max_message_bytes: usize,
+
+    /// Certificate chain (PEM) to serve `wss://` and `https://` with; needs
+    /// `--tls-key`.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -181,6 +191,8 @@ impl Default for ServerConfig {
             presence_limit: DEFAULT_PRESENCE_LIMIT,
             history: DEFAULT_HISTORY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls_cert: None,
+            tls_key: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
@@ -222,6 +234,11 @@ pub struct ClientConfig {
     /// The server's shared secret, if it requires one (sent as `Authorization: Bearer`).
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Certificates (PEM) to trust for `wss://`, besides the system's: for a
+    /// server with a private or self-signed certificate.
+    #[arg(long, env = "CHAT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// Reconnection attempts in a row, after the connection is lost, before
     /// giving up; 0 never reconnects. Unlimited when not given.

@@ -24,3 +24,4 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod tls;

@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_websockets::{Limits, ServerBuilder};
@@ -29,10 +31,15 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{JSON_PROTOCOL, Protocol};
 
-/// Serves chat on `listener` until `shutdown` completes, then closes every
-/// connection with code 1001 and returns once they are gone (or after
-/// [`SHUTDOWN_TIMEOUT`]).
-pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) {
+/// Serves chat on `listener` (over TLS when `tls` is given) until `shutdown`
+/// completes, then closes every connection with code 1001 and returns once
+/// they are gone (or after [`SHUTDOWN_TIMEOUT`]).
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let hub = Hub::new(config.max_lag, config.presence_limit, config.history);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -48,6 +55,7 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
             allowed_origins: config.allow_origin.clone(),
             token: config.token.clone(),
         },
+        tls: tls.clone(),
     });
 
     // A permit per chat connection; past the limit, a few more connections
@@ -100,18 +108,23 @@ pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Fut
     // reconnecting) is told 503 rather than finding the port closed.
     let turn_away = async {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 sleep(ACCEPT_BACKOFF_START).await;
                 continue;
             };
             let Ok(permit) = refusals.clone().try_acquire_owned() else { continue };
             let metrics = metrics.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let answer = async {
-                    if read_head(&mut stream).await.is_ok() {
-                        let answer = Answer::text(503, "the server is shutting down".into());
-                        refuse(&mut stream, answer, &metrics).await;
+                    match tls {
+                        None => turn_away(stream, &metrics).await,
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                turn_away(stream, &metrics).await;
+                            }
+                        }
                     }
                 };
                 let _ = timeout(CLOSE_TIMEOUT, answer).await;
@@ -137,6 +150,14 @@ fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
         Protocol::Json => builder
             .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(JSON_PROTOCOL))
             .expect("Sec-WebSocket-Protocol is an allowed response header"),
+    }
+}
+
+/// Tells a client that knocks during shutdown to come back later.
+async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, metrics: &Metrics) {
+    if read_head(&mut stream).await.is_ok() {
+        let answer = Answer::text(503, "the server is shutting down".into());
+        refuse(&mut stream, answer, metrics).await;
     }
 }
 
@@ -173,14 +194,15 @@ struct Context {
     websockets_json: ServerBuilder,
     limits: ConnectionLimits,
     access: Access,
+    tls: Option<TlsAcceptor>,
 }
 
-/// One connection: handshake, then chat. Errors end here, logged.
+/// One connection: TLS if configured, then [`chat`]. Errors end here, logged.
 ///
 /// `admission` holds a chat slot, or (when all are taken) a slot for telling
 /// the client so; either is released when the connection ends.
 async fn handle(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
     context: Arc<Context>,
@@ -191,6 +213,44 @@ async fn handle(
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "cannot set TCP_NODELAY");
     }
+    // TLS and the upgrade together get one handshake timeout.
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let Some(tls) = context.tls.clone() else {
+        return chat(stream, peer, admission, deadline, context, shutdown).await;
+    };
+    // Boxed: the TLS state would otherwise enlarge every connection's future,
+    // plain ones included.
+    Box::pin(async move {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = timeout_at(deadline, tls.accept(stream)) => accepted,
+        };
+        match accepted {
+            Ok(Ok(stream)) => chat(stream, peer, admission, deadline, context, shutdown).await,
+            Ok(Err(error)) => {
+                debug!(%error, "TLS handshake failed");
+                context.metrics.refuse("tls");
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                context.metrics.refuse("handshake_timeout");
+            }
+        }
+    })
+    .await;
+}
+
+/// One connection's HTTP handshake, then chat until it ends.
+async fn chat<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
+    deadline: Instant,
+    context: Arc<Context>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let admitted = admission.is_ok();
     // Held until this function returns, that is for the whole connection.
     let _slot = admission;
@@ -218,7 +278,7 @@ async fn handle(
         () = shutdown.cancelled() => return,
         // Boxed: the handshake state would otherwise stay in every
         // connection's future for its whole life.
-        upgraded = timeout(HANDSHAKE_TIMEOUT, Box::pin(upgrade)) => upgraded,
+        upgraded = timeout_at(deadline, Box::pin(upgrade)) => upgraded,
     };
     let (request, ws) = match upgraded {
         Ok(Ok(upgraded)) => upgraded,

@@ -27,15 +27,20 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener =
         TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     // The one line of stdout: scripts read the real port from it.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on ws://{local}")?;
+    writeln!(stdout, "listening on {scheme}://{local}")?;
     stdout.flush()?;
-    chat::server::run(listener, config, shutdown_signal()).await;
+    chat::server::run(listener, config, tls, shutdown_signal()).await;
     Ok(())
 }
 

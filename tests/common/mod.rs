@@ -39,10 +39,14 @@ impl TestServer {
     }
 
     pub async fn with(config: ServerConfig) -> Self {
+        Self::with_tls(config, None).await
+    }
+
+    pub async fn with_tls(config: ServerConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat::server::run(listener, config, async {
+        let task = tokio::spawn(chat::server::run(listener, config, tls, async {
             let _ = stopped.await;
         }));
         Self { addr, stop: Some(stop), task }

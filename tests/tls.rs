@@ -1,0 +1,137 @@
+//! TLS: the server serves `wss://` and `https://` with a certificate made at
+//! test time; the client trusts it through `--ca-cert` and refuses it
+//! without; a plain connection to the TLS port harms no one.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use common::{PATIENCE, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::time::timeout;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, RootCertStore};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// A self-signed certificate for localhost and 127.0.0.1, written as PEM
+/// files in a fresh directory: (cert path, key path, cert DER).
+fn certificate() -> (PathBuf, PathBuf, Vec<u8>) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).expect("certificate");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("chat-tls-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
+    (cert_path, key_path, cert.der().to_vec())
+}
+
+/// Runs the client to the end with `input`: (exit code, stdout, stderr).
+async fn client(args: &[&str], input: &str) -> (i32, String, String) {
+    let mut child = Command::new(CLIENT)
+        .args(args)
+        .env_remove("CHAT_CA_CERT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = timeout(PATIENCE, child.wait_with_output()).await.expect("in time").expect("wait");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+    (out.status.code().expect("code"), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test]
+async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
+    let (cert, key, der) = certificate();
+    let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
+    let server = TestServer::with_tls(chat::config::ServerConfig::default(), Some(acceptor)).await;
+    let url = format!("wss://localhost:{}/secure", server.addr.port());
+    let ca = cert.to_str().expect("path");
+
+    let (code, stdout, stderr) =
+        client(&[&url, "--name", "tom", "--ca-cert", ca], "over tls\n").await;
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert!(stdout.ends_with("* tom joined\ntom: over tls\n"), "{stdout}");
+
+    // By IP address too: the certificate names 127.0.0.1.
+    let by_ip = format!("wss://127.0.0.1:{}/", server.addr.port());
+    let (code, stdout, _) = client(&[&by_ip, "--name", "ip", "--ca-cert", ca], "x\n").await;
+    assert_eq!(code, 0);
+    assert!(stdout.ends_with("ip: x\n"), "{stdout}");
+
+    let (code, stdout, stderr) = client(&[&url, "--name", "eve"], "hi\n").await;
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("error: cannot connect to {url}: ")), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+
+    // A plain-text client on the TLS port is dropped; the server goes on.
+    let plain = format!("ws://127.0.0.1:{}/", server.addr.port());
+    let (code, _, stderr) = client(&[&plain], "").await;
+    assert_eq!(code, 1, "{stderr}");
+
+    // https: the health check over TLS.
+    let mut roots = RootCertStore::empty();
+    roots.add(der.into()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut response = String::new();
+    timeout(PATIENCE, tls.read_to_string(&mut response)).await.expect("in time").ok();
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK\r\n") && response.ends_with("\r\n\r\nok\n"),
+        "{response:?}"
+    );
+
+    let (code, stdout, _) = client(&[&url, "--name", "tom2", "--ca-cert", ca], "still up\n").await;
+    assert_eq!(code, 0);
+    assert!(stdout.ends_with("tom2: still up\n"), "{stdout}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(cert.parent().expect("dir"));
+}
+
+#[tokio::test]
+async fn server_with_unusable_tls_files_exits_1_with_one_line() {
+    let missing = std::env::temp_dir().join("chat-no-such-cert.pem");
+    let missing = missing.to_str().expect("path");
+    let out = timeout(
+        PATIENCE,
+        Command::new(SERVER)
+            .args(["--port", "0", "--tls-cert", missing, "--tls-key", missing])
+            .env_remove("RUST_LOG")
+            .output(),
+    )
+    .await
+    .expect("in time")
+    .expect("run");
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("error: cannot load {missing}: ")), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
