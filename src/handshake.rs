@@ -127,6 +127,10 @@ fn route(
         return Err(Answer::text(405, "only GET is served here".into()));
     }
     if !access.admits(request, query) {
+        // A browser visiting a room is asked for the token by a form.
+        if !upgrade && path != "/metrics" {
+            return Err(Answer { status: 401, content_type: HTML, body: TOKEN_PAGE.into() });
+        }
         return Err(Answer::text(
             401,
             "a valid token is required: Authorization: Bearer TOKEN, or ?token=".into(),
@@ -180,6 +184,9 @@ fn resume(query: Option<&str>) -> Result<Option<Resume>, Answer> {
 
 /// The web chat page, served for a plain GET of a room's path.
 const PAGE: &str = include_str!("page.html");
+
+/// Asks a browser for the `--token`, then reloads the room with `?token=`.
+const TOKEN_PAGE: &str = include_str!("token.html");
 
 /// The content type of [`PAGE`].
 const HTML: &str = "text/html; charset=utf-8";

@@ -181,6 +181,16 @@ async fn with_a_token_only_clients_presenting_it_may_upgrade() {
     // The health check stays open.
     let response = exchange(&server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status(&response), "200");
+    // A browser is asked for the token, then gets the page with it.
+    let response = exchange(&server, b"GET /rust HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&response), "401");
+    assert!(response.contains("Content-Type: text/html") && response.contains("name=\"token\""));
+    let response = exchange(&server, b"GET /rust?token=s3cret HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&response), "200");
+    assert!(response.contains("new WebSocket("), "the chat page");
+    let response = exchange(&server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status(&response), "401");
+    assert!(response.contains("Content-Type: text/plain"), "{response}");
     server.stop().await;
 }
 

@@ -96,9 +96,15 @@ async fn malformed_json_gets_an_error_and_the_connection_stays_open() {
         "{\"type\":\"message\",\"text\":7}",
         "[1,2]",
         "{\"type\":\"message\",\"text\":\"unterminated",
+        // Hostile: a huge number, a wrong type, deep nesting.
+        "{\"type\":\"nick\",\"name\":1e999999}",
+        "{\"type\":\"nick\",\"name\":18446744073709551616123}",
+        "{\"type\":\"message\",\"text\":[\"a\"]}",
+        &format!("{{\"type\":\"message\",\"text\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000)),
+        &"[".repeat(60_000),
     ];
     for frame in bad {
-        bob.send(Message::text(frame)).await.expect("send");
+        bob.send(Message::text(frame.to_owned())).await.expect("send");
         let error = next_json(&mut bob).await;
         assert_eq!(error["type"], "error", "{frame}: {error}");
         let text = error["text"].as_str().expect("text");
