@@ -10,6 +10,7 @@
 //! - [`limit`]: per-connection flood control.
 //! - [`logging`]: the binaries' log set-up.
 //! - [`metrics`]: the counters behind `GET /metrics`.
+//! - [`tls`]: rustls set-up for `wss://` on both ends.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
 //! - [`bench`]: the load generator behind `chat-bench`.
 
