@@ -362,3 +362,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Whatever arrives, the parser decides or waits for more; it never panics.
+        #[test]
+        fn any_bytes_are_decided_or_awaited(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse(&bytes, &Access::default(), &Metrics::default());
+        }
+
+        // Well-formed heads with arbitrary targets and headers: a chat request
+        // only for a valid room, with the query decoded.
+        #[test]
+        fn any_target_and_headers_get_a_decision(
+            target in "/[ -~]{0,64}",
+            name in "[A-Za-z-]{1,20}",
+            value in "[ -~]{0,80}",
+            upgrade in any::<bool>(),
+        ) {
+            let upgrade = if upgrade {
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            } else {
+                ""
+            };
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n{upgrade}\r\n");
+            match parse(head.as_bytes(), &Access::default(), &Metrics::default()) {
+                Some(Ok(chat)) => {
+                    let path = target.split('?').next().unwrap_or_default();
+                    prop_assert_eq!(room_from_path(path), Ok(chat.room.as_str()));
+                }
+                Some(Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
+                None => prop_assert!(false, "a complete head must be decided"),
+            }
+        }
+    }
+}
