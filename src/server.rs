@@ -83,8 +83,24 @@ pub async fn run(
                     continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
-                let task = handle(stream, peer, admission, context.clone(), token.clone());
-                tracker.spawn(task.instrument(span));
+                // Chat frames are small and latency matters more than packet
+                // count; the writer batches on its own.
+                if let Err(error) = stream.set_nodelay(true) {
+                    debug!(%error, "cannot set TCP_NODELAY");
+                }
+                let start = Start {
+                    peer,
+                    admission,
+                    deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+                    context: context.clone(),
+                    shutdown: token.clone(),
+                };
+                // Two kinds of task, so that plain connections do not carry
+                // the TLS state.
+                match &context.tls {
+                    None => tracker.spawn(chat(stream, start).instrument(span)),
+                    Some(tls) => tracker.spawn(secure(tls.clone(), stream, start).instrument(span)),
+                };
             }
             Err(error) if is_per_connection(&error) => {
                 debug!(%error, "accept failed for one connection");
@@ -106,31 +122,7 @@ pub async fn run(
     tracker.close();
     // While connections close, whoever knocks (a health check, a client
     // reconnecting) is told 503 rather than finding the port closed.
-    let turn_away = async {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                sleep(ACCEPT_BACKOFF_START).await;
-                continue;
-            };
-            let Ok(permit) = refusals.clone().try_acquire_owned() else { continue };
-            let metrics = metrics.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let answer = async {
-                    match tls {
-                        None => turn_away(stream, &metrics).await,
-                        Some(tls) => {
-                            if let Ok(stream) = tls.accept(stream).await {
-                                turn_away(stream, &metrics).await;
-                            }
-                        }
-                    }
-                };
-                let _ = timeout(CLOSE_TIMEOUT, answer).await;
-            });
-        }
-    };
+    let turn_away = turn_away_all(&listener, &refusals, &metrics, tls.as_ref());
     tokio::select! {
         waited = timeout(SHUTDOWN_TIMEOUT, tracker.wait()) => if waited.is_err() {
             warn!(left = tracker.len(), "some connections did not close in time");
@@ -150,6 +142,38 @@ fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
         Protocol::Json => builder
             .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(JSON_PROTOCOL))
             .expect("Sec-WebSocket-Protocol is an allowed response header"),
+    }
+}
+
+/// Answers every connection with 503, as many at once as `refusals` allows.
+async fn turn_away_all(
+    listener: &TcpListener,
+    refusals: &Arc<Semaphore>,
+    metrics: &Arc<Metrics>,
+    tls: Option<&TlsAcceptor>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            sleep(ACCEPT_BACKOFF_START).await;
+            continue;
+        };
+        let Ok(permit) = refusals.clone().try_acquire_owned() else { continue };
+        let metrics = metrics.clone();
+        let tls = tls.cloned();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = async {
+                match tls {
+                    None => turn_away(stream, &metrics).await,
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            turn_away(stream, &metrics).await;
+                        }
+                    }
+                }
+            };
+            let _ = timeout(CLOSE_TIMEOUT, answer).await;
+        });
     }
 }
 
@@ -197,60 +221,44 @@ struct Context {
     tls: Option<TlsAcceptor>,
 }
 
-/// One connection: TLS if configured, then [`chat`]. Errors end here, logged.
-///
-/// `admission` holds a chat slot, or (when all are taken) a slot for telling
-/// the client so; either is released when the connection ends.
-async fn handle(
-    stream: TcpStream,
+/// What a connection's task starts with, besides its stream.
+struct Start {
     peer: SocketAddr,
+    /// A chat slot, or (when all are taken) a slot for telling the client so;
+    /// either is released when the connection ends.
     admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
-    context: Arc<Context>,
-    shutdown: CancellationToken,
-) {
-    // Chat frames are small and latency matters more than packet count; the
-    // writer batches on its own.
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "cannot set TCP_NODELAY");
-    }
-    // TLS and the upgrade together get one handshake timeout.
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let Some(tls) = context.tls.clone() else {
-        return chat(stream, peer, admission, deadline, context, shutdown).await;
-    };
-    // Boxed: the TLS state would otherwise enlarge every connection's future,
-    // plain ones included.
-    Box::pin(async move {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = timeout_at(deadline, tls.accept(stream)) => accepted,
-        };
-        match accepted {
-            Ok(Ok(stream)) => chat(stream, peer, admission, deadline, context, shutdown).await,
-            Ok(Err(error)) => {
-                debug!(%error, "TLS handshake failed");
-                context.metrics.refuse("tls");
-            }
-            Err(_) => {
-                debug!("TLS handshake timed out");
-                context.metrics.refuse("handshake_timeout");
-            }
-        }
-    })
-    .await;
-}
-
-/// One connection's HTTP handshake, then chat until it ends.
-async fn chat<S>(
-    mut stream: S,
-    peer: SocketAddr,
-    admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
+    /// When TLS and the upgrade must be done.
     deadline: Instant,
     context: Arc<Context>,
     shutdown: CancellationToken,
-) where
+}
+
+/// A TLS connection: the TLS handshake, then [`chat`].
+async fn secure(tls: TlsAcceptor, stream: TcpStream, start: Start) {
+    let accepted = tokio::select! {
+        () = start.shutdown.cancelled() => return,
+        accepted = timeout_at(start.deadline, tls.accept(stream)) => accepted,
+    };
+    match accepted {
+        Ok(Ok(stream)) => chat(stream, start).await,
+        Ok(Err(error)) => {
+            debug!(%error, "TLS handshake failed");
+            start.context.metrics.refuse("tls");
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            start.context.metrics.refuse("handshake_timeout");
+        }
+    }
+}
+
+/// One connection's HTTP handshake, then chat until it ends. Errors end
+/// here, logged.
+async fn chat<S>(mut stream: S, start: Start)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Start { peer, admission, deadline, context, shutdown } = start;
     let admitted = admission.is_ok();
     // Held until this function returns, that is for the whole connection.
     let _slot = admission;
