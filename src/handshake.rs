@@ -58,10 +58,10 @@ where
             }
             None => {
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
-                return Err(refuse(stream, Answer::text(431, reason), metrics).await);
+                return Err(refuse(stream, Answer::text(431, reason), Some(metrics)).await);
             }
             Some(Ok(chat)) => return Ok((chat, buf)),
-            Some(Err(answer)) => return Err(refuse(stream, answer, metrics).await),
+            Some(Err(answer)) => return Err(refuse(stream, answer, Some(metrics)).await),
         }
     }
 }
@@ -256,12 +256,12 @@ impl Answer {
     }
 }
 
-/// Answers instead of upgrading, counts a refusal, and closes; returns the
-/// matching error.
+/// Answers instead of upgrading, counts the refusal by its status in
+/// `metrics` if given, and closes; returns the matching error.
 pub async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     answer: Answer,
-    metrics: &Metrics,
+    metrics: Option<&Metrics>,
 ) -> HandshakeError {
     let Answer { status, content_type, body } = answer;
     let reason = match status {
@@ -275,7 +275,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         503 => Some("full"),
         _ => Some("other"),
     };
-    if let Some(reason) = reason {
+    if let (Some(reason), Some(metrics)) = (reason, metrics) {
         metrics.refuse(reason);
     }
     let phrase = http::StatusCode::from_u16(status)

@@ -181,7 +181,8 @@ async fn turn_away_all(
 async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, metrics: &Metrics) {
     if read_head(&mut stream).await.is_ok() {
         let answer = Answer::text(503, "the server is shutting down".into());
-        refuse(&mut stream, answer, metrics).await;
+        // Not counted: from now on nobody can read the metrics.
+        refuse(&mut stream, answer, None).await;
     }
 }
 
@@ -268,16 +269,19 @@ where
             read_request(&mut stream, &upgrading.access, &upgrading.metrics).await?;
         if !admitted {
             let reason = "the server is full: try again later".to_owned();
-            return Err(refuse(&mut stream, Answer::text(503, reason), &upgrading.metrics).await);
+            return Err(
+                refuse(&mut stream, Answer::text(503, reason), Some(&upgrading.metrics)).await
+            );
         }
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
         };
-        let (_, ws) = websockets
-            .accept(Replay::new(read, stream))
-            .await
-            .map_err(|error| HandshakeError::Refused { status: 400, reason: error.to_string() })?;
+        let (_, ws) = websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
+            // tokio-websockets has answered 400 (bad upgrade headers).
+            upgrading.metrics.refuse("bad_request");
+            HandshakeError::Refused { status: 400, reason: error.to_string() }
+        })?;
         // Boxed once here, so that it is not part of the connection future's
         // state as well as of the split halves' shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))

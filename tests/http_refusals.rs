@@ -206,6 +206,13 @@ async fn metrics_count_connections_messages_and_refusals() {
     let refused =
         exchange(&server, b"GET /no/such HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").await;
     assert_eq!(status(&refused), "404");
+    // Upgrade headers tokio-websockets refuses are counted as well.
+    let refused = exchange(
+        &server,
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&refused), "400");
 
     let response = exchange(&server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
@@ -225,6 +232,7 @@ async fn metrics_count_connections_messages_and_refusals() {
     // Welcome and own join for both, bob's join for alice, the message for both.
     assert!(value("chat_frames_delivered_total") >= 7, "{body}");
     assert_eq!(value("chat_refused_total{reason=\"not_found\"}"), 1);
+    assert_eq!(value("chat_refused_total{reason=\"bad_request\"}"), 1);
     assert!(body.ends_with("# EOF\n"), "{body}");
     server.stop().await;
 }
