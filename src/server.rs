@@ -122,7 +122,7 @@ pub async fn run(
     tracker.close();
     // While connections close, whoever knocks (a health check, a client
     // reconnecting) is told 503 rather than finding the port closed.
-    let turn_away = turn_away_all(&listener, &refusals, &metrics, tls.as_ref());
+    let turn_away = turn_away_all(&listener, &refusals, tls.as_ref());
     tokio::select! {
         waited = timeout(SHUTDOWN_TIMEOUT, tracker.wait()) => if waited.is_err() {
             warn!(left = tracker.len(), "some connections did not close in time");
@@ -149,7 +149,6 @@ fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
 async fn turn_away_all(
     listener: &TcpListener,
     refusals: &Arc<Semaphore>,
-    metrics: &Arc<Metrics>,
     tls: Option<&TlsAcceptor>,
 ) {
     loop {
@@ -158,16 +157,15 @@ async fn turn_away_all(
             continue;
         };
         let Ok(permit) = refusals.clone().try_acquire_owned() else { continue };
-        let metrics = metrics.clone();
         let tls = tls.cloned();
         tokio::spawn(async move {
             let _permit = permit;
             let answer = async {
                 match tls {
-                    None => turn_away(stream, &metrics).await,
+                    None => turn_away(stream).await,
                     Some(tls) => {
                         if let Ok(stream) = tls.accept(stream).await {
-                            turn_away(stream, &metrics).await;
+                            turn_away(stream).await;
                         }
                     }
                 }
@@ -178,7 +176,7 @@ async fn turn_away_all(
 }
 
 /// Tells a client that knocks during shutdown to come back later.
-async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, metrics: &Metrics) {
+async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     if read_head(&mut stream).await.is_ok() {
         let answer = Answer::text(503, "the server is shutting down".into());
         // Not counted: from now on nobody can read the metrics.
