@@ -184,20 +184,18 @@ async fn chat(
             .borrow_mut()
             .notice(&format!("{failure}; reconnecting in {:.1} s", delay.as_secs_f64()))?;
         // Waiting, but still watching stdin: the user may quit meanwhile.
-        if pending.is_none() {
+        let wait = sleep(delay);
+        tokio::pin!(wait);
+        while pending.is_none() {
             tokio::select! {
-                () = sleep(delay) => {}
+                () = &mut wait => break,
                 line = lines.recv() => match line {
-                    Some(line) => {
-                        pending = Some(line);
-                        sleep(delay).await;
-                    }
+                    Some(line) => pending = Some(line),
                     None => return Ok(()),
                 },
             }
-        } else {
-            sleep(delay).await;
         }
+        wait.await;
     }
 }
 
@@ -617,6 +615,18 @@ mod tests {
         assert_eq!(sanitize("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(sanitize("abc\u{202E}txt"), "abc\\u{202e}txt");
         assert_eq!(sanitize("\u{9b}31m"), "\\u{9b}31m");
+    }
+
+    #[test]
+    fn reconnection_waits_double_with_jitter_up_to_the_cap() {
+        for _ in 0..100 {
+            let first = backoff(1);
+            assert!(first >= RECONNECT_FIRST_DELAY / 2 && first <= RECONNECT_FIRST_DELAY);
+            let third = backoff(3);
+            assert!(third >= RECONNECT_FIRST_DELAY * 2 && third <= RECONNECT_FIRST_DELAY * 4);
+            let late = backoff(1000);
+            assert!(late >= RECONNECT_MAX_DELAY / 2 && late <= RECONNECT_MAX_DELAY);
+        }
     }
 
     #[test]
