@@ -244,12 +244,10 @@ impl Hub {
         );
         // What was said before, then live frames: both under the room's lock,
         // so nothing falls between them and nothing comes twice.
-        let (from, missed) = replay_from(&state, &room.epoch, resume.as_ref());
+        let (skip, missed) = replay_skip(&state, &room.epoch, resume.as_ref());
         if let Some(missed) = missed {
             notices.push(missed.encode(protocol));
         }
-        let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
-        let skip = usize::try_from(from.saturating_sub(first_held)).unwrap_or(usize::MAX);
         let count = state.history.len().saturating_sub(skip);
         if count > 0 {
             notices.reserve(count + 2);
@@ -393,27 +391,29 @@ impl Drop for Member {
     }
 }
 
-/// Where a joining client's replay starts (the first message number it
-/// gets), and what it is told it missed.
-fn replay_from(
+/// How many of the held messages a joining client skips (those it already
+/// has), and what it is told it missed.
+fn replay_skip(
     state: &RoomState,
     epoch: &str,
     resume: Option<&Resume>,
-) -> (u64, Option<Event<'static>>) {
+) -> (usize, Option<Event<'static>>) {
     let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
     match resume {
         // A newcomer gets all that is held.
-        None => (first_held, None),
+        None => (0, None),
         Some(Resume { epoch: theirs, .. }) if theirs != epoch => {
-            (first_held, Some(Event::Missed { count: None }))
+            (0, Some(Event::Missed { count: None }))
         }
         Some(Resume { since, .. }) if *since > state.seq => {
             let error = ClientError::ResumeAhead { since: *since, seq: state.seq };
-            (state.seq + 1, Some(Event::from(error)))
+            (state.history.len(), Some(Event::from(error)))
         }
         Some(Resume { since, .. }) => {
             let missed = first_held.saturating_sub(since + 1);
-            (since + 1, (missed > 0).then_some(Event::Missed { count: Some(missed) }))
+            let skip =
+                usize::try_from((since + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
+            (skip, (missed > 0).then_some(Event::Missed { count: Some(missed) }))
         }
     }
 }

@@ -3,44 +3,10 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{PATIENCE, Peer, Proxy, TestServer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::{CLIENT, PATIENCE, Peer, Proxy, SERVER, TestServer, command, run};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
-
-const CLIENT: &str = env!("CARGO_BIN_EXE_client");
-const SERVER: &str = env!("CARGO_BIN_EXE_server");
-
-fn command(program: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_remove("CHAT_URL")
-        .env_remove("CHAT_NAME")
-        .env_remove("CHAT_PORT")
-        .env_remove("CHAT_HOST")
-        .env_remove("CHAT_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-/// Runs a program to the end with `input` on stdin: (exit code, stdout, stderr).
-async fn run(program: &str, args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = command(program, args).spawn().expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).await.expect("write stdin");
-    drop(stdin);
-    let output =
-        timeout(PATIENCE, child.wait_with_output()).await.expect("exits in time").expect("wait");
-    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
-    (output.status.code().expect("an exit code"), text(output.stdout), text(output.stderr))
-}
 
 /// Reads one line of a child's stdout.
 async fn line(reader: &mut BufReader<tokio::process::ChildStdout>) -> String {

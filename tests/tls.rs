@@ -5,19 +5,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{PATIENCE, TestServer};
+use common::{CLIENT, PATIENCE, SERVER, TestServer, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio::time::timeout;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, RootCertStore};
-
-const CLIENT: &str = env!("CARGO_BIN_EXE_client");
-const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
 /// A self-signed certificate for localhost and 127.0.0.1, written as PEM
 /// files in a fresh directory: (cert path, key path, cert DER).
@@ -37,25 +32,6 @@ fn certificate() -> (PathBuf, PathBuf, Vec<u8>) {
     (cert_path, key_path, cert.der().to_vec())
 }
 
-/// Runs the client to the end with `input`: (exit code, stdout, stderr).
-async fn client(args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = Command::new(CLIENT)
-        .args(args)
-        .env_remove("CHAT_CA_CERT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).await.expect("write");
-    drop(stdin);
-    let out = timeout(PATIENCE, child.wait_with_output()).await.expect("in time").expect("wait");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
-    (out.status.code().expect("code"), text(out.stdout), text(out.stderr))
-}
-
 #[tokio::test]
 async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
     let (cert, key, der) = certificate();
@@ -65,17 +41,17 @@ async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
     let ca = cert.to_str().expect("path");
 
     let (code, stdout, stderr) =
-        client(&[&url, "--name", "tom", "--ca-cert", ca], "over tls\n").await;
+        run(CLIENT, &[&url, "--name", "tom", "--ca-cert", ca], "over tls\n").await;
     assert_eq!((code, stderr.as_str()), (0, ""));
     assert!(stdout.ends_with("* tom joined\ntom: over tls\n"), "{stdout}");
 
     // By IP address too: the certificate names 127.0.0.1.
     let by_ip = format!("wss://127.0.0.1:{}/", server.addr.port());
-    let (code, stdout, _) = client(&[&by_ip, "--name", "ip", "--ca-cert", ca], "x\n").await;
+    let (code, stdout, _) = run(CLIENT, &[&by_ip, "--name", "ip", "--ca-cert", ca], "x\n").await;
     assert_eq!(code, 0);
     assert!(stdout.ends_with("ip: x\n"), "{stdout}");
 
-    let (code, stdout, stderr) = client(&[&url, "--name", "eve"], "hi\n").await;
+    let (code, stdout, stderr) = run(CLIENT, &[&url, "--name", "eve"], "hi\n").await;
     assert_eq!((code, stdout.as_str()), (1, ""));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("error: cannot connect to {url}: ")), "{stderr}");
@@ -83,7 +59,7 @@ async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
 
     // A plain-text client on the TLS port is dropped; the server goes on.
     let plain = format!("ws://127.0.0.1:{}/", server.addr.port());
-    let (code, _, stderr) = client(&[&plain], "").await;
+    let (code, _, stderr) = run(CLIENT, &[&plain], "").await;
     assert_eq!(code, 1, "{stderr}");
 
     // https: the health check over TLS.
@@ -108,7 +84,8 @@ async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
         "{response:?}"
     );
 
-    let (code, stdout, _) = client(&[&url, "--name", "tom2", "--ca-cert", ca], "still up\n").await;
+    let (code, stdout, _) =
+        run(CLIENT, &[&url, "--name", "tom2", "--ca-cert", ca], "still up\n").await;
     assert_eq!(code, 0);
     assert!(stdout.ends_with("tom2: still up\n"), "{stdout}");
     server.stop().await;
@@ -119,19 +96,10 @@ async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
 async fn server_with_unusable_tls_files_exits_1_with_one_line() {
     let missing = std::env::temp_dir().join("chat-no-such-cert.pem");
     let missing = missing.to_str().expect("path");
-    let out = timeout(
-        PATIENCE,
-        Command::new(SERVER)
-            .args(["--port", "0", "--tls-cert", missing, "--tls-key", missing])
-            .env_remove("RUST_LOG")
-            .output(),
-    )
-    .await
-    .expect("in time")
-    .expect("run");
-    let stderr = String::from_utf8(out.stderr).expect("UTF-8");
-    assert_eq!(out.status.code(), Some(1));
+    let args = ["--port", "0", "--tls-cert", missing, "--tls-key", missing];
+    let (code, stdout, stderr) = run(SERVER, &args, "").await;
+    assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("error: cannot load {missing}: ")), "{stderr}");
-    assert!(out.stdout.is_empty());
+    assert!(stdout.is_empty());
 }

@@ -275,3 +275,46 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// The built binaries.
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+pub const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// A binary with piped stdio and none of the settings' environment twins.
+pub fn command(program: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    for var in [
+        "CHAT_URL",
+        "CHAT_NAME",
+        "CHAT_PORT",
+        "CHAT_HOST",
+        "CHAT_TOKEN",
+        "CHAT_CA_CERT",
+        "CHAT_RETRIES",
+        "CHAT_TLS_CERT",
+        "CHAT_TLS_KEY",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs a program to the end with `input` on stdin: (exit code, stdout, stderr).
+pub async fn run(program: &str, args: &[&str], input: &str) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = command(program, args).spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write stdin");
+    drop(stdin);
+    let output =
+        timeout(PATIENCE, child.wait_with_output()).await.expect("exits in time").expect("wait");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (output.status.code().expect("an exit code"), text(output.stdout), text(output.stderr))
+}
