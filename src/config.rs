@@ -149,6 +149,12 @@ pub struct ServerConfig {
     /// Private key (PEM) of `--tls-cert`.
     #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Shares rooms with every other server started with the same Redis
+    /// (`redis://HOST:PORT`); without it, this server is on its own and needs
+    /// nothing else.
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -193,6 +199,7 @@ impl Default for ServerConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls_cert: None,
             tls_key: None,
+            redis: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,

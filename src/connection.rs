@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
+use crate::cluster::ECHO_TIMEOUT;
 use crate::config::{CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
-use crate::hub::{Joined, Member, Outbound, lock};
+use crate::hub::{Ack, Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::Metrics;
 use crate::protocol::{ClientError, Command, Event, HELP, Protocol, Request, parse_command};
@@ -61,13 +62,17 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Joined { mut member, mut rx, notices } = joined;
+    let Joined { mut member, mut rx, notices, skip_through } = joined;
     let (mut sink, mut stream) = ws.split();
 
     // Shared by the two halves. They run in one task, so these are never
     // contended; they are thread-safe types only because tasks may move.
     let outbox: Outbox = Mutex::new(notices.into());
+    // How far the writer has fed the client: the room position, and the
+    // last message's seq.
     let fed_pos = AtomicU64::new(0);
+    let fed_seq = AtomicU64::new(0);
+    let progress = Fed { pos: &fed_pos, seq: &fed_seq, skip_through };
     let wake_writer = Notify::new();
     let wake_reader = Notify::new();
     // When the client was last heard from, in milliseconds since `started`.
@@ -90,17 +95,15 @@ where
             }
             metrics.messages_received.inc();
             metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
-            let wait_for = match on_frame(&mut member, &frame, protocol, &mut bucket, now, &outbox)
+            let ack = match on_frame(&mut member, &frame, protocol, &mut bucket, now, &outbox).await
             {
-                Ok(wait_for) => wait_for,
+                Ok(ack) => ack,
                 Err(end) => return end,
             };
             // Whatever this frame caused is queued before the next is read, so
             // a client that does not read its answers is not read either.
             wake_writer.notify_one();
-            while !lock(&outbox).is_empty() || fed_pos.load(Ordering::Relaxed) < wait_for {
-                wake_reader.notified().await;
-            }
+            fed_up_to(ack, &progress, &outbox, &wake_reader).await;
         }
     };
 
@@ -118,7 +121,7 @@ where
             // Then whatever the room has pending, up to a batch, in one write.
             while fed < MAX_BATCH {
                 let frame = match rx.try_recv() {
-                    Ok(outbound) => received(outbound, protocol, &fed_pos),
+                    Ok(outbound) => received(outbound, protocol, &progress),
                     Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 };
@@ -141,7 +144,7 @@ where
             let frame = tokio::select! {
                 () = wake_writer.notified() => continue,
                 event = rx.recv() => match event {
-                    Ok(outbound) => received(outbound, protocol, &fed_pos),
+                    Ok(outbound) => received(outbound, protocol, &progress),
                     Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
                     // The room outlives its members: cannot happen while we hold one.
                     Err(RecvError::Closed) => return End::Closed,
@@ -172,6 +175,33 @@ where
     // `member` drops here: the room hears that this client left.
     drop(member);
     end
+}
+
+/// Waits until the writer has fed the client everything in its outbox and
+/// `ack`. Only the wait for an echo from Redis is bounded: a link failing
+/// meanwhile may never bring it. The others end with the client, at worst
+/// when it is closed for not reading.
+async fn fed_up_to(ack: Ack, progress: &Fed<'_>, outbox: &Outbox, wake_reader: &Notify) {
+    let fed = |ack| {
+        lock(outbox).is_empty()
+            && match ack {
+                Ack::None => true,
+                Ack::Pos(pos) => progress.pos.load(Ordering::Relaxed) >= pos,
+                Ack::Seq(seq) => progress.seq.load(Ordering::Relaxed) >= seq,
+            }
+    };
+    let waiting = |ack| async move {
+        while !fed(ack) {
+            wake_reader.notified().await;
+        }
+    };
+    if let Ack::Seq(_) = ack {
+        if timeout(ECHO_TIMEOUT, waiting(ack)).await.is_err() {
+            debug!("no echo in time: reading on");
+        }
+    } else {
+        waiting(ack).await;
+    }
 }
 
 /// One write to the client, which may not stay blocked longer than `limit`.
@@ -246,58 +276,65 @@ where
     }
 }
 
-/// Takes one text or binary frame, within the rate limit; returns the room
-/// position the client must be fed up to before its next frame is read.
-fn on_frame(
+/// Takes one text or binary frame, within the rate limit; returns what the
+/// client must be fed before its next frame is read.
+async fn on_frame(
     member: &mut Member,
     frame: &Message,
     protocol: Protocol,
     bucket: &mut Bucket,
     now: Instant,
     outbox: &Outbox,
-) -> Result<u64, End> {
+) -> Result<Ack, End> {
     match bucket.check(now) {
         Verdict::Close => Err(End::Flood),
         Verdict::Drop => {
             let per_second = bucket.limit().per_second;
             push(outbox, error(ClientError::SlowDown { per_second }, protocol));
-            Ok(0)
+            Ok(Ack::None)
         }
         Verdict::Allow => {
             let answer = match (frame.as_text(), protocol) {
                 (None, _) => ClientError::BinaryFrame,
                 (Some(text), Protocol::Text) => {
-                    return Ok(act(member, parse_command(text), protocol, outbox));
+                    return Ok(act(member, parse_command(text), protocol, outbox).await);
                 }
                 (Some(text), Protocol::Json) => match serde_json::from_str::<Request<'_>>(text) {
-                    Ok(request) => return Ok(act(member, request.command(), protocol, outbox)),
+                    Ok(request) => {
+                        return Ok(act(member, request.command(), protocol, outbox).await);
+                    }
                     Err(malformed) => {
                         let reason = malformed.to_string();
                         push(outbox, error(ClientError::Malformed { reason: &reason }, protocol));
-                        return Ok(0);
+                        return Ok(Ack::None);
                     }
                 },
             };
             push(outbox, error(answer, protocol));
-            Ok(0)
+            Ok(Ack::None)
         }
     }
 }
 
-/// Acts on one command; returns the room position the client must be fed up
-/// to before its next frame is read (0 when the answer is in the outbox).
-fn act(member: &mut Member, command: Command<'_>, protocol: Protocol, outbox: &Outbox) -> u64 {
+/// Acts on one command; returns what the client must be fed before its next
+/// frame is read ([`Ack::None`] when the answer is in the outbox).
+async fn act(
+    member: &mut Member,
+    command: Command<'_>,
+    protocol: Protocol,
+    outbox: &Outbox,
+) -> Ack {
     let error = |e| error(e, protocol);
     let result = match command {
-        Command::Say(message) => member.say(message).map_err(error),
+        Command::Say(message) => member.say(message).await.map_err(error),
         Command::Nick(name) => {
-            let renamed = member.rename(name).map_err(error);
+            let renamed = member.rename(name).await.map_err(error);
             if renamed.is_ok() {
                 tracing::Span::current().record("name", member.name());
             }
             renamed
         }
-        Command::Who => Err(member.who().encode(protocol)),
+        Command::Who => Err(member.who().await.encode(protocol)),
         Command::Help => Err(Event::Notice { text: HELP.into() }.encode(protocol)),
         Command::MissingArgument(usage) => Err(error(ClientError::Usage { usage })),
         Command::Unknown(command) => Err(error(ClientError::UnknownCommand { command })),
@@ -305,7 +342,7 @@ fn act(member: &mut Member, command: Command<'_>, protocol: Protocol, outbox: &O
     // An Err here is a frame for this client only.
     result.unwrap_or_else(|answer| {
         push(outbox, answer);
-        0
+        Ack::None
     })
 }
 
@@ -324,9 +361,23 @@ fn pop(outbox: &Outbox) -> Option<Message> {
     lock(outbox).pop_front()
 }
 
-/// The frame a room event is for this client, noting how far it was fed.
-fn received(outbound: Outbound, protocol: Protocol, fed_pos: &AtomicU64) -> Option<Message> {
-    fed_pos.store(outbound.pos, Ordering::Relaxed);
+/// How far a client was fed, and which messages it has already.
+struct Fed<'a> {
+    pos: &'a AtomicU64,
+    seq: &'a AtomicU64,
+    skip_through: u64,
+}
+
+/// The frame a room event is for this client, noting how far it was fed;
+/// `None` for a message it got in its history replay.
+fn received(outbound: Outbound, protocol: Protocol, fed: &Fed<'_>) -> Option<Message> {
+    fed.pos.store(outbound.pos, Ordering::Relaxed);
+    if outbound.seq != 0 {
+        if outbound.seq <= fed.skip_through {
+            return None;
+        }
+        fed.seq.store(outbound.seq, Ordering::Relaxed);
+    }
     outbound.frames.take(protocol)
 }
 

@@ -7,6 +7,11 @@
 //!
 //! A client is in a room while it holds a [`Member`]; dropping it leaves the
 //! room, announces the departure and forgets the room when it empties.
+//!
+//! With `--redis`, the hub is one node's part of the room: names, seq and
+//! history live in Redis ([`crate::cluster`]), and the room's channel carries
+//! what Redis publishes ([`Hub::deliver`]). While the link is down, the hub
+//! relays its own clients' messages among themselves (degraded mode).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,16 +19,27 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_websockets::Message;
 
+use tracing::warn;
+
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::protocol::{
     ChatRequest, ClientError, Event, MAX_WHO_NAMES, Phase, Protocol, Resume, Str, now,
     validate_name,
 };
+
+/// What a client is told when the cluster link goes down.
+pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
+                             clients of this node see your messages, and they are not kept";
+/// What a client is told when the cluster link is back.
+pub const LINK_UP: &str = "the link to the other nodes is back";
 
 /// One event broadcast to a room, with its position in the room's stream.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     /// Counts every frame broadcast in the room since it was created.
     pub pos: u64,
+    /// A message's seq; 0 for other events.
+    pub seq: u64,
     /// The event, encoded, shared by every recipient.
     pub frames: Frames,
 }
@@ -103,24 +119,31 @@ pub struct Hub {
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
     presence_limit: usize,
+    /// The link to the other nodes, with `--redis`.
+    cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Debug)]
 struct Room {
     name: String,
-    /// Random, drawn when the room is created: its message numbers mean
-    /// something only within this epoch.
-    epoch: String,
     tx: broadcast::Sender<Outbound>,
     state: Mutex<RoomState>,
+    /// Set once this node is subscribed to the room in Redis.
+    subscribed: tokio::sync::OnceCell<()>,
 }
 
 #[derive(Debug, Default)]
 struct RoomState {
+    /// Random, drawn when the room is created (by Redis with `--redis`): its
+    /// message numbers mean something only within this epoch.
+    epoch: String,
+    /// Clients holding a [`Member`] of this room, joining ones included.
+    members: usize,
+    /// Names of this node's clients.
     names: HashSet<String>,
     speakers: Speakers,
     pos: u64,
-    /// The last message's number.
+    /// The last message's number (the last delivered, with `--redis`).
     seq: u64,
     /// Arrivals and departures not announced yet, in a large room.
     joined: u64,
@@ -138,6 +161,20 @@ pub struct Joined {
     pub rx: broadcast::Receiver<Outbound>,
     /// Frames for this client only, to send before anything else.
     pub notices: Vec<Message>,
+    /// Messages up to this seq are in `notices` already: skip them in `rx`.
+    pub skip_through: u64,
+}
+
+/// What a client's frame must be followed by before its next one is read:
+/// its echo, so that a client closing right after a message still gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Nothing from the room.
+    None,
+    /// The room's frame at this position.
+    Pos(u64),
+    /// The message with this seq, once it comes back from Redis.
+    Seq(u64),
 }
 
 /// A client's place in a room.
@@ -147,23 +184,34 @@ pub struct Member {
     room: Arc<Room>,
     name: String,
     protocol: Protocol,
+    /// Whether `name` is held, in Redis with `--redis`.
+    registered: bool,
 }
 
 impl Hub {
-    /// A hub whose rooms buffer `capacity` frames for their slowest client and
+    /// A hub whose rooms buffer `capacity` frames for their slowest client,
     /// announce each join and leave while they hold at most `presence_limit`
-    /// clients.
-    pub fn new(capacity: usize, presence_limit: usize, history: usize) -> Arc<Self> {
-        Arc::new(Self { rooms: Mutex::default(), capacity, history, presence_limit })
+    /// clients and keep `history` messages; shared with other nodes through
+    /// `cluster` when given.
+    pub fn new(
+        capacity: usize,
+        presence_limit: usize,
+        history: usize,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { rooms: Mutex::default(), capacity, history, presence_limit, cluster })
     }
 
     /// Announces, in each room too large for individual notices, how many
     /// joined and left since the last call. The server calls it periodically,
     /// so a crowd of N joining costs N summaries' worth of frames per period
-    /// rather than N² notices.
+    /// rather than N² notices. (With `--redis`, Redis counts and
+    /// [`Cluster::run`] announces.)
     pub fn summarize(&self) {
-        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
-        for room in rooms {
+        if self.cluster.is_some() {
+            return;
+        }
+        for room in self.rooms() {
             let mut state = lock(&room.state);
             if state.joined > 0 || state.left > 0 {
                 let event = Event::Presence {
@@ -184,94 +232,286 @@ impl Hub {
         lock(&self.rooms).len()
     }
 
+    fn rooms(&self) -> Vec<Arc<Room>> {
+        lock(&self.rooms).values().cloned().collect()
+    }
+
     /// Puts a client in the room it asks for, under the name it asks for if
     /// that is valid and free, else under `fallback` (its address) with an
     /// error notice saying why. Its first frames replay the room's history,
     /// or only what it missed when it resumes.
-    pub fn join(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
-        let ChatRequest { room, name: requested, resume, protocol } = request;
-        let (room, requested, protocol) = (room.as_str(), requested.as_deref(), *protocol);
-        // Holding the hub lock while inserting keeps a concurrent last leave from
-        // forgetting the room between our lookup and our insertion.
+    ///
+    /// Fails only with `--redis`, when Redis cannot be reached.
+    pub async fn join(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        fallback: &str,
+    ) -> Result<Joined, ClusterError> {
+        match &self.cluster {
+            None => Ok(self.join_here(request, fallback)),
+            // Boxed: the Redis calls' state stays out of every connection's future.
+            Some(cluster) => Box::pin(self.join_cluster(cluster, request, fallback)).await,
+        }
+    }
+
+    /// Finds or creates the room and counts the client in it, then runs `f`
+    /// under the room's lock.
+    fn enter<T>(
+        &self,
+        room: &str,
+        protocol: Protocol,
+        f: impl FnOnce(&Arc<Room>, &mut RoomState) -> T,
+    ) -> (Arc<Room>, T) {
+        // Holding the hub lock while counting the client in keeps a concurrent
+        // last leave from forgetting the room between lookup and insertion.
         let mut rooms = lock(&self.rooms);
         let room = rooms
             .entry(room.to_owned())
             .or_insert_with(|| {
                 Arc::new(Room {
                     name: room.to_owned(),
-                    epoch: format!("{:016x}", fastrand::u64(..)),
                     tx: broadcast::channel(self.capacity).0,
-                    state: Mutex::default(),
+                    state: Mutex::new(RoomState { epoch: new_epoch(), ..RoomState::default() }),
+                    subscribed: tokio::sync::OnceCell::new(),
                 })
             })
             .clone();
         let mut state = lock(&room.state);
         drop(rooms);
+        state.members += 1;
+        // Counted before subscribing, so every frame sent from now on
+        // carries this client's protocol.
+        *state.speakers.count(protocol) += 1;
+        let result = f(&room, &mut state);
+        drop(state);
+        (room, result)
+    }
+
+    fn join_here(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
+        let ChatRequest { room, name: requested, resume, protocol } = request;
+        let (requested, protocol) = (requested.as_deref(), *protocol);
+        let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
+            let mut notices = Vec::new();
+            let refusal = requested.and_then(|name| match validate_name(name) {
+                Err(reason) => Some(ClientError::InvalidName { name, reason }),
+                Ok(()) if state.names.contains(name) => Some(ClientError::NameTaken { name }),
+                Ok(()) => None,
+            });
+            let name = match (requested, refusal) {
+                (Some(name), None) => name.to_owned(),
+                (_, refusal) => {
+                    if let Some(error) = refusal {
+                        notices.push(Event::from(error).encode(protocol));
+                    }
+                    // Someone may have taken this address as a name: add a suffix.
+                    let mut name = fallback.to_owned();
+                    let mut n = 1;
+                    while state.names.contains(&name) {
+                        n += 1;
+                        name = format!("{fallback}~{n}");
+                    }
+                    name
+                }
+            };
+            state.names.insert(name.clone());
+            notices.push(welcome(
+                room,
+                &name,
+                state.names.len(),
+                &state.epoch,
+                state.seq,
+                protocol,
+            ));
+            // What was said before, then live frames: both under the room's lock,
+            // so nothing falls between them and nothing comes twice.
+            let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
+            let held = state.history.len();
+            let (skip, missed) =
+                replay_skip(first_held, held, state.seq, &state.epoch, resume.as_ref());
+            let replay =
+                state.history.iter().skip(skip).filter_map(|(_, frames)| frames.get(protocol));
+            replay_into(&mut notices, missed, held - skip, replay, protocol);
+
+            // Subscribe before announcing, so the joiner sees its own join notice.
+            let rx = room.tx.subscribe();
+            if state.names.len() <= self.presence_limit {
+                let event = Event::Join {
+                    room: room.name.as_str().into(),
+                    name: name.as_str().into(),
+                    ts: now(),
+                };
+                room.broadcast(state, &event);
+            } else {
+                state.joined += 1;
+            }
+            (name, notices, rx)
+        });
+        let member = Member { hub: self.clone(), room, name, protocol, registered: true };
+        Joined { member, rx, notices, skip_through: 0 }
+    }
+
+    async fn join_cluster(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        request: &ChatRequest,
+        fallback: &str,
+    ) -> Result<Joined, ClusterError> {
+        let ChatRequest { room, name: requested, resume, protocol } = request;
+        let protocol = *protocol;
+        if !cluster.is_up() {
+            return Err(ClusterError::Down);
+        }
+        // In the room (and subscribed to its channel) before Redis announces
+        // the join, so the joiner sees its own notice and all that follows.
+        let (room, rx) = self.enter(room, protocol, |room, _| room.tx.subscribe());
+        let mut member =
+            Member { hub: self.clone(), room, name: String::new(), protocol, registered: false };
+        let room = &member.room;
+        room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;
 
         let mut notices = Vec::new();
-        let refusal = requested.and_then(|name| match validate_name(name) {
-            Err(reason) => Some(ClientError::InvalidName { name, reason }),
-            Ok(()) if state.names.contains(name) => Some(ClientError::NameTaken { name }),
-            Ok(()) => None,
+        let requested = requested.as_deref().filter(|name| match validate_name(name) {
+            Ok(()) => true,
+            Err(reason) => {
+                notices
+                    .push(Event::from(ClientError::InvalidName { name, reason }).encode(protocol));
+                false
+            }
         });
-        let name = match (requested, refusal) {
-            (Some(name), None) => name.to_owned(),
-            (_, refusal) => {
-                if let Some(error) = refusal {
-                    notices.push(Event::from(error).encode(protocol));
-                }
-                // Someone may have taken this address as a name: add a suffix.
-                let mut name = fallback.to_owned();
-                let mut n = 1;
-                while state.names.contains(&name) {
-                    n += 1;
-                    name = format!("{fallback}~{n}");
-                }
-                name
+        let reply = cluster.join(&room.name, requested, fallback, self.presence_limit).await?;
+        if reply.taken {
+            let name = requested.unwrap_or_default();
+            notices.push(Event::from(ClientError::NameTaken { name }).encode(protocol));
+        }
+        let state = reply.room;
+        lock(&room.state).names.insert(reply.name.clone());
+        notices.push(welcome(room, &reply.name, reply.online, &state.epoch, state.seq, protocol));
+        let held = state.history.len();
+        let (skip, missed) =
+            replay_skip(state.first, held, state.seq, &state.epoch, resume.as_ref());
+        let frames = state.history.iter().skip(skip).filter_map(|payload| {
+            Some(serde_json::from_str::<Event<'_>>(payload).ok()?.encode(protocol))
+        });
+        replay_into(&mut notices, missed, held - skip, frames, protocol);
+
+        member.name = reply.name;
+        member.registered = true;
+        Ok(Joined { member, rx, notices, skip_through: state.seq })
+    }
+
+    /// The presence limit (`--presence-limit`).
+    pub(crate) fn presence_limit(&self) -> usize {
+        self.presence_limit
+    }
+
+    /// Whether this node has clients in `room`.
+    pub(crate) fn has_room(&self, room: &str) -> bool {
+        lock(&self.rooms).contains_key(room)
+    }
+
+    /// The rooms this node has clients in.
+    pub(crate) fn room_names(&self) -> Vec<String> {
+        lock(&self.rooms).keys().cloned().collect()
+    }
+
+    /// The rooms this node has clients in, with their names.
+    pub(crate) fn rooms_and_names(&self) -> Vec<(String, Vec<String>)> {
+        let rooms = self.rooms();
+        let names = |room: &Room| lock(&room.state).names.iter().cloned().collect();
+        rooms.iter().map(|room| (room.name.clone(), names(room))).collect()
+    }
+
+    /// Relays to this node's clients an event Redis published in `room`.
+    /// A message already delivered (seen again after a catch-up) is dropped.
+    pub(crate) fn deliver(&self, room: &str, payload: &str) {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+        let event = match serde_json::from_str::<Event<'_>>(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                warn!(%error, room = room.name, "ignored an event from Redis");
+                return;
             }
         };
-        state.names.insert(name.clone());
-        *state.speakers.count(protocol) += 1;
-        notices.push(
-            Event::Welcome {
-                room: room.name.as_str().into(),
-                name: name.as_str().into(),
-                online: state.names.len(),
-                epoch: room.epoch.as_str().into(),
-                seq: state.seq,
+        let mut state = lock(&room.state);
+        let seq = match event {
+            Event::Message { seq, .. } if seq <= state.seq => return,
+            Event::Message { seq, .. } => seq,
+            _ => 0,
+        };
+        state.seq = state.seq.max(seq);
+        let frames = Frames::only(&event, state.speakers);
+        room.send(&mut state, frames, seq);
+    }
+
+    /// Tells every client of this node that the link is down.
+    pub(crate) fn link_down(&self) {
+        let notice = Event::Notice { text: LINK_DOWN.into() };
+        for room in self.rooms() {
+            room.broadcast(&mut lock(&room.state), &notice);
+        }
+    }
+
+    /// After the link is back: relays what `room`'s clients missed meanwhile
+    /// (or that the history was reset), then says the link is back.
+    pub(crate) fn recover(&self, room: &str, redis: &cluster::RoomState) {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+        let mut state = lock(&room.state);
+        if redis.epoch != state.epoch {
+            room.broadcast(&mut state, &Event::Missed { count: None });
+            state.epoch.clone_from(&redis.epoch);
+            state.seq = 0;
+        }
+        let missed = redis.first.saturating_sub(state.seq + 1);
+        if missed > 0 {
+            room.broadcast(&mut state, &Event::Missed { count: Some(missed) });
+        }
+        for payload in &redis.history {
+            match serde_json::from_str::<Event<'_>>(payload) {
+                Ok(event @ Event::Message { seq, .. }) if seq > state.seq => {
+                    state.seq = seq;
+                    let frames = Frames::only(&event, state.speakers);
+                    room.send(&mut state, frames, seq);
+                }
+                _ => {}
             }
-            .encode(protocol),
-        );
-        // What was said before, then live frames: both under the room's lock,
-        // so nothing falls between them and nothing comes twice.
-        let (skip, missed) = replay_skip(&state, &room.epoch, resume.as_ref());
-        if let Some(missed) = missed {
-            notices.push(missed.encode(protocol));
         }
-        let count = state.history.len().saturating_sub(skip);
-        if count > 0 {
-            notices.reserve(count + 2);
-            notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
-            let replay = state.history.iter().skip(skip);
-            notices.extend(replay.filter_map(|(_, frames)| frames.get(protocol)));
-            notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
-        }
+        state.seq = state.seq.max(redis.seq);
+        room.broadcast(&mut state, &Event::Notice { text: LINK_UP.into() });
+    }
+}
 
-        // Subscribe before announcing, so the joiner sees its own join notice.
-        let rx = room.tx.subscribe();
-        if state.names.len() <= self.presence_limit {
-            let event = Event::Join {
-                room: room.name.as_str().into(),
-                name: name.as_str().into(),
-                ts: now(),
-            };
-            room.broadcast(&mut state, &event);
-        } else {
-            state.joined += 1;
-        }
-        drop(state);
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
 
-        Joined { member: Member { hub: self.clone(), room, name, protocol }, rx, notices }
+fn welcome(
+    room: &Room,
+    name: &str,
+    online: usize,
+    epoch: &str,
+    seq: u64,
+    protocol: Protocol,
+) -> Message {
+    let room = room.name.as_str().into();
+    Event::Welcome { room, name: name.into(), online, epoch: epoch.into(), seq }.encode(protocol)
+}
+
+/// Appends the replay of `count` held messages, after what was missed.
+fn replay_into(
+    notices: &mut Vec<Message>,
+    missed: Option<Event<'static>>,
+    count: usize,
+    replay: impl Iterator<Item = Message>,
+    protocol: Protocol,
+) {
+    if let Some(missed) = missed {
+        notices.push(missed.encode(protocol));
+    }
+    if count > 0 {
+        notices.reserve(count + 2);
+        notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
+        notices.extend(replay);
+        notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
     }
 }
 
@@ -280,13 +520,13 @@ impl Room {
     /// position. Called with the state locked so positions follow the
     /// channel's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
-        self.send(state, Frames::only(event, state.speakers))
+        self.send(state, Frames::only(event, state.speakers), 0)
     }
 
-    fn send(&self, state: &mut RoomState, frames: Frames) -> u64 {
+    fn send(&self, state: &mut RoomState, frames: Frames, seq: u64) -> u64 {
         state.pos += 1;
         // An error only means nobody is subscribed, so there is nobody to tell.
-        let _ = self.tx.send(Outbound { pos: state.pos, frames });
+        let _ = self.tx.send(Outbound { pos: state.pos, seq, frames });
         state.pos
     }
 }
@@ -297,24 +537,59 @@ impl Member {
         &self.name
     }
 
-    /// Relays `message` to the room; returns its position.
-    pub fn say(&self, message: &str) -> Result<u64, ClientError<'static>> {
+    /// The link to use, if the room is shared with other nodes and the link is up.
+    fn link(&self) -> Option<&Arc<Cluster>> {
+        self.hub.cluster.as_ref().filter(|cluster| cluster.is_up())
+    }
+
+    /// Relays `message` to the room; returns what its echo is.
+    pub async fn say(&self, message: &str) -> Result<Ack, ClientError<'static>> {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
         let ts = now();
+        let room = self.room.name.as_str();
+        if let Some(cluster) = self.link() {
+            // Redis numbers it; it comes back to this node like to any other.
+            let event = Event::Message {
+                room: room.into(),
+                seq: 0,
+                from: self.name.as_str().into(),
+                text: message.into(),
+                ts,
+            };
+            let payload = event.encode_json();
+            let said = Box::pin(cluster.say(room, &payload, self.hub.history)).await;
+            return said.map(Ack::Seq).map_err(|error| {
+                warn!(%error, "message not relayed");
+                ClientError::LinkDown
+            });
+        }
         let mut state = lock(&self.room.state);
+        if self.hub.cluster.is_some() {
+            // Degraded mode: this node's clients only, not kept, numbered
+            // after the last message Redis numbered.
+            let event = Event::Message {
+                room: room.into(),
+                seq: state.seq,
+                from: self.name.as_str().into(),
+                text: message.into(),
+                ts,
+            };
+            return Ok(Ack::Pos(self.room.broadcast(&mut state, &event)));
+        }
         state.seq += 1;
+        let seq = state.seq;
         let event = Event::Message {
-            room: self.room.name.as_str().into(),
-            seq: state.seq,
+            room: room.into(),
+            seq,
             from: self.name.as_str().into(),
             text: message.into(),
             ts,
         };
         if self.hub.history == 0 {
             let frames = Frames::only(&event, state.speakers);
-            return Ok(self.room.send(&mut state, frames));
+            return Ok(Ack::Pos(self.room.send(&mut state, frames, seq)));
         }
         if state.history.len() == self.hub.history {
             state.history.pop_front();
@@ -322,14 +597,36 @@ impl Member {
         // The history keeps every protocol; the broadcast shares its bytes.
         let frames = Frames::all(&event);
         let live = frames.keep(state.speakers);
-        let seq = state.seq;
         state.history.push_back((seq, frames));
-        Ok(self.room.send(&mut state, live))
+        Ok(Ack::Pos(self.room.send(&mut state, live, seq)))
     }
 
-    /// Changes this client's name and tells the room; returns the notice's position.
-    pub fn rename<'a>(&mut self, new: &'a str) -> Result<u64, ClientError<'a>> {
+    /// Changes this client's name and tells the room; returns what its
+    /// notice is.
+    pub async fn rename<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
+        if self.hub.cluster.is_some() {
+            if lock(&self.room.state).names.contains(new) {
+                return Err(ClientError::NameTaken { name: new });
+            }
+            // Names are the cluster's: no renaming while it cannot be asked.
+            let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
+            let renamed = Box::pin(cluster.rename(&self.room.name, &self.name, new)).await;
+            match renamed {
+                Ok(true) => {}
+                Ok(false) => return Err(ClientError::NameTaken { name: new }),
+                Err(error) => {
+                    warn!(%error, "cannot rename");
+                    return Err(ClientError::LinkDown);
+                }
+            }
+            let mut state = lock(&self.room.state);
+            state.names.remove(&self.name);
+            state.names.insert(new.to_owned());
+            new.clone_into(&mut self.name);
+            // The notice comes back from Redis, after any message sent before it.
+            return Ok(Ack::None);
+        }
         let mut state = lock(&self.room.state);
         if state.names.contains(new) {
             return Err(ClientError::NameTaken { name: new });
@@ -339,11 +636,21 @@ impl Member {
         let old = std::mem::replace(&mut self.name, new.to_owned());
         let event =
             Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
-        Ok(self.room.broadcast(&mut state, &event))
+        Ok(Ack::Pos(self.room.broadcast(&mut state, &event)))
     }
 
-    /// The `/who` answer: this room's names, sorted.
-    pub fn who(&self) -> Event<'static> {
+    /// The `/who` answer: this room's names, sorted (only this node's
+    /// while the cluster link is down).
+    pub async fn who(&self) -> Event<'static> {
+        if let Some(cluster) = self.link() {
+            match Box::pin(cluster.who(&self.room.name)).await {
+                Ok((count, names)) => {
+                    let names = names.into_iter().map(Str::Owned).collect();
+                    return Event::Who { room: self.room.name.clone().into(), count, names };
+                }
+                Err(error) => warn!(%error, "cannot list the room: listing this node's clients"),
+            }
+        }
         let state = lock(&self.room.state);
         let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
         // Only the first names are listed: select them before sorting, since
@@ -364,19 +671,37 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
-        if state.names.len() <= self.hub.presence_limit {
-            let event = Event::Leave {
-                room: self.room.name.as_str().into(),
-                name: self.name.as_str().into(),
-                ts: now(),
-            };
-            self.room.broadcast(&mut state, &event);
-        } else {
-            state.left += 1;
+        if self.registered {
+            match self.link() {
+                Some(cluster) => {
+                    // Redis releases the name and announces the departure.
+                    let (cluster, room, name) =
+                        (cluster.clone(), self.room.name.clone(), self.name.clone());
+                    let limit = self.hub.presence_limit;
+                    tokio::spawn(async move {
+                        if let Err(error) = cluster.leave(&room, &name, limit).await {
+                            // The link is down: its recovery releases the name.
+                            warn!(%error, room, name, "cannot announce a departure");
+                        }
+                    });
+                }
+                None if state.names.len() <= self.hub.presence_limit
+                    || self.hub.cluster.is_some() =>
+                {
+                    let event = Event::Leave {
+                        room: self.room.name.as_str().into(),
+                        name: self.name.as_str().into(),
+                        ts: now(),
+                    };
+                    self.room.broadcast(&mut state, &event);
+                }
+                None => state.left += 1,
+            }
+            state.names.remove(&self.name);
         }
-        state.names.remove(&self.name);
+        state.members -= 1;
         *state.speakers.count(self.protocol) -= 1;
-        let empty = state.names.is_empty();
+        let empty = state.members == 0;
         drop(state);
         if empty {
             // Same lock order as `join`: hub, then room. Check again under both,
@@ -384,36 +709,43 @@ impl Drop for Member {
             // another leave may already have replaced it with a new one.
             let mut rooms = lock(&self.hub.rooms);
             let ours = rooms.get(&self.room.name).is_some_and(|r| Arc::ptr_eq(r, &self.room));
-            if ours && lock(&self.room.state).names.is_empty() {
+            if ours && lock(&self.room.state).members == 0 {
                 rooms.remove(&self.room.name);
+                drop(rooms);
+                if let Some(cluster) = &self.hub.cluster {
+                    let (cluster, hub, room) =
+                        (cluster.clone(), self.hub.clone(), self.room.name.clone());
+                    tokio::spawn(async move { cluster.unsubscribe(&room, &hub).await });
+                }
             }
         }
     }
 }
 
 /// How many of the held messages a joining client skips (those it already
-/// has), and what it is told it missed.
+/// has), and what it is told it missed. `first_held` is the seq of the first
+/// of the `held` messages, `seq` the room's last.
 fn replay_skip(
-    state: &RoomState,
+    first_held: u64,
+    held: usize,
+    seq: u64,
     epoch: &str,
     resume: Option<&Resume>,
 ) -> (usize, Option<Event<'static>>) {
-    let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
     match resume {
         // A newcomer gets all that is held.
         None => (0, None),
         Some(Resume { epoch: theirs, .. }) if theirs != epoch => {
             (0, Some(Event::Missed { count: None }))
         }
-        Some(Resume { since, .. }) if *since > state.seq => {
-            let error = ClientError::ResumeAhead { since: *since, seq: state.seq };
-            (state.history.len(), Some(Event::from(error)))
+        Some(Resume { since, .. }) if *since > seq => {
+            (held, Some(Event::from(ClientError::ResumeAhead { since: *since, seq })))
         }
         Some(Resume { since, .. }) => {
             let missed = first_held.saturating_sub(since + 1);
             let skip =
                 usize::try_from((since + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
-            (skip, (missed > 0).then_some(Event::Missed { count: Some(missed) }))
+            (skip.min(held), (missed > 0).then_some(Event::Missed { count: Some(missed) }))
         }
     }
 }

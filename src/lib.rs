@@ -7,6 +7,7 @@
 //! - [`handshake`]: reads and checks the HTTP upgrade request before tokio-websockets takes over.
 //! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
 //! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
+//! - [`cluster`]: the link to Redis that lets several nodes share rooms (`--redis`).
 //! - [`limit`]: per-connection flood control.
 //! - [`logging`]: the binaries' log set-up.
 //! - [`metrics`]: the counters behind `GET /metrics`.
@@ -16,6 +17,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod handshake;

@@ -39,10 +39,23 @@ pub struct Metrics {
     pub frames_delivered: Counter,
     /// Frames skipped for clients that fell behind.
     pub frames_missed: Counter,
+    /// With `--redis`: 1 while the link to Redis is up, else 0.
+    pub cluster_link_up: Gauge,
+    /// With `--redis`: times the link to Redis was lost.
+    pub cluster_outages: Counter,
+    /// With `--redis`: events received from Redis.
+    pub cluster_received: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Metrics {
+    /// The counters of a server, with those of the Redis link if `clustered`.
+    pub fn new(clustered: bool) -> Self {
         let mut registry = Registry::with_prefix("chat");
         let metrics = Self {
             connections: Gauge::default(),
@@ -54,6 +67,9 @@ impl Default for Metrics {
             bytes_received: Counter::default(),
             frames_delivered: Counter::default(),
             frames_missed: Counter::default(),
+            cluster_link_up: Gauge::default(),
+            cluster_outages: Counter::default(),
+            cluster_received: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Chat connections open now", metrics.connections.clone());
@@ -89,11 +105,26 @@ impl Default for Metrics {
             "Frames skipped for clients that fell behind",
             metrics.frames_missed.clone(),
         );
+        if clustered {
+            registry.register(
+                "cluster_link_up",
+                "1 while the link to Redis is up, else 0",
+                metrics.cluster_link_up.clone(),
+            );
+            registry.register(
+                "cluster_outages",
+                "Times the link to Redis was lost",
+                metrics.cluster_outages.clone(),
+            );
+            registry.register(
+                "cluster_received",
+                "Events received from Redis",
+                metrics.cluster_received.clone(),
+            );
+        }
         Self { registry, ..metrics }
     }
-}
 
-impl Metrics {
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut text = String::new();

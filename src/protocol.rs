@@ -305,9 +305,14 @@ impl Event<'_> {
     pub fn encode(&self, protocol: Protocol) -> Message {
         match protocol {
             Protocol::Text => Message::text(self.to_string()),
-            // Serializing this enum cannot fail: every key is a string.
-            Protocol::Json => Message::text(serde_json::to_string(self).unwrap_or_default()),
+            Protocol::Json => Message::text(self.encode_json()),
         }
+    }
+
+    /// The event's JSON form.
+    pub fn encode_json(&self) -> String {
+        // Serializing this enum cannot fail: every key is a string.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -394,6 +399,8 @@ pub enum ClientError<'a> {
         /// The limit, in messages per second.
         per_second: u32,
     },
+    /// With `--redis`: the request needed Redis at a moment it was lost.
+    LinkDown,
 }
 
 /// `/help`'s answer.
@@ -448,6 +455,9 @@ impl fmt::Display for ClientError<'_> {
             }
             ClientError::Usage { usage } => write!(f, "usage: {usage}"),
             ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
+            ClientError::LinkDown => {
+                f.write_str("the link to the other nodes failed: nothing was done; try again")
+            }
             ClientError::SlowDown { per_second } => write!(
                 f,
                 "slow down: at most {per_second} messages a second; this one was not sent"

@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::SinkExt;
 use http::HeaderValue;
 use http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,9 +19,10 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_websockets::{Limits, ServerBuilder};
+use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::cluster::Cluster;
 use crate::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, ConnectionLimits, HANDSHAKE_TIMEOUT,
     MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
@@ -31,20 +33,25 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{JSON_PROTOCOL, Protocol};
 
-/// Serves chat on `listener` (over TLS when `tls` is given) until `shutdown`
-/// completes, then closes every connection with code 1001 and returns once
-/// they are gone (or after [`SHUTDOWN_TIMEOUT`]).
+/// Serves chat on `listener` (over TLS when `tls` is given, sharing rooms
+/// with other nodes through `cluster` when given) until `shutdown` completes,
+/// then closes every connection with code 1001 and returns once they are gone
+/// (or after [`SHUTDOWN_TIMEOUT`]).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     tls: Option<TlsAcceptor>,
+    cluster: Option<Arc<Cluster>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let hub = Hub::new(config.max_lag, config.presence_limit, config.history);
+    let hub = Hub::new(config.max_lag, config.presence_limit, config.history, cluster.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(cluster.is_some()));
     tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
+    if let Some(cluster) = cluster {
+        tracker.spawn(cluster.run(hub.clone(), metrics.clone(), token.clone()));
+    }
     let context = Arc::new(Context {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -290,7 +297,7 @@ where
         // connection's future for its whole life.
         upgraded = timeout_at(deadline, Box::pin(upgrade)) => upgraded,
     };
-    let (request, ws) = match upgraded {
+    let (request, mut ws) = match upgraded {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(error)) => {
             debug!(%error, "handshake failed");
@@ -305,7 +312,17 @@ where
 
     let span = tracing::Span::current();
     span.record("room", request.room.as_str());
-    let joined = context.hub.join(&request, &peer.to_string());
+    let joined = match context.hub.join(&request, &peer.to_string()).await {
+        Ok(joined) => joined,
+        Err(error) => {
+            // Only with --redis: the client retries, here or on another node.
+            warn!(%error, "cannot join: closing with 1013");
+            context.metrics.refuse("cluster_down");
+            let close = Message::close(Some(CloseCode::SERVICE_OVERLOAD), "cluster link down");
+            let _ = timeout(CLOSE_TIMEOUT, ws.send(close)).await;
+            return;
+        }
+    };
     span.record("name", joined.member.name());
     info!("joined");
     let metrics = &context.metrics;

@@ -31,6 +31,10 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,
     };
+    let cluster = match &config.redis {
+        Some(url) => Some(chat::cluster::Cluster::connect(url).await?),
+        None => None,
+    };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener =
@@ -40,7 +44,7 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {scheme}://{local}")?;
     stdout.flush()?;
-    chat::server::run(listener, config, tls, shutdown_signal()).await;
+    chat::server::run(listener, config, tls, cluster, shutdown_signal()).await;
     Ok(())
 }
 

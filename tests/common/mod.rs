@@ -46,7 +46,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat::server::run(listener, config, tls, async {
+        let task = tokio::spawn(chat::server::run(listener, config, tls, None, async {
             let _ = stopped.await;
         }));
         Self { addr, stop: Some(stop), task }

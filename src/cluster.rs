@@ -1,0 +1,477 @@
+//! Several nodes sharing rooms through Redis (`--redis`).
+//!
+//! Redis holds what the nodes share: each room's message numbers and history
+//! (a stream capped at `--history`), its names (which node holds each) and
+//! its presence counters. Every change is one Lua script, so it is atomic,
+//! and a message is numbered, kept and published in one step: the order of
+//! its seq is the order every node delivers it in. A node delivers even its
+//! own clients' messages only when they come back from Redis.
+//!
+//! A node subscribes to the channels of the rooms it has clients in, so a
+//! message crosses Redis once per interested node; the node decodes and
+//! encodes it once and its local fan-out ([`crate::hub`]) shares the frames.
+//!
+//! [`Cluster::run`] keeps the link: a heartbeat key that expires when the node
+//! dies (the other nodes then remove its clients from presence), and, when
+//! Redis is lost, degraded mode (the hub keeps each node's clients chatting
+//! among themselves), reconnection with backoff and a catch-up from history.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::hub::{Hub, lock};
+use crate::metrics::Metrics;
+use crate::protocol::{MAX_WHO_NAMES, now};
+
+/// How often a node renews its heartbeat key, removes departed nodes' clients
+/// from its rooms and sends large rooms their presence summaries.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// Life of a heartbeat key: a node silent this long is taken for dead, so its
+/// clients leave everyone's presence at most this plus one heartbeat later.
+pub const NODE_TTL: Duration = Duration::from_secs(10);
+/// Longest wait for Redis to connect or answer before the link counts as down.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before reconnecting to Redis; doubles up to [`RECONNECT_MAX`].
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts to reconnect to Redis.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest a client's next frame waits for the echo of its message from
+/// Redis (which a failing link may never bring).
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prefix of every key and channel this server uses in Redis.
+const PREFIX: &str = "chat";
+
+/// What went wrong with Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The URL is not a Redis URL. (Not quoted: it may hold a password.)
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(RedisError),
+    /// Redis refused or failed a request.
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    /// Redis took longer than [`REDIS_TIMEOUT`].
+    #[error("Redis did not answer within {REDIS_TIMEOUT:?}")]
+    Timeout,
+    /// The link is down: the node is in degraded mode.
+    #[error("the link to Redis is down")]
+    Down,
+}
+
+/// A node's link to Redis.
+pub struct Cluster {
+    client: Client,
+    /// This node's random identity, for the names it holds.
+    node: String,
+    /// Whether the link is up: the node is subscribed and caught up.
+    up: AtomicBool,
+    /// Commands; replaced on reconnection.
+    commands: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Subscriptions. An async lock: (un)subscribing waits for Redis, and
+    /// each decision to unsubscribe must see the rooms as they are when sent.
+    subscriptions: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// The first connection's messages, until [`Cluster::run`] takes them.
+    first: std::sync::Mutex<Option<PubSubStream>>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connections and scripts say nothing useful.
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the join script returns.
+type JoinScriptReply = (String, u8, usize, String, u64, u64, Vec<String>);
+/// What the rejoin script returns.
+type RejoinScriptReply = (usize, String, u64, u64, Vec<String>);
+
+/// The Lua scripts, each prefixed with the helpers they share.
+struct Scripts {
+    join: Script,
+    say: Script,
+    leave: Script,
+    rename: Script,
+    tick: Script,
+    rejoin: Script,
+    who: Script,
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("cluster/common.lua"), include_str!($file)))
+    };
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            join: script!("cluster/join.lua"),
+            say: script!("cluster/say.lua"),
+            leave: script!("cluster/leave.lua"),
+            rename: script!("cluster/rename.lua"),
+            tick: script!("cluster/tick.lua"),
+            rejoin: script!("cluster/rejoin.lua"),
+            who: script!("cluster/who.lua"),
+        }
+    }
+}
+
+/// What Redis says of a room a client joins.
+#[derive(Debug)]
+pub struct JoinReply {
+    /// The name the client got.
+    pub name: String,
+    /// Whether the name it asked for was held by someone else.
+    pub taken: bool,
+    /// Clients in the room on all nodes.
+    pub online: usize,
+    /// The room's state.
+    pub room: RoomState,
+}
+
+/// A room's epoch, last seq and history, as Redis holds them.
+#[derive(Debug)]
+pub struct RoomState {
+    /// The room's epoch.
+    pub epoch: String,
+    /// The last message's seq.
+    pub seq: u64,
+    /// The seq of the first message held (`seq + 1` when none is).
+    pub first: u64,
+    /// The messages held, oldest first, as published.
+    pub history: Vec<String>,
+}
+
+impl Cluster {
+    /// Connects to Redis at `url`, so that a wrong URL or an unreachable
+    /// server stops the node at start-up rather than later.
+    pub async fn connect(url: &str) -> Result<Arc<Self>, ClusterError> {
+        let client = Client::open(url).map_err(ClusterError::InvalidUrl)?;
+        let cluster = Self {
+            client,
+            node: format!("{:016x}", fastrand::u64(..)),
+            up: AtomicBool::new(false),
+            commands: std::sync::Mutex::default(),
+            subscriptions: tokio::sync::Mutex::default(),
+            first: std::sync::Mutex::default(),
+            scripts: Scripts::new(),
+        };
+        let (commands, sink, stream) = cluster.open().await?;
+        let mut commands_copy = commands.clone();
+        cluster.beat(&mut commands_copy).await?;
+        *lock(&cluster.commands) = Some(commands);
+        *cluster.subscriptions.lock().await = Some(sink);
+        *lock(&cluster.first) = Some(stream);
+        cluster.up.store(true, Ordering::Release);
+        Ok(Arc::new(cluster))
+    }
+
+    /// This node's identity in Redis.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the link is up; when it is not, the node is in degraded mode.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    async fn open(
+        &self,
+    ) -> Result<(MultiplexedConnection, PubSubSink, PubSubStream), ClusterError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        let commands = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let pubsub = within(self.client.get_async_pubsub()).await?;
+        let (sink, stream) = pubsub.split();
+        Ok((commands, sink, stream))
+    }
+
+    /// Renews this node's heartbeat key.
+    async fn beat(&self, commands: &mut MultiplexedConnection) -> Result<(), ClusterError> {
+        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX);
+        redis::cmd("SET")
+            .arg(node_key(&self.node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .exec_async(commands)
+            .await?;
+        Ok(())
+    }
+
+    fn commands(&self) -> Result<MultiplexedConnection, ClusterError> {
+        if !self.is_up() {
+            return Err(ClusterError::Down);
+        }
+        lock(&self.commands).clone().ok_or(ClusterError::Down)
+    }
+
+    /// Starts a script call on `room` with the arguments every script takes.
+    fn invoke<'a>(
+        &self,
+        script: &'a Script,
+        room: &str,
+        presence_limit: usize,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for part in ["meta", "log", "names", "nodes"] {
+            invocation.key(format!("{PREFIX}:room:{room}:{part}"));
+        }
+        invocation.arg(channel(room)).arg(room).arg(&self.node).arg(now().to_rfc3339());
+        invocation.arg(presence_limit);
+        invocation
+    }
+
+    /// Receives `room`'s messages from now on.
+    pub async fn subscribe(&self, room: &str) -> Result<(), ClusterError> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let sink = subscriptions.as_mut().ok_or(ClusterError::Down)?;
+        within(sink.subscribe(channel(room))).await
+    }
+
+    /// Stops receiving `room`'s messages, unless it has local clients again.
+    pub async fn unsubscribe(&self, room: &str, hub: &Hub) {
+        let mut subscriptions = self.subscriptions.lock().await;
+        if let Some(sink) = subscriptions.as_mut()
+            && !hub.has_room(room)
+            && let Err(error) = within(sink.unsubscribe(channel(room))).await
+        {
+            // The link is failing; reconnecting subscribes afresh anyway.
+            warn!(%error, room, "cannot unsubscribe");
+        }
+    }
+
+    /// Gives a client a name in `room` (the one it asked for if free, else
+    /// `fallback`), announces it, and returns the room's state.
+    pub async fn join(
+        &self,
+        room: &str,
+        requested: Option<&str>,
+        fallback: &str,
+        presence_limit: usize,
+    ) -> Result<JoinReply, ClusterError> {
+        let mut commands = self.commands()?;
+        let mut invocation = self.invoke(&self.scripts.join, room, presence_limit);
+        invocation.arg(requested.unwrap_or_default()).arg(fallback).arg(new_epoch());
+        let (name, taken, online, epoch, seq, first, history): JoinScriptReply =
+            invocation.invoke_async(&mut commands).await?;
+        Ok(JoinReply {
+            name,
+            taken: taken == 1,
+            online,
+            room: RoomState { epoch, seq, first, history },
+        })
+    }
+
+    /// Numbers, keeps and publishes a message event; returns its seq.
+    pub async fn say(&self, room: &str, event: &str, history: usize) -> Result<u64, ClusterError> {
+        let mut commands = self.commands()?;
+        let mut invocation = self.invoke(&self.scripts.say, room, 0);
+        invocation.arg(event).arg(history).arg(new_epoch());
+        Ok(invocation.invoke_async(&mut commands).await?)
+    }
+
+    /// Renames a client; `false` if the new name is held.
+    pub async fn rename(&self, room: &str, old: &str, new: &str) -> Result<bool, ClusterError> {
+        let mut commands = self.commands()?;
+        let mut invocation = self.invoke(&self.scripts.rename, room, 0);
+        invocation.arg(old).arg(new);
+        let renamed: u8 = invocation.invoke_async(&mut commands).await?;
+        Ok(renamed == 1)
+    }
+
+    /// Releases a client's name and announces its departure.
+    pub async fn leave(
+        &self,
+        room: &str,
+        name: &str,
+        presence_limit: usize,
+    ) -> Result<(), ClusterError> {
+        let mut commands = self.commands()?;
+        let mut invocation = self.invoke(&self.scripts.leave, room, presence_limit);
+        invocation.arg(name);
+        Ok(invocation.invoke_async(&mut commands).await?)
+    }
+
+    /// How many are in `room` on all nodes, and the first names in order.
+    pub async fn who(&self, room: &str) -> Result<(usize, Vec<String>), ClusterError> {
+        let mut commands = self.commands()?;
+        let mut invocation = self.invoke(&self.scripts.who, room, 0);
+        invocation.arg(MAX_WHO_NAMES);
+        Ok(invocation.invoke_async(&mut commands).await?)
+    }
+
+    /// Keeps the link until `shutdown`: delivers what Redis publishes to the
+    /// hub, beats, and when Redis is lost, puts the hub in degraded mode and
+    /// reconnects with backoff.
+    pub async fn run(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let mut stream = lock(&self.first).take();
+        let mut delay = RECONNECT_FIRST;
+        metrics.cluster_link_up.set(i64::from(self.is_up()));
+        loop {
+            if let Some(messages) = stream.take() {
+                delay = RECONNECT_FIRST;
+                let failure = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        self.goodbye().await;
+                        return;
+                    }
+                    failure = self.serve(&hub, &metrics, messages) => failure,
+                };
+                warn!(error = %failure, "lost the link to Redis: degraded mode");
+                self.up.store(false, Ordering::Release);
+                *self.subscriptions.lock().await = None;
+                *lock(&self.commands) = None;
+                metrics.cluster_link_up.set(0);
+                metrics.cluster_outages.inc();
+                hub.link_down();
+            }
+            let jittered = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = sleep(jittered) => {}
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+            match self.reconnect(&hub).await {
+                Ok(messages) => {
+                    info!("link to Redis restored");
+                    metrics.cluster_link_up.set(1);
+                    stream = Some(messages);
+                }
+                Err(error) => warn!(%error, retry_in = ?delay, "cannot reconnect to Redis"),
+            }
+        }
+    }
+
+    /// Delivers messages and beats until the link fails; returns why.
+    async fn serve(
+        &self,
+        hub: &Hub,
+        metrics: &Metrics,
+        mut messages: PubSubStream,
+    ) -> ClusterError {
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return ClusterError::Redis(RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::ConnectionReset,
+                        )));
+                    };
+                    let Some(room) = message.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
+                        continue;
+                    };
+                    metrics.cluster_received.inc();
+                    if let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) {
+                        hub.deliver(room, payload);
+                    } else {
+                        warn!(room, "ignored a message that is not UTF-8");
+                    }
+                }
+                _ = ticks.tick() => {
+                    if let Err(error) = self.tick(hub).await {
+                        return error;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One heartbeat: the node's key, then each local room's presence.
+    async fn tick(&self, hub: &Hub) -> Result<(), ClusterError> {
+        let mut commands = self.commands()?;
+        self.beat(&mut commands).await?;
+        for room in hub.room_names() {
+            let invocation = self.invoke(&self.scripts.tick, &room, hub.presence_limit());
+            let () = invocation.invoke_async(&mut commands).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens new connections, subscribes to every local room, claims the
+    /// local clients' names again and catches each room up from history.
+    async fn reconnect(&self, hub: &Hub) -> Result<PubSubStream, ClusterError> {
+        let (mut commands, mut sink, stream) = self.open().await?;
+        self.beat(&mut commands).await?;
+        // Holding the lock keeps rooms from (un)subscribing meanwhile; joins
+        // wait for the link to be up anyway.
+        let mut subscriptions = self.subscriptions.lock().await;
+        for room in hub.room_names() {
+            within(sink.subscribe(channel(&room))).await?;
+        }
+        // Subscribed first, caught up second: a message published in between
+        // comes both ways, and the hub keeps only the first.
+        for (room, names) in hub.rooms_and_names() {
+            let mut invocation = self.invoke(&self.scripts.rejoin, &room, hub.presence_limit());
+            invocation.arg(new_epoch());
+            for name in &names {
+                invocation.arg(name);
+            }
+            let (clashes, epoch, seq, first, history): RejoinScriptReply =
+                invocation.invoke_async(&mut commands).await?;
+            if clashes > 0 {
+                warn!(room, clashes, "names taken on other nodes while the link was down");
+            }
+            hub.recover(&room, &RoomState { epoch, seq, first, history });
+        }
+        *subscriptions = Some(sink);
+        *lock(&self.commands) = Some(commands);
+        self.up.store(true, Ordering::Release);
+        Ok(stream)
+    }
+
+    /// At shutdown: the heartbeat key goes at once, so the other nodes remove
+    /// this node's clients at their next heartbeat rather than after the TTL.
+    async fn goodbye(&self) {
+        if let Ok(mut commands) = self.commands() {
+            let mut delete = redis::cmd("DEL");
+            delete.arg(node_key(&self.node));
+            if let Err(error) = within(delete.exec_async(&mut commands)).await {
+                warn!(%error, "cannot remove the heartbeat key");
+            }
+        }
+        self.up.store(false, Ordering::Release);
+    }
+}
+
+const CHANNEL_PREFIX: &str = "chat:room:";
+
+fn channel(room: &str) -> String {
+    format!("{CHANNEL_PREFIX}{room}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("{PREFIX}:node:{node}")
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// A Redis call bounded by [`REDIS_TIMEOUT`].
+async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ClusterError> {
+    Ok(timeout(REDIS_TIMEOUT, call).await.map_err(|_| ClusterError::Timeout)??)
+}
