@@ -46,9 +46,10 @@ const HEADER_LEN: usize = 8 + 1 + 4 + 1 + 10 + 1 + 16;
 /// `chat-bench` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchConfig {
-    /// Server and room to load.
+    /// Server and room to load; repeat it to spread the clients over several
+    /// nodes, round robin (senders included).
     #[arg(long, default_value = DEFAULT_URL)]
-    pub url: String,
+    pub url: Vec<String>,
     /// Clients to connect, senders included.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -396,14 +397,22 @@ type Ws = tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<Tcp
 
 /// Connects every client, a bounded number at a time, each past its welcome.
 async fn connect_all(config: &BenchConfig) -> Result<Vec<Ws>, Error> {
-    let builder = Arc::new(
-        ClientBuilder::new()
-            .uri(&config.url)
-            .map_err(|error| Error::Config(format!("invalid --url {:?}: {error}", config.url)))?,
-    );
+    let builders = config
+        .url
+        .iter()
+        .map(|url| {
+            let builder = ClientBuilder::new()
+                .uri(url)
+                .map_err(|error| Error::Config(format!("invalid --url {url:?}: {error}")))?;
+            Ok(Arc::new(builder))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    if builders.is_empty() {
+        return Err(Error::Config("no --url".into()));
+    }
     let attempts = futures_util::stream::iter(0..config.clients).map(|index| {
-        let builder = builder.clone();
-        let url = config.url.clone();
+        let builder = builders[index % builders.len()].clone();
+        let url = config.url[index % builders.len()].clone();
         async move {
             let connecting = async {
                 let (mut ws, _) = builder.connect().await?;

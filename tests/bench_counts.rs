@@ -14,7 +14,7 @@ async fn the_load_generator_counts_every_delivery() {
     let config = chat::config::ServerConfig { rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
     let config = BenchConfig {
-        url: server.url("/bench"),
+        url: vec![server.url("/bench")],
         clients: 20,
         senders: 4,
         rate: 200,
@@ -49,7 +49,7 @@ async fn the_load_generator_counts_every_delivery() {
 #[tokio::test]
 async fn the_load_generator_refuses_impossible_runs() {
     let config = BenchConfig {
-        url: "ws://127.0.0.1:1/".into(),
+        url: vec!["ws://127.0.0.1:1/".into()],
         clients: 10,
         senders: 11,
         rate: 10,
