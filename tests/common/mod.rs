@@ -294,6 +294,7 @@ pub fn command(program: &str, args: &[&str]) -> tokio::process::Command {
         "CHAT_RETRIES",
         "CHAT_TLS_CERT",
         "CHAT_TLS_KEY",
+        "CHAT_REDIS_URL",
         "RUST_LOG",
     ] {
         command.env_remove(var);

@@ -1,0 +1,402 @@
+//! Several server nodes sharing rooms through Redis (`--redis`): each test
+//! starts its own `redis-server` on a free loopback port and real `server`
+//! binaries against it.
+//!
+//! Without `redis-server` the tests report themselves skipped and pass,
+//! unless `CHAT_REQUIRE_REDIS=1` (set by `.ci/run`) makes that a failure.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chat::hub::{LINK_DOWN, LINK_UP};
+use common::{PATIENCE, SERVER, command, connect, connect_json, next_json, next_text};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+use tokio_websockets::Message;
+
+/// The presence requirement: a node that dies leaves presence within this.
+const DEAD_NODE_GONE_WITHIN: Duration = Duration::from_secs(30);
+/// Messages each client sends in the ordering test.
+const EACH: usize = 20;
+
+/// A `redis-server` of this test's own, without persistence.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    /// Starts one on a free port, or `None` (after saying so) when the
+    /// binary is missing and the tests may be skipped.
+    async fn start(test: &str) -> Option<Self> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CHAT_REQUIRE_REDIS").is_none(),
+                "CHAT_REQUIRE_REDIS is set but redis-server is missing"
+            );
+            eprintln!("SKIPPED {test}: redis-server not found (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        Some(Self::start_on(port).await)
+    }
+
+    /// Starts one on `port`; returns once it accepts connections.
+    async fn start_on(port: u16) -> Self {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--loglevel", "notice"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.expect("redis-server output") {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server exited before it was ready");
+        };
+        timeout(PATIENCE, ready).await.expect("redis-server ready in time");
+        // Keep reading its output, so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once, as a crash would.
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("kill redis-server");
+    }
+}
+
+/// A `server` binary joined to a Redis.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    async fn start(redis: &Redis) -> Self {
+        let mut child = command(SERVER, &["--port", "0", "--redis", &redis.url()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        timeout(PATIENCE, stdout.read_line(&mut line))
+            .await
+            .expect("server starts in time")
+            .expect("read server stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ws://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("an address");
+        Self { addr, child }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    async fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = String::new();
+        timeout(PATIENCE, stream.read_to_string(&mut response))
+            .await
+            .expect("metrics in time")
+            .expect("read metrics");
+        response
+    }
+}
+
+type Ws = tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<TcpStream>>;
+
+/// A JSON client past its welcome; returns it with the welcome.
+async fn join(node: &Node, path: &str) -> (Ws, Value) {
+    let mut ws = connect_json(&node.url(path)).await;
+    loop {
+        let event = next_json(&mut ws).await;
+        if event["type"] == "welcome" {
+            return (ws, event);
+        }
+    }
+}
+
+async fn say(ws: &mut Ws, text: &str) {
+    let request = json!({"type": "message", "text": text}).to_string();
+    ws.send(Message::text(request)).await.expect("send");
+}
+
+/// Reads events until one matches; returns it.
+async fn until(ws: &mut Ws, matches: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let event = next_json(ws).await;
+        if matches(&event) {
+            return event;
+        }
+    }
+}
+
+fn notice(text: &'static str) -> impl Fn(&Value) -> bool {
+    move |event| event["type"] == "notice" && event["text"] == text
+}
+
+/// Messages until (and with) the one saying `last`, as (seq, from, text).
+async fn messages_through(ws: &mut Ws, last: &str) -> Vec<(u64, String, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let event = next_json(ws).await;
+        if event["type"] == "message" {
+            let text = event["text"].as_str().expect("text").to_owned();
+            let from = event["from"].as_str().expect("from").to_owned();
+            let done = text == last;
+            seen.push((event["seq"].as_u64().expect("seq"), from, text));
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_client_on_every_node_gets_every_message_once_in_one_order() {
+    let Some(redis) = Redis::start("order").await else { return };
+    let nodes = [Node::start(&redis).await, Node::start(&redis).await, Node::start(&redis).await];
+    let mut clients = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for c in 0..2 {
+            clients.push(join(node, &format!("/order?name=n{n}c{c}")).await.0);
+        }
+    }
+    // Everyone is subscribed once welcomed: all send at once, interleaved.
+    for i in 0..EACH {
+        for (c, ws) in clients.iter_mut().enumerate() {
+            say(ws, &format!("{c}:{i}")).await;
+        }
+    }
+    let total = EACH * clients.len();
+    let mut orders = Vec::new();
+    for ws in &mut clients {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let event = next_json(ws).await;
+            if event["type"] == "message" {
+                let seq = event["seq"].as_u64().expect("seq");
+                seen.push((seq, event["text"].as_str().expect("text").to_owned()));
+            }
+        }
+        orders.push(seen);
+    }
+    let first = &orders[0];
+    let seqs: Vec<u64> = first.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "numbered by Redis, without gaps");
+    let texts: HashSet<&str> = first.iter().map(|(_, text)| text.as_str()).collect();
+    assert_eq!(texts.len(), total, "each message exactly once");
+    for (c, order) in orders.iter().enumerate() {
+        assert_eq!(order, first, "client {c} saw another order");
+    }
+    // Each sender's messages keep the order it sent them in.
+    for c in 0..clients.len() {
+        let mine: Vec<&str> = first
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|text| text.starts_with(&format!("{c}:")))
+            .collect();
+        let sent: Vec<String> = (0..EACH).map(|i| format!("{c}:{i}")).collect();
+        assert_eq!(mine, sent);
+    }
+}
+
+#[tokio::test]
+async fn presence_and_names_span_nodes() {
+    let Some(redis) = Redis::start("presence").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+
+    let mut alice = connect(&one.url("/names?name=alice")).await;
+    assert_eq!(
+        next_text(&mut alice).await,
+        "* you are alice in room names, 1 online; /help lists the commands"
+    );
+    assert_eq!(next_text(&mut alice).await, "* alice joined");
+    let mut bob = connect(&two.url("/names?name=bob")).await;
+    assert_eq!(
+        next_text(&mut bob).await,
+        "* you are bob in room names, 2 online; /help lists the commands"
+    );
+    assert_eq!(next_text(&mut bob).await, "* bob joined");
+    assert_eq!(next_text(&mut alice).await, "* bob joined");
+
+    // A name held on another node is taken here too.
+    let mut carol = connect(&two.url("/names?name=alice")).await;
+    assert_eq!(next_text(&mut carol).await, "! name \"alice\" is taken");
+    let welcome = next_text(&mut carol).await;
+    let carol_name = chat::protocol::parse_welcome(&welcome).expect("a welcome").to_owned();
+    assert_ne!(carol_name, "alice");
+    assert_eq!(next_text(&mut carol).await, format!("* {carol_name} joined"));
+    assert_eq!(next_text(&mut alice).await, format!("* {carol_name} joined"));
+
+    bob.send(Message::text("/who".to_owned())).await.expect("send");
+    let mut who = next_text(&mut bob).await;
+    while !who.starts_with("* 3 in names: ") {
+        who = next_text(&mut bob).await;
+    }
+    let mut expected = [carol_name.clone(), "alice".to_owned(), "bob".to_owned()];
+    expected.sort();
+    assert_eq!(who, format!("* 3 in names: {}", expected.join(", ")));
+
+    bob.send(Message::text("/nick alice".to_owned())).await.expect("send");
+    assert_eq!(next_text(&mut bob).await, "! name \"alice\" is taken");
+    bob.send(Message::text("/nick bobby".to_owned())).await.expect("send");
+    assert_eq!(next_text(&mut alice).await, "* bob is now bobby");
+    // The old name is free again, on any node.
+    alice.send(Message::text("/nick bob".to_owned())).await.expect("send");
+    assert_eq!(next_text(&mut carol).await, "* bob is now bobby");
+    assert_eq!(next_text(&mut carol).await, "* alice is now bob");
+
+    alice.send(Message::close(None, "")).await.expect("close");
+    assert_eq!(next_text(&mut carol).await, "* bob left");
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node() {
+    let Some(redis) = Redis::start("resume").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (mut bob, _) = join(&two, "/resume?name=bob").await;
+    let (mut alice, welcome) = join(&one, "/resume?name=alice").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_owned();
+    say(&mut bob, "m1").await;
+    say(&mut bob, "m2").await;
+    let seen = messages_through(&mut alice, "m2").await;
+    assert_eq!(seen.iter().map(|(seq, ..)| *seq).collect::<Vec<_>>(), [1, 2]);
+
+    alice.send(Message::close(None, "")).await.expect("close");
+    until(&mut bob, |event| event["type"] == "leave" && event["name"] == "alice").await;
+    for text in ["m3", "m4", "m5"] {
+        say(&mut bob, text).await;
+    }
+    messages_through(&mut bob, "m5").await;
+
+    let url = two.url(&format!("/resume?name=alice&since=2&epoch={epoch}"));
+    let mut alice = connect_json(&url).await;
+    let welcome = next_json(&mut alice).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["name"], "alice");
+    assert_eq!(welcome["epoch"], epoch.as_str());
+    assert_eq!(welcome["seq"], 5);
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"type": "history", "phase": "start", "count": 3})
+    );
+    for (seq, text) in [(3, "m3"), (4, "m4"), (5, "m5")] {
+        let message = next_json(&mut alice).await;
+        assert_eq!((message["seq"].as_u64(), message["text"].as_str()), (Some(seq), Some(text)));
+    }
+    assert_eq!(next_json(&mut alice).await, json!({"type": "history", "phase": "end", "count": 3}));
+    let joined = next_json(&mut alice).await;
+    assert_eq!((joined["type"].as_str(), joined["name"].as_str()), (Some("join"), Some("alice")));
+    // And it chats on from there, once.
+    say(&mut bob, "m6").await;
+    assert_eq!(messages_through(&mut alice, "m6").await, [(6, "bob".to_owned(), "m6".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_presence() {
+    let Some(redis) = Redis::start("killed node").await else { return };
+    let (mut one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (_alice, _) = join(&one, "/killed?name=alice").await;
+    let (mut bob, _) = join(&two, "/killed?name=bob").await;
+    until(&mut bob, |event| event["type"] == "join" && event["name"] == "bob").await;
+
+    // SIGKILL: no goodbye, no leave script; only the heartbeat key expires.
+    one.child.kill().await.expect("kill node");
+    let left = until(&mut bob, |event| event["type"] == "leave");
+    let left = timeout(DEAD_NODE_GONE_WITHIN, left).await.expect("alice leaves within 30 s");
+    assert_eq!(left["name"], "alice");
+    bob.send(Message::text(json!({"type": "who"}).to_string())).await.expect("send");
+    let who = until(&mut bob, |event| event["type"] == "who").await;
+    assert_eq!((who["count"].as_u64(), &who["names"]), (Some(1), &json!(["bob"])));
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_then_recovers() {
+    let Some(mut redis) = Redis::start("outage").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (mut a1, _) = join(&one, "/outage?name=a1").await;
+    let (mut a2, _) = join(&one, "/outage?name=a2").await;
+    let (mut b, _) = join(&two, "/outage?name=b").await;
+    say(&mut a1, "before").await;
+    for ws in [&mut a1, &mut a2, &mut b] {
+        messages_through(ws, "before").await;
+    }
+
+    redis.kill().await;
+    for ws in [&mut a1, &mut a2, &mut b] {
+        until(ws, notice(LINK_DOWN)).await;
+    }
+    // Degraded: each node's clients chat among themselves.
+    say(&mut a1, "during-a").await;
+    say(&mut b, "during-b").await;
+    for ws in [&mut a1, &mut a2] {
+        assert_eq!(messages_through(ws, "during-a").await.len(), 1);
+    }
+    assert_eq!(messages_through(&mut b, "during-b").await.len(), 1);
+    // New clients are turned away meanwhile, with "try again later".
+    let mut late = connect(&one.url("/outage")).await;
+    let closed = timeout(PATIENCE, late.next()).await.expect("an answer in time");
+    let close = closed.expect("a frame").expect("a Close frame");
+    assert_eq!(close.as_close().map(|(code, _)| u16::from(code)), Some(1013));
+
+    let _redis = Redis::start_on(redis.port).await;
+    // The restarted Redis is empty: the history was reset.
+    for ws in [&mut a1, &mut a2, &mut b] {
+        let event = until(ws, |event| event["type"] == "missed" || event["type"] == "notice").await;
+        assert_eq!(event, json!({"type": "missed", "count": null}));
+        until(ws, notice(LINK_UP)).await;
+    }
+    say(&mut a2, "after").await;
+    // What each saw between its outage message and "after": nothing from
+    // the other node's outage.
+    for ws in [&mut a1, &mut a2, &mut b] {
+        let seen = messages_through(ws, "after").await;
+        assert_eq!(seen, [(1, "a2".to_owned(), "after".to_owned())]);
+    }
+    // Only what was said since the link came back is kept.
+    let (mut c, welcome) = join(&two, "/outage?name=c").await;
+    assert_eq!(welcome["online"], 4);
+    assert_eq!(next_json(&mut c).await, json!({"type": "history", "phase": "start", "count": 1}));
+    assert_eq!(next_json(&mut c).await["text"], "after");
+
+    let metrics = one.metrics().await;
+    assert!(metrics.contains("chat_cluster_outages_total 1\n"), "{metrics}");
+    assert!(metrics.contains("chat_cluster_link_up 1\n"), "{metrics}");
+    assert!(metrics.contains("reason=\"cluster_down\"} 1\n"), "{metrics}");
+}
