@@ -480,6 +480,14 @@ impl Hub {
     }
 }
 
+/// Runs a Redis call on its own, if the runtime still runs: a member dropped
+/// as the process exits leaves its name to the other nodes' heartbeat.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
+    }
+}
+
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
@@ -678,7 +686,7 @@ impl Drop for Member {
                     let (cluster, room, name) =
                         (cluster.clone(), self.room.name.clone(), self.name.clone());
                     let limit = self.hub.presence_limit;
-                    tokio::spawn(async move {
+                    spawn(async move {
                         if let Err(error) = cluster.leave(&room, &name, limit).await {
                             // The link is down: its recovery releases the name.
                             warn!(%error, room, name, "cannot announce a departure");
@@ -715,7 +723,7 @@ impl Drop for Member {
                 if let Some(cluster) = &self.hub.cluster {
                     let (cluster, hub, room) =
                         (cluster.clone(), self.hub.clone(), self.room.name.clone());
-                    tokio::spawn(async move { cluster.unsubscribe(&room, &hub).await });
+                    spawn(async move { cluster.unsubscribe(&room, &hub).await });
                 }
             }
         }
