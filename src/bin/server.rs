@@ -32,7 +32,11 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
         _ => None,
     };
     let cluster = match &config.redis {
-        Some(url) => Some(chat::cluster::Cluster::connect(url).await?),
+        Some(url) => Some(
+            chat::cluster::Cluster::connect(url)
+                .await
+                .context("cannot join the cluster (--redis)")?,
+        ),
         None => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
