@@ -558,20 +558,8 @@ impl Member {
         let ts = now();
         let room = self.room.name.as_str();
         if let Some(cluster) = self.link() {
-            // Redis numbers it; it comes back to this node like to any other.
-            let event = Event::Message {
-                room: room.into(),
-                seq: 0,
-                from: self.name.as_str().into(),
-                text: message.into(),
-                ts,
-            };
-            let payload = event.encode_json();
-            let said = Box::pin(cluster.say(room, &payload, self.hub.history)).await;
-            return said.map(Ack::Seq).map_err(|error| {
-                warn!(%error, "message not relayed");
-                ClientError::LinkDown
-            });
+            // Boxed whole: its state stays out of every connection's future.
+            return Box::pin(self.say_cluster(cluster, message, ts)).await;
         }
         let mut state = lock(&self.room.state);
         if self.hub.cluster.is_some() {
@@ -609,31 +597,31 @@ impl Member {
         Ok(Ack::Pos(self.room.send(&mut state, live, seq)))
     }
 
+    /// Has Redis number a message and publish it: it comes back to this node
+    /// like to any other.
+    async fn say_cluster(
+        &self,
+        cluster: &Cluster,
+        message: &str,
+        ts: crate::protocol::Timestamp,
+    ) -> Result<Ack, ClientError<'static>> {
+        let room = self.room.name.as_str();
+        let from = self.name.as_str().into();
+        let event = Event::Message { room: room.into(), seq: 0, from, text: message.into(), ts };
+        let said = cluster.say(room, &event.encode_json(), self.hub.history).await;
+        said.map(Ack::Seq).map_err(|error| {
+            warn!(%error, "message not relayed");
+            ClientError::LinkDown
+        })
+    }
+
     /// Changes this client's name and tells the room; returns what its
     /// notice is.
     pub async fn rename<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
         if self.hub.cluster.is_some() {
-            if lock(&self.room.state).names.contains(new) {
-                return Err(ClientError::NameTaken { name: new });
-            }
-            // Names are the cluster's: no renaming while it cannot be asked.
-            let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
-            let renamed = Box::pin(cluster.rename(&self.room.name, &self.name, new)).await;
-            match renamed {
-                Ok(true) => {}
-                Ok(false) => return Err(ClientError::NameTaken { name: new }),
-                Err(error) => {
-                    warn!(%error, "cannot rename");
-                    return Err(ClientError::LinkDown);
-                }
-            }
-            let mut state = lock(&self.room.state);
-            state.names.remove(&self.name);
-            state.names.insert(new.to_owned());
-            new.clone_into(&mut self.name);
-            // The notice comes back from Redis, after any message sent before it.
-            return Ok(Ack::None);
+            // Boxed whole: its state stays out of every connection's future.
+            return Box::pin(self.rename_cluster(new)).await;
         }
         let mut state = lock(&self.room.state);
         if state.names.contains(new) {
@@ -645,6 +633,30 @@ impl Member {
         let event =
             Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
         Ok(Ack::Pos(self.room.broadcast(&mut state, &event)))
+    }
+
+    /// Renames through Redis, which holds the names.
+    async fn rename_cluster<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
+        if lock(&self.room.state).names.contains(new) {
+            return Err(ClientError::NameTaken { name: new });
+        }
+        // Names are the cluster's: no renaming while it cannot be asked.
+        let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
+        let renamed = cluster.rename(&self.room.name, &self.name, new).await;
+        match renamed {
+            Ok(true) => {}
+            Ok(false) => return Err(ClientError::NameTaken { name: new }),
+            Err(error) => {
+                warn!(%error, "cannot rename");
+                return Err(ClientError::LinkDown);
+            }
+        }
+        let mut state = lock(&self.room.state);
+        state.names.remove(&self.name);
+        state.names.insert(new.to_owned());
+        new.clone_into(&mut self.name);
+        // The notice comes back from Redis, after any message sent before it.
+        Ok(Ack::None)
     }
 
     /// The `/who` answer: this room's names, sorted (only this node's
