@@ -170,9 +170,8 @@ impl Cluster {
             first: std::sync::Mutex::default(),
             scripts: Scripts::new(),
         };
-        let (commands, sink, stream) = cluster.open().await?;
-        let mut commands_copy = commands.clone();
-        cluster.beat(&mut commands_copy).await?;
+        let (mut commands, sink, stream) = cluster.open().await?;
+        cluster.beat(&mut commands).await?;
         *lock(&cluster.commands) = Some(commands);
         *cluster.subscriptions.lock().await = Some(sink);
         *lock(&cluster.first) = Some(stream);

@@ -432,15 +432,7 @@ impl Hub {
                 return;
             }
         };
-        let mut state = lock(&room.state);
-        let seq = match event {
-            Event::Message { seq, .. } if seq <= state.seq => return,
-            Event::Message { seq, .. } => seq,
-            _ => 0,
-        };
-        state.seq = state.seq.max(seq);
-        let frames = Frames::only(&event, state.speakers);
-        room.send(&mut state, frames, seq);
+        room.relay(&mut lock(&room.state), &event);
     }
 
     /// Tells every client of this node that the link is down.
@@ -466,13 +458,8 @@ impl Hub {
             room.broadcast(&mut state, &Event::Missed { count: Some(missed) });
         }
         for payload in &redis.history {
-            match serde_json::from_str::<Event<'_>>(payload) {
-                Ok(event @ Event::Message { seq, .. }) if seq > state.seq => {
-                    state.seq = seq;
-                    let frames = Frames::only(&event, state.speakers);
-                    room.send(&mut state, frames, seq);
-                }
-                _ => {}
+            if let Ok(event) = serde_json::from_str::<Event<'_>>(payload) {
+                room.relay(&mut state, &event);
             }
         }
         state.seq = state.seq.max(redis.seq);
@@ -529,6 +516,18 @@ impl Room {
     /// channel's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
         self.send(state, Frames::only(event, state.speakers), 0)
+    }
+
+    /// Sends an event Redis published; a message this node has delivered
+    /// already (seen again after a catch-up) is dropped.
+    fn relay(&self, state: &mut RoomState, event: &Event<'_>) {
+        let seq = match *event {
+            Event::Message { seq, .. } if seq <= state.seq => return,
+            Event::Message { seq, .. } => seq,
+            _ => 0,
+        };
+        state.seq = state.seq.max(seq);
+        self.send(state, Frames::only(event, state.speakers), seq);
     }
 
     fn send(&self, state: &mut RoomState, frames: Frames, seq: u64) -> u64 {
