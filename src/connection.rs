@@ -108,41 +108,50 @@ where
     };
 
     let writer = async {
-        // Frames fed to the sink since the last flush.
-        let mut fed = 0;
+        // A frame taken while waiting, to lead the next batch.
+        let mut first = None;
         loop {
-            // Answers first: they are few, and a client waits for them.
-            while let Some(frame) = pop(&outbox) {
-                if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
-                    return end;
+            // One deadline per batch, not per frame: feeding only waits once
+            // the sink holds WRITE_BUFFER_BYTES, and a timer per frame would
+            // cost more than the frame.
+            let batch = async {
+                let mut fed = 0;
+                if let Some(frame) = first.take() {
+                    sink.feed(frame).await?;
+                    fed += 1;
                 }
-                fed += 1;
-            }
-            // Then whatever the room has pending, up to a batch, in one write.
-            while fed < MAX_BATCH {
-                let frame = match rx.try_recv() {
-                    Ok(outbound) => received(outbound, protocol, &progress),
-                    Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                };
-                let Some(frame) = frame else { continue };
-                if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
-                    return end;
+                // Answers first: they are few, and a client waits for them.
+                while let Some(frame) = pop(&outbox) {
+                    sink.feed(frame).await?;
+                    fed += 1;
                 }
-                fed += 1;
-            }
-            if fed > 0 {
-                metrics.frames_delivered.inc_by(fed as u64);
-                wake_reader.notify_one();
-                if let Err(end) = within(limits.slow_client, sink.flush()).await {
-                    return end;
+                // Then whatever the room has pending, up to a batch, in one write.
+                while fed < MAX_BATCH {
+                    let frame = match rx.try_recv() {
+                        Ok(outbound) => received(outbound, protocol, &progress),
+                        Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    };
+                    let Some(frame) = frame else { continue };
+                    sink.feed(frame).await?;
+                    fed += 1;
                 }
-                fed = 0;
-                continue;
+                if fed > 0 {
+                    metrics.frames_delivered.inc_by(fed as u64);
+                    wake_reader.notify_one();
+                    sink.flush().await?;
+                }
+                Ok::<_, Error>(fed)
+            };
+            match timeout(limits.slow_client, batch).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => return End::Error(error),
+                Err(_) => return End::TooSlow,
             }
             // Nothing pending: sleep until the room or the reader has something.
-            let frame = tokio::select! {
-                () = wake_writer.notified() => continue,
+            first = tokio::select! {
+                () = wake_writer.notified() => None,
                 event = rx.recv() => match event {
                     Ok(outbound) => received(outbound, protocol, &progress),
                     Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
@@ -150,11 +159,6 @@ where
                     Err(RecvError::Closed) => return End::Closed,
                 },
             };
-            let Some(frame) = frame else { continue };
-            if let Err(end) = within(limits.slow_client, sink.feed(frame)).await {
-                return end;
-            }
-            fed = 1;
         }
     };
 
@@ -201,18 +205,6 @@ async fn fed_up_to(ack: Ack, progress: &Fed<'_>, outbox: &Outbox, wake_reader: &
         }
     } else {
         waiting(ack).await;
-    }
-}
-
-/// One write to the client, which may not stay blocked longer than `limit`.
-async fn within(
-    limit: Duration,
-    write: impl Future<Output = Result<(), Error>>,
-) -> Result<(), End> {
-    match timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(End::Error(error)),
-        Err(_) => Err(End::TooSlow),
     }
 }
 
