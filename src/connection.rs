@@ -110,6 +110,8 @@ where
     let writer = async {
         // A frame taken while waiting, to lead the next batch.
         let mut first = None;
+        // When the last batch was written.
+        let mut last_write: Option<Instant> = None;
         loop {
             // One deadline per batch, not per frame: feeding only waits once
             // the sink holds WRITE_BUFFER_BYTES, and a timer per frame would
@@ -145,20 +147,39 @@ where
             };
             match timeout(limits.slow_client, batch).await {
                 Ok(Ok(0)) => {}
-                Ok(Ok(_)) => continue,
+                Ok(Ok(_)) => {
+                    if !limits.batch_window.is_zero() {
+                        last_write = Some(Instant::now());
+                    }
+                    continue;
+                }
                 Ok(Err(error)) => return End::Error(error),
                 Err(_) => return End::TooSlow,
             }
             // Nothing pending: sleep until the room or the reader has something.
-            first = tokio::select! {
-                () = wake_writer.notified() => None,
-                event = rx.recv() => match event {
-                    Ok(outbound) => received(outbound, protocol, &progress),
-                    Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-                    // The room outlives its members: cannot happen while we hold one.
-                    Err(RecvError::Closed) => return End::Closed,
-                },
+            let from_room = tokio::select! {
+                () = wake_writer.notified() => false,
+                event = rx.recv() => {
+                    first = match event {
+                        Ok(outbound) => received(outbound, protocol, &progress),
+                        Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
+                        // The room outlives its members: cannot happen while we hold one.
+                        Err(RecvError::Closed) => return End::Closed,
+                    };
+                    true
+                }
             };
+            // A client busier than one write per window gets the room's frames
+            // gathered until the window is over; the reader's are not held.
+            if let Some(at) = last_write.filter(|_| from_room) {
+                let due = at + limits.batch_window;
+                if Instant::now() < due {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = wake_writer.notified() => {}
+                    }
+                }
+            }
         }
     };
 

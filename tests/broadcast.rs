@@ -137,3 +137,22 @@ async fn large_rooms_summarize_joins_and_leaves_instead_of_announcing_each() {
     bob.wait_for("* 3 in lobby: alice, bob, carol").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_batch_window_never_holds_a_clients_own_echo_or_answers() {
+    // A window far longer than any test timeout: if it held the frames a
+    // client's own message causes, `expect` would time out.
+    let config = chat::config::ServerConfig {
+        batch_window: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    for i in 0..5 {
+        alice.send(&format!("m{i}")).await;
+        alice.expect(&format!("alice: m{i}")).await;
+    }
+    alice.send("/who").await;
+    alice.expect("* 1 in lobby: alice").await;
+    server.stop().await;
+}
