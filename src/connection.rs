@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
@@ -117,27 +117,9 @@ where
             // the sink holds WRITE_BUFFER_BYTES, and a timer per frame would
             // cost more than the frame.
             let batch = async {
-                let mut fed = 0;
-                if let Some(frame) = first.take() {
-                    sink.feed(frame).await?;
-                    fed += 1;
-                }
-                // Answers first: they are few, and a client waits for them.
-                while let Some(frame) = pop(&outbox) {
-                    sink.feed(frame).await?;
-                    fed += 1;
-                }
-                // Then whatever the room has pending, up to a batch, in one write.
-                while fed < MAX_BATCH {
-                    let frame = match rx.try_recv() {
-                        Ok(outbound) => received(outbound, protocol, &progress),
-                        Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                    };
-                    let Some(frame) = frame else { continue };
-                    sink.feed(frame).await?;
-                    fed += 1;
-                }
+                let fed =
+                    feed(&mut sink, first.take(), &outbox, &mut rx, protocol, &progress, metrics)
+                        .await?;
                 if fed > 0 {
                     metrics.frames_delivered.inc_by(fed as u64);
                     wake_reader.notify_one();
@@ -200,6 +182,42 @@ where
     // `member` drops here: the room hears that this client left.
     drop(member);
     end
+}
+
+/// Feeds the sink what is pending for the client, `first` and its answers
+/// leading, up to a batch; returns how many frames.
+async fn feed(
+    sink: &mut (impl Sink<Message, Error = Error> + Unpin),
+    first: Option<Message>,
+    outbox: &Outbox,
+    rx: &mut broadcast::Receiver<Outbound>,
+    protocol: Protocol,
+    progress: &Fed<'_>,
+    metrics: &Metrics,
+) -> Result<usize, Error> {
+    let mut fed = 0;
+    if let Some(frame) = first {
+        sink.feed(frame).await?;
+        fed += 1;
+    }
+    // Answers first: they are few, and a client waits for them.
+    while let Some(frame) = pop(outbox) {
+        sink.feed(frame).await?;
+        fed += 1;
+    }
+    // Then whatever the room has pending, up to a batch, in one write.
+    while fed < MAX_BATCH {
+        let frame = match rx.try_recv() {
+            Ok(outbound) => received(outbound, protocol, progress),
+            Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        };
+        if let Some(frame) = frame {
+            sink.feed(frame).await?;
+            fed += 1;
+        }
+    }
+    Ok(fed)
 }
 
 /// Waits until the writer has fed the client everything in its outbox and

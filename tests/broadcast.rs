@@ -143,7 +143,7 @@ async fn the_batch_window_never_holds_a_clients_own_echo_or_answers() {
     // A window far longer than any test timeout: if it held the frames a
     // client's own message causes, `expect` would time out.
     let config = chat::config::ServerConfig {
-        batch_window: std::time::Duration::from_secs(3600),
+        batch_window: std::time::Duration::from_hours(1),
         ..Default::default()
     };
     let server = TestServer::with(config).await;
