@@ -48,9 +48,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the room channel before one write to the socket: bounds
 /// what one connection queues in memory while keeping writes large.
 pub const MAX_BATCH: usize = 256;
-/// Bytes queued in a connection's writer before it writes them out, whatever
-/// the batch: large enough for one vectored write to carry many frames.
-pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for its peer to take the Close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connections to close before returning; under the

@@ -16,8 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Notify, broadcast};
@@ -31,7 +30,8 @@ use crate::config::{CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
 use crate::hub::{Ack, Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::Metrics;
-use crate::protocol::{ClientError, Command, Event, HELP, Protocol, Request, parse_command};
+use crate::protocol::{ClientError, Command, Event, Frame, HELP, Protocol, Request, parse_command};
+use crate::wire::{Outgoing, Wire};
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -52,7 +52,7 @@ pub enum End {
 
 /// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
 pub async fn serve<S>(
-    ws: Box<WebSocketStream<S>>,
+    ws: Box<WebSocketStream<Wire<S>>>,
     joined: Joined,
     protocol: Protocol,
     limits: ConnectionLimits,
@@ -63,6 +63,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Joined { mut member, mut rx, notices, skip_through } = joined;
+    let outgoing = ws.get_ref().outgoing().clone();
     let (mut sink, mut stream) = ws.split();
 
     // Shared by the two halves. They run in one task, so these are never
@@ -116,27 +117,20 @@ where
             // One deadline per batch, not per frame: feeding only waits once
             // the sink holds WRITE_BUFFER_BYTES, and a timer per frame would
             // cost more than the frame.
-            let batch = async {
-                let fed =
-                    feed(&mut sink, first.take(), &outbox, &mut rx, protocol, &progress, metrics)
-                        .await?;
-                if fed > 0 {
-                    metrics.frames_delivered.inc_by(fed as u64);
-                    wake_reader.notify_one();
-                    sink.flush().await?;
+            let fed =
+                queue(&outgoing, first.take(), &outbox, &mut rx, protocol, &progress, metrics);
+            if fed > 0 {
+                metrics.frames_delivered.inc_by(fed as u64);
+                wake_reader.notify_one();
+                match timeout(limits.slow_client, sink.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return End::Error(error),
+                    Err(_) => return End::TooSlow,
                 }
-                Ok::<_, Error>(fed)
-            };
-            match timeout(limits.slow_client, batch).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(_)) => {
-                    if !limits.batch_window.is_zero() {
-                        last_write = Some(Instant::now());
-                    }
-                    continue;
+                if !limits.batch_window.is_zero() {
+                    last_write = Some(Instant::now());
                 }
-                Ok(Err(error)) => return End::Error(error),
-                Err(_) => return End::TooSlow,
+                continue;
             }
             // Nothing pending: sleep until the room or the reader has something.
             let from_room = tokio::select! {
@@ -175,7 +169,7 @@ where
     };
 
     if let Ok(mut ws) = sink.reunite(stream)
-        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &end)).await.is_err()
+        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &outgoing, &end)).await.is_err()
     {
         debug!("peer did not take the close in time");
     }
@@ -184,25 +178,25 @@ where
     end
 }
 
-/// Feeds the sink what is pending for the client, `first` and its answers
-/// leading, up to a batch; returns how many frames.
-async fn feed(
-    sink: &mut (impl Sink<Message, Error = Error> + Unpin),
-    first: Option<Message>,
+/// Queues what is pending for the client, `first` and its answers leading,
+/// up to a batch; returns how many frames.
+fn queue(
+    outgoing: &Outgoing,
+    first: Option<Frame>,
     outbox: &Outbox,
     rx: &mut broadcast::Receiver<Outbound>,
     protocol: Protocol,
     progress: &Fed<'_>,
     metrics: &Metrics,
-) -> Result<usize, Error> {
+) -> usize {
     let mut fed = 0;
     if let Some(frame) = first {
-        sink.feed(frame).await?;
+        outgoing.push(frame);
         fed += 1;
     }
     // Answers first: they are few, and a client waits for them.
     while let Some(frame) = pop(outbox) {
-        sink.feed(frame).await?;
+        outgoing.push(frame);
         fed += 1;
     }
     // Then whatever the room has pending, up to a batch, in one write.
@@ -213,11 +207,11 @@ async fn feed(
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         };
         if let Some(frame) = frame {
-            sink.feed(frame).await?;
+            outgoing.push(frame);
             fed += 1;
         }
     }
-    Ok(fed)
+    fed
 }
 
 /// Waits until the writer has fed the client everything in its outbox and
@@ -264,20 +258,23 @@ async fn ping(
         if started.elapsed().saturating_sub(heard) >= limits.ping_timeout {
             return End::Silent;
         }
-        push(outbox, Message::ping(Bytes::new()));
+        push(outbox, Frame::ping());
         wake_writer.notify_one();
     }
 }
 
 /// Closes properly; the caller bounds how long a peer may take.
-async fn goodbye<S>(ws: &mut WebSocketStream<S>, end: &End)
+///
+/// Frames still queued go before the Close (a flush writes them), except
+/// after a protocol error, when only the Close may follow.
+async fn goodbye<S>(ws: &mut WebSocketStream<S>, outgoing: &Outgoing, end: &End)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match end {
         End::Shutdown => {
             let close = Message::close(Some(CloseCode::GOING_AWAY), "server shutting down");
-            if ws.send(close).await.is_ok() {
+            if ws.flush().await.is_ok() && ws.send(close).await.is_ok() {
                 // Read until the client answers our Close.
                 while ws.next().await.is_some() {}
             }
@@ -290,15 +287,19 @@ where
                 End::Flood => "flooding",
                 _ => "too slow",
             };
-            let _ = ws.send(Message::close(Some(CloseCode::POLICY_VIOLATION), reason)).await;
+            if ws.flush().await.is_ok() {
+                let _ = ws.send(Message::close(Some(CloseCode::POLICY_VIOLATION), reason)).await;
+            }
         }
         // A protocol error left a Close frame queued: send it.
         End::Error(Error::Protocol(_)) => {
+            outgoing.discard_unsent();
             let _ = ws.flush().await;
         }
         // So does an oversized frame, but not an oversized fragmented message:
         // then the stream is still open and the Close is ours to send.
         End::Error(Error::PayloadTooLong { max_len, .. }) => {
+            outgoing.discard_unsent();
             let _ = ws.flush().await;
             let reason = format!("max length: {max_len}");
             let _ = ws.send(Message::close(Some(CloseCode::MESSAGE_TOO_BIG), &reason)).await;
@@ -378,9 +379,9 @@ async fn act(
 }
 
 /// Frames for this client only, waiting for the writer.
-type Outbox = Mutex<VecDeque<Message>>;
+type Outbox = Mutex<VecDeque<Frame>>;
 
-fn push(outbox: &Outbox, frame: Message) {
+fn push(outbox: &Outbox, frame: Frame) {
     lock(outbox).push_back(frame);
 }
 
@@ -388,7 +389,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn pop(outbox: &Outbox) -> Option<Message> {
+fn pop(outbox: &Outbox) -> Option<Frame> {
     lock(outbox).pop_front()
 }
 
@@ -401,7 +402,7 @@ struct Fed<'a> {
 
 /// The frame a room event is for this client, noting how far it was fed;
 /// `None` for a message it got in its history replay.
-fn received(outbound: Outbound, protocol: Protocol, fed: &Fed<'_>) -> Option<Message> {
+fn received(outbound: Outbound, protocol: Protocol, fed: &Fed<'_>) -> Option<Frame> {
     fed.pos.store(outbound.pos, Ordering::Relaxed);
     if outbound.seq != 0 {
         if outbound.seq <= fed.skip_through {
@@ -412,12 +413,12 @@ fn received(outbound: Outbound, protocol: Protocol, fed: &Fed<'_>) -> Option<Mes
     outbound.frames.take(protocol)
 }
 
-fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Message {
+fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Frame {
     metrics.frames_missed.inc_by(count);
     warn!(missed = count, "client fell behind and missed messages");
     Event::Missed { count: Some(count) }.encode(protocol)
 }
 
-fn error(error: ClientError<'_>, protocol: Protocol) -> Message {
+fn error(error: ClientError<'_>, protocol: Protocol) -> Frame {
     Event::from(error).encode(protocol)
 }

@@ -4,15 +4,13 @@
 //!
 //! We read the head ourselves, rather than letting tokio-websockets do it, so
 //! that we can bound its size and refuse a bad path before upgrading; the bytes
-//! read are then replayed to tokio-websockets through [`Replay`].
+//! read are then replayed to tokio-websockets through [`crate::wire::Wire`].
 
 use std::borrow::Cow;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
@@ -297,70 +295,6 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
     HandshakeError::Refused { status, reason: body.trim_end().to_owned() }
-}
-
-/// A stream that first yields bytes already read from it, then reads on.
-#[derive(Debug)]
-pub struct Replay<S> {
-    read: BytesMut,
-    inner: S,
-}
-
-impl<S> Replay<S> {
-    /// Wraps `inner`, replaying `read` first.
-    pub fn new(read: BytesMut, inner: S) -> Self {
-        Self { read, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read[..n]);
-        self.read.advance(n);
-        if self.read.is_empty() {
-            // Free the buffer: this stream lives as long as the connection.
-            self.read = BytesMut::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -17,13 +17,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
-use tokio_websockets::Message;
 
 use tracing::warn;
 
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::protocol::{
-    ChatRequest, ClientError, Event, MAX_WHO_NAMES, Phase, Protocol, Resume, Str, now,
+    ChatRequest, ClientError, Event, Frame, MAX_WHO_NAMES, Phase, Protocol, Resume, Str, now,
     validate_name,
 };
 
@@ -49,8 +48,8 @@ pub struct Outbound {
 /// needs would cost every delivery a reference count.
 #[derive(Debug, Clone)]
 pub struct Frames {
-    text: Option<Message>,
-    json: Option<Message>,
+    text: Option<Frame>,
+    json: Option<Frame>,
 }
 
 impl Frames {
@@ -77,14 +76,14 @@ impl Frames {
 
     /// The frame for a client of `protocol`: always there for a member of
     /// the room it was sent to.
-    pub fn take(self, protocol: Protocol) -> Option<Message> {
+    pub fn take(self, protocol: Protocol) -> Option<Frame> {
         match protocol {
             Protocol::Text => self.text,
             Protocol::Json => self.json,
         }
     }
 
-    fn get(&self, protocol: Protocol) -> Option<Message> {
+    fn get(&self, protocol: Protocol) -> Option<Frame> {
         match protocol {
             Protocol::Text => self.text.clone(),
             Protocol::Json => self.json.clone(),
@@ -160,7 +159,7 @@ pub struct Joined {
     /// The room's frames, starting with this client's own join notice.
     pub rx: broadcast::Receiver<Outbound>,
     /// Frames for this client only, to send before anything else.
-    pub notices: Vec<Message>,
+    pub notices: Vec<Frame>,
     /// Messages up to this seq are in `notices` already: skip them in `rx`.
     pub skip_through: u64,
 }
@@ -486,17 +485,17 @@ fn welcome(
     epoch: &str,
     seq: u64,
     protocol: Protocol,
-) -> Message {
+) -> Frame {
     let room = room.name.as_str().into();
     Event::Welcome { room, name: name.into(), online, epoch: epoch.into(), seq }.encode(protocol)
 }
 
 /// Appends the replay of `count` held messages, after what was missed.
 fn replay_into(
-    notices: &mut Vec<Message>,
+    notices: &mut Vec<Frame>,
     missed: Option<Event<'static>>,
     count: usize,
-    replay: impl Iterator<Item = Message>,
+    replay: impl Iterator<Item = Frame>,
     protocol: Protocol,
 ) {
     if let Some(missed) = missed {

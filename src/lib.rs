@@ -12,6 +12,7 @@
 //! - [`logging`]: the binaries' log set-up.
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`tls`]: rustls set-up for `wss://` on both ends.
+//! - [`wire`]: the socket under tokio-websockets, which writes the frames rooms encode once.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
 //! - [`bench`]: the load generator behind `chat-bench`.
 
@@ -28,3 +29,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+pub mod wire;

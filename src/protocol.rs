@@ -9,9 +9,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_websockets::Message;
 
 /// The room of the path `/`.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -302,10 +302,10 @@ pub enum Protocol {
 
 impl Event<'_> {
     /// The event as a frame of `protocol`.
-    pub fn encode(&self, protocol: Protocol) -> Message {
+    pub fn encode(&self, protocol: Protocol) -> Frame {
         match protocol {
-            Protocol::Text => Message::text(self.to_string()),
-            Protocol::Json => Message::text(self.encode_json()),
+            Protocol::Text => Frame::text(&self.to_string()),
+            Protocol::Json => Frame::text(&self.encode_json()),
         }
     }
 
@@ -315,6 +315,61 @@ impl Event<'_> {
         serde_json::to_string(self).unwrap_or_default()
     }
 }
+
+/// One frame from the server, header and payload, as it goes on the wire.
+///
+/// A room encodes each event once and every recipient writes the same bytes:
+/// server frames are not masked, so they are the same for everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// A text frame (RFC 6455, section 5.2), not fragmented.
+    pub fn text(text: &str) -> Self {
+        Self::new(OPCODE_TEXT, text.as_bytes())
+    }
+
+    /// A ping with no payload.
+    pub fn ping() -> Self {
+        Self::new(OPCODE_PING, &[])
+    }
+
+    fn new(opcode: u8, payload: &[u8]) -> Self {
+        let mut frame = BytesMut::with_capacity(payload.len() + 10);
+        frame.put_u8(0x80 | opcode);
+        let len = payload.len();
+        if let Ok(short @ 0..=125) = u8::try_from(len) {
+            frame.put_u8(short);
+        } else if let Ok(medium) = u16::try_from(len) {
+            frame.put_u8(126);
+            frame.put_u16(medium);
+        } else {
+            frame.put_u8(127);
+            frame.put_u64(len as u64);
+        }
+        frame.put_slice(payload);
+        Self(frame.freeze())
+    }
+
+    /// The frame's bytes, header first.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The payload of a text frame (for tests and logs).
+    pub fn as_text(&self) -> Option<&str> {
+        let header = match self.0.get(1)? & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        std::str::from_utf8(self.0.get(header..)?).ok()
+    }
+}
+
+/// The WebSocket opcodes the server encodes itself.
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_PING: u8 = 0x9;
 
 impl<'a> From<ClientError<'a>> for Event<'a> {
     fn from(error: ClientError<'a>) -> Self {

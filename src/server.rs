@@ -25,13 +25,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::cluster::Cluster;
 use crate::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, ConnectionLimits, HANDSHAKE_TIMEOUT,
-    MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig, WRITE_BUFFER_BYTES,
+    MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig,
 };
 use crate::connection::{self, End};
-use crate::handshake::{Access, Answer, HandshakeError, Replay, read_head, read_request, refuse};
+use crate::handshake::{Access, Answer, HandshakeError, read_head, read_request, refuse};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{JSON_PROTOCOL, Protocol};
+use crate::wire::Wire;
 
 /// Serves chat on `listener` (over TLS when `tls` is given, sharing rooms
 /// with other nodes through `cluster` when given) until `shutdown` completes,
@@ -141,8 +142,7 @@ pub async fn run(
 /// How connections of `protocol` are upgraded.
 fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
     let builder = ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)))
-        .config(tokio_websockets::Config::default().flush_threshold(WRITE_BUFFER_BYTES));
+        .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)));
     match protocol {
         Protocol::Text => builder,
         // Answer that the JSON subprotocol was chosen.
@@ -282,7 +282,7 @@ where
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
         };
-        let (_, ws) = websockets.accept(Replay::new(read, stream)).await.map_err(|error| {
+        let (_, ws) = websockets.accept(Wire::new(read, stream)).await.map_err(|error| {
             // tokio-websockets has answered 400 (bad upgrade headers).
             upgrading.metrics.refuse("bad_request");
             HandshakeError::Refused { status: 400, reason: error.to_string() }

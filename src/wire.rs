@@ -1,0 +1,171 @@
+//! The socket under tokio-websockets, which also writes the frames a
+//! connection sends itself.
+//!
+//! A room encodes each event once ([`Frame`]); every recipient writes those
+//! same bytes, many frames per vectored write, without passing them through
+//! its own encoder. tokio-websockets still reads, answers pings and closes:
+//! what it writes passes straight through. The two never cut into each
+//! other's frames: queued frames go out only when tokio-websockets flushes,
+//! that is when it has written whole frames, and a queued frame begun is
+//! finished before tokio-websockets writes anything more.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::hub::lock;
+use crate::protocol::Frame;
+
+/// Frames written in one vectored write, at most (Linux takes 1,024).
+const MAX_IOVECS: usize = 512;
+
+/// Frames waiting for the socket, shared by the connection (which queues
+/// them) and its [`Wire`] (which writes them).
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing(Arc<Mutex<Queue>>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    /// Bytes of the first frame already written.
+    written: usize,
+}
+
+impl Outgoing {
+    /// Queues a frame; it goes out at the next flush of the stream.
+    pub fn push(&self, frame: Frame) {
+        lock(&self.0).frames.push_back(frame);
+    }
+
+    /// Drops the queued frames not yet begun: after a protocol error, only
+    /// the Close may follow.
+    pub fn discard_unsent(&self) {
+        let mut queue = lock(&self.0);
+        let keep = usize::from(queue.written > 0);
+        queue.frames.truncate(keep);
+    }
+}
+
+/// A stream that first yields bytes already read from it (the request head,
+/// read before tokio-websockets took over), then reads on; and that writes
+/// the [`Outgoing`] frames whenever it is flushed.
+#[derive(Debug)]
+pub struct Wire<S> {
+    read: BytesMut,
+    inner: S,
+    outgoing: Outgoing,
+}
+
+impl<S> Wire<S> {
+    /// Wraps `inner`, replaying `read` first.
+    pub fn new(read: BytesMut, inner: S) -> Self {
+        Self { read, inner, outgoing: Outgoing::default() }
+    }
+
+    /// Where to queue frames for this stream.
+    pub fn outgoing(&self) -> &Outgoing {
+        &self.outgoing
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Wire<S> {
+    /// Writes queued frames until none is left, or only the rest of a
+    /// frame begun when `whole_only`.
+    fn poll_queue(&mut self, cx: &mut Context<'_>, whole_only: bool) -> Poll<io::Result<()>> {
+        let mut queue = lock(&self.outgoing.0);
+        loop {
+            if queue.frames.is_empty() || (whole_only && queue.written == 0) {
+                return Poll::Ready(Ok(()));
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&queue.frames) {
+                let bytes =
+                    if count == 0 { &frame.bytes()[queue.written..] } else { frame.bytes() };
+                *slot = IoSlice::new(bytes);
+                count += 1;
+                if whole_only {
+                    break;
+                }
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            queue.advance(n);
+        }
+    }
+}
+
+impl Queue {
+    fn advance(&mut self, mut n: usize) {
+        while let Some(frame) = self.frames.front() {
+            let left = frame.bytes().len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.frames.pop_front();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        if self.read.is_empty() {
+            // Free the buffer: this stream lives as long as the connection.
+            self.read = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_queue(cx, true))?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_queue(cx, true))?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_queue(cx, false))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
