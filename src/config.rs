@@ -27,7 +27,9 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `--batch-window`.
-pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Largest `--batch-window`: longer would make a busy room feel slow.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 /// Default `--slow-client-timeout`.
 pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `--rate-limit`, in messages per second.
@@ -101,12 +103,13 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
     pub ping_timeout: Duration,
 
-    /// Seconds a busy client's frames are gathered for after a write before
-    /// the next one: one write then carries many frames, which costs the
-    /// server and the client far less than a write each. A client written to
-    /// less often than this gets every frame at once. 0 writes whenever
-    /// frames are pending.
-    #[arg(long, env = "CHAT_BATCH_WINDOW", default_value = "0.01", value_parser = parse_seconds)]
+    /// Seconds a busy client's room frames are gathered for after a write
+    /// before the next one (at most 1): one write then carries many frames,
+    /// which costs both ends far less than a write each. A client is busy
+    /// when its last write carried more than one frame; one that gets a frame
+    /// at a time gets each at once, and a client's own echo and answers are
+    /// never held. 0 writes whenever frames are pending.
+    #[arg(long, env = "CHAT_BATCH_WINDOW", default_value = "0.02", value_parser = parse_batch_window)]
     pub batch_window: Duration,
 
     /// Seconds a client may leave the server unable to write to it (its
@@ -271,6 +274,14 @@ pub struct ClientConfig {
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
+}
+
+fn parse_batch_window(text: &str) -> Result<Duration, String> {
+    let window = parse_seconds(text)?;
+    if window > MAX_BATCH_WINDOW {
+        return Err(format!("must be at most {} s", MAX_BATCH_WINDOW.as_secs()));
+    }
+    Ok(window)
 }
 
 fn parse_positive_seconds(text: &str) -> Result<Duration, String> {

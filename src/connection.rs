@@ -127,9 +127,10 @@ where
                     Ok(Err(error)) => return End::Error(error),
                     Err(_) => return End::TooSlow,
                 }
-                if !limits.batch_window.is_zero() {
-                    last_write = Some(Instant::now());
-                }
+                // A write of several frames means the client is busy: gather
+                // its next ones. One frame at a time costs little, and waits
+                // for nothing.
+                last_write = (fed > 1 && !limits.batch_window.is_zero()).then(Instant::now);
                 continue;
             }
             // Nothing pending: sleep until the room or the reader has something.

@@ -169,3 +169,103 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use futures_util::task::noop_waker_ref;
+    use tokio::io::AsyncWriteExt;
+    use tokio_websockets::{ClientBuilder, Limits};
+
+    // What a client's decoder makes of our frames, at each header size.
+    #[tokio::test]
+    async fn frames_decode_as_sent() {
+        let mut texts: Vec<String> =
+            [0, 1, 125, 126, 65_535, 65_536, 70_000].iter().map(|&len| "x".repeat(len)).collect();
+        texts.push("ünïcode ✓".into());
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let mut wire = Wire::new(BytesMut::new(), ours);
+        for text in &texts {
+            wire.outgoing().push(Frame::text(text));
+            assert_eq!(Frame::text(text).as_text(), Some(text.as_str()));
+        }
+        wire.outgoing().push(Frame::ping());
+        wire.flush().await.unwrap();
+        let mut client = ClientBuilder::new().limits(Limits::unlimited()).take_over(theirs);
+        for text in &texts {
+            let message = client.next().await.unwrap().unwrap();
+            assert_eq!(message.as_text(), Some(text.as_str()));
+        }
+        assert!(client.next().await.unwrap().unwrap().is_ping());
+    }
+
+    /// Takes `budget` bytes, then is full.
+    struct Stingy {
+        taken: Vec<u8>,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Stingy {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.budget);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.budget -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    // A queued frame begun is finished before anything else is written, and
+    // the rest of the queue waits for the next flush: frames stay whole.
+    #[test]
+    fn writes_never_cut_into_a_frame() {
+        let (a, b) = (Frame::text("first frame"), Frame::text("second"));
+        let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 4 });
+        wire.outgoing().push(a.clone());
+        wire.outgoing().push(b.clone());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
+        assert_eq!(wire.inner.taken, a.bytes()[..4]);
+
+        wire.inner.budget = 1000;
+        let written = Pin::new(&mut wire).poll_write(&mut cx, b"PONG");
+        assert!(matches!(written, Poll::Ready(Ok(4))));
+        let mut expected = a.bytes().to_vec();
+        expected.extend_from_slice(b"PONG");
+        assert_eq!(wire.inner.taken, expected);
+
+        assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_ready());
+        expected.extend_from_slice(b.bytes());
+        assert_eq!(wire.inner.taken, expected);
+    }
+
+    #[test]
+    fn discarding_keeps_a_frame_begun() {
+        let frames = [Frame::text("begun"), Frame::text("not begun")];
+        let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 2 });
+        for frame in &frames {
+            wire.outgoing().push(frame.clone());
+        }
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
+        wire.outgoing().discard_unsent();
+        wire.inner.budget = 1000;
+        assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_ready());
+        assert_eq!(wire.inner.taken, frames[0].bytes().to_vec());
+    }
+}
