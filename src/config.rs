@@ -50,6 +50,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the room channel before one write to the socket: bounds
 /// what one connection queues in memory while keeping writes large.
 pub const MAX_BATCH: usize = 256;
+/// Frames in one write that mark a client busy: its room frames are then
+/// gathered for `--batch-window` before the next write.
+pub const BUSY_BATCH: usize = 4;
 /// How long a closing connection waits for its peer to take the Close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connections to close before returning; under the

@@ -26,7 +26,7 @@ use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, warn};
 
 use crate::cluster::ECHO_TIMEOUT;
-use crate::config::{CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
+use crate::config::{BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
 use crate::hub::{Ack, Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::Metrics;
@@ -128,9 +128,10 @@ where
                     Err(_) => return End::TooSlow,
                 }
                 // A write of several frames means the client is busy: gather
-                // its next ones. One frame at a time costs little, and waits
+                // its next ones. A few frames at a time cost little, and wait
                 // for nothing.
-                last_write = (fed > 1 && !limits.batch_window.is_zero()).then(Instant::now);
+                let busy = fed >= BUSY_BATCH && !limits.batch_window.is_zero();
+                last_write = busy.then(Instant::now);
                 continue;
             }
             // Nothing pending: sleep until the room or the reader has something.
