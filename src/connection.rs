@@ -114,9 +114,8 @@ where
         // When the last batch was written.
         let mut last_write: Option<Instant> = None;
         loop {
-            // One deadline per batch, not per frame: feeding only waits once
-            // the sink holds WRITE_BUFFER_BYTES, and a timer per frame would
-            // cost more than the frame.
+            // Queuing never waits; only the write does, within the
+            // slow-client limit (one timer per write, not per frame).
             let fed =
                 queue(&outgoing, first.take(), &outbox, &mut rx, protocol, &progress, metrics);
             if fed > 0 {
