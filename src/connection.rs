@@ -190,14 +190,15 @@ fn queue(
     progress: &Fed<'_>,
     metrics: &Metrics,
 ) -> usize {
+    let mut out = outgoing.pushing();
     let mut fed = 0;
     if let Some(frame) = first {
-        outgoing.push(frame);
+        out.push(frame);
         fed += 1;
     }
     // Answers first: they are few, and a client waits for them.
     while let Some(frame) = pop(outbox) {
-        outgoing.push(frame);
+        out.push(frame);
         fed += 1;
     }
     // Then whatever the room has pending, up to a batch, in one write.
@@ -208,7 +209,7 @@ fn queue(
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         };
         if let Some(frame) = frame {
-            outgoing.push(frame);
+            out.push(frame);
             fed += 1;
         }
     }

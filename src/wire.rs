@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
@@ -37,9 +37,10 @@ struct Queue {
 }
 
 impl Outgoing {
-    /// Queues a frame; it goes out at the next flush of the stream.
-    pub fn push(&self, frame: Frame) {
-        lock(&self.0).frames.push_back(frame);
+    /// Holds the queue for frames pushed in a row (one lock for a batch);
+    /// they go out at the next flush of the stream.
+    pub fn pushing(&self) -> Pushing<'_> {
+        Pushing(lock(&self.0))
     }
 
     /// Drops the queued frames not yet begun: after a protocol error, only
@@ -48,6 +49,16 @@ impl Outgoing {
         let mut queue = lock(&self.0);
         let keep = usize::from(queue.written > 0);
         queue.frames.truncate(keep);
+    }
+}
+
+/// The queue, held while frames are pushed.
+pub struct Pushing<'a>(MutexGuard<'a, Queue>);
+
+impl Pushing<'_> {
+    /// Queues a frame.
+    pub fn push(&mut self, frame: Frame) {
+        self.0.frames.push_back(frame);
     }
 }
 
@@ -187,10 +198,10 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let mut wire = Wire::new(BytesMut::new(), ours);
         for text in &texts {
-            wire.outgoing().push(Frame::text(text));
+            wire.outgoing().pushing().push(Frame::text(text));
             assert_eq!(Frame::text(text).as_text(), Some(text.as_str()));
         }
-        wire.outgoing().push(Frame::ping());
+        wire.outgoing().pushing().push(Frame::ping());
         wire.flush().await.unwrap();
         let mut client = ClientBuilder::new().limits(Limits::unlimited()).take_over(theirs);
         for text in &texts {
@@ -236,8 +247,8 @@ mod tests {
     fn writes_never_cut_into_a_frame() {
         let (a, b) = (Frame::text("first frame"), Frame::text("second"));
         let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 4 });
-        wire.outgoing().push(a.clone());
-        wire.outgoing().push(b.clone());
+        wire.outgoing().pushing().push(a.clone());
+        wire.outgoing().pushing().push(b.clone());
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
         assert_eq!(wire.inner.taken, a.bytes()[..4]);
@@ -259,7 +270,7 @@ mod tests {
         let frames = [Frame::text("begun"), Frame::text("not begun")];
         let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 2 });
         for frame in &frames {
-            wire.outgoing().push(frame.clone());
+            wire.outgoing().pushing().push(frame.clone());
         }
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
