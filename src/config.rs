@@ -109,9 +109,9 @@ pub struct ServerConfig {
     /// Seconds a busy client's room frames are gathered for after a write
     /// before the next one (at most 1): one write then carries many frames,
     /// which costs both ends far less than a write each. A client is busy
-    /// when its last write carried more than one frame; one that gets a frame
-    /// at a time gets each at once, and a client's own echo and answers are
-    /// never held. 0 writes whenever frames are pending.
+    /// when its last write carried 4 frames or more; one that gets a few
+    /// frames at a time gets each at once, and a client's own echo and
+    /// answers are never held. 0 writes whenever frames are pending.
     #[arg(long, env = "CHAT_BATCH_WINDOW", default_value = "0.02", value_parser = parse_batch_window)]
     pub batch_window: Duration,
 
