@@ -1,6 +1,7 @@
 //! One client, from its upgrade to its close.
 //!
-//! A connection runs two halves in one task: the reader takes the client's
+//! A connection runs two halves in one task (its own, apart from the
+//! handshake's): the reader takes the client's
 //! frames and acts on them (relay, rename, answer), the writer feeds the
 //! client whatever its room broadcasts and the answers meant for it alone,
 //! batching what is pending into one write. When either half ends, so does
@@ -12,24 +13,25 @@
 //! it sends nothing more.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::ECHO_TIMEOUT;
 use crate::config::{BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
 use crate::hub::{Ack, Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reason};
 use crate::protocol::{ClientError, Command, Event, Frame, HELP, Protocol, Request, parse_command};
 use crate::wire::{Outgoing, Wire};
 
@@ -50,161 +52,231 @@ pub enum End {
     Flood,
 }
 
-/// Serves one upgraded client until it leaves, fails, or `shutdown` fires.
-pub async fn serve<S>(
-    ws: Box<WebSocketStream<Wire<S>>>,
-    joined: Joined,
-    protocol: Protocol,
-    limits: ConnectionLimits,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
+/// What a connection is given besides its socket and its membership.
+pub struct Setup {
+    /// What the client speaks.
+    pub protocol: Protocol,
+    /// What the connection enforces on its client.
+    pub limits: ConnectionLimits,
+    /// Where the connection counts what it does.
+    pub metrics: Arc<Metrics>,
+    /// Fires when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// The connection's slot in the server's limit, held until it ends.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// What the reader, writer and pinger share. They run in one task, so the
+/// locks are never contended; they are thread-safe types only because tasks
+/// may move between threads. Borrowed whole, so that each half's future holds
+/// one reference rather than one per field: this is most of an idle
+/// connection's memory.
+struct Shared<'a> {
+    setup: &'a Setup,
+    /// Frames waiting for the socket.
+    outgoing: Outgoing,
+    /// Frames for this client only, waiting for the writer.
+    outbox: Outbox,
+    /// How far the writer has fed the client.
+    fed: Fed,
+    wake_writer: Notify,
+    wake_reader: Notify,
+    started: Instant,
+    /// When the client was last heard from, in milliseconds since `started`.
+    last_heard: AtomicU64,
+}
+
+/// Serves one upgraded client until it leaves, fails, or the server shuts
+/// down; then counts and logs how it ended. Spawned as its own task, apart
+/// from the handshake, so that an idle connection's task holds only this.
+pub async fn serve<S>(ws: Box<WebSocketStream<Wire<S>>>, mut joined: Joined, setup: Setup)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    setup.metrics.connections.inc();
+    setup.metrics.connections_opened.inc();
+    // `joined`'s fields are used in place: moving them into new locals would
+    // keep both copies in this future.
+    let shared = Shared {
+        setup: &setup,
+        outgoing: ws.get_ref().outgoing().clone(),
+        outbox: Mutex::new(std::mem::take(&mut joined.notices).into()),
+        fed: Fed {
+            pos: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            skip_through: joined.skip_through,
+        },
+        wake_writer: Notify::new(),
+        wake_reader: Notify::new(),
+        started: Instant::now(),
+        last_heard: AtomicU64::new(0),
+    };
+    let (mut sink, mut stream) = ws.split();
+
+    let end = tokio::select! {
+        end = read(&shared, &mut joined.member, &mut stream) => end,
+        end = write(&shared, &mut joined.rx, &mut sink) => end,
+        end = ping(&shared) => end,
+        () = setup.shutdown.cancelled() => End::Shutdown,
+    };
+
+    if let Ok(mut ws) = sink.reunite(stream)
+        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &shared.outgoing, &end)).await.is_err()
+    {
+        debug!("peer did not take the close in time");
+    }
+    // The member drops here: the room hears that this client left.
+    drop(joined);
+    let reason = match end {
+        End::Closed => {
+            info!("left");
+            "client"
+        }
+        End::Shutdown => {
+            info!("closed by shutdown");
+            "shutdown"
+        }
+        End::Error(error) => {
+            info!(%error, "left on error");
+            "error"
+        }
+        End::Silent => {
+            info!("closed: no answer to ping");
+            "no_pong"
+        }
+        End::TooSlow => {
+            warn!("closed: too slow to read");
+            "too_slow"
+        }
+        End::Flood => {
+            warn!("closed: flooding");
+            "flood"
+        }
+    };
+    setup.metrics.connections.dec();
+    setup.metrics.closed.get_or_create(&Reason { reason }).inc();
+}
+
+/// Takes the client's frames and acts on them, one at a time.
+async fn read<S>(
+    shared: &Shared<'_>,
+    member: &mut Member,
+    stream: &mut SplitStream<Box<WebSocketStream<Wire<S>>>>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Joined { mut member, mut rx, notices, skip_through } = joined;
-    let outgoing = ws.get_ref().outgoing().clone();
-    let (mut sink, mut stream) = ws.split();
-
-    // Shared by the two halves. They run in one task, so these are never
-    // contended; they are thread-safe types only because tasks may move.
-    let outbox: Outbox = Mutex::new(notices.into());
-    // How far the writer has fed the client: the room position, and the
-    // last message's seq.
-    let fed_pos = AtomicU64::new(0);
-    let fed_seq = AtomicU64::new(0);
-    let progress = Fed { pos: &fed_pos, seq: &fed_seq, skip_through };
-    let wake_writer = Notify::new();
-    let wake_reader = Notify::new();
-    // When the client was last heard from, in milliseconds since `started`.
-    let started = Instant::now();
-    let last_heard = AtomicU64::new(0);
-
-    let reader = async {
-        let mut bucket = Bucket::new(limits.rate, Instant::now());
-        loop {
-            let frame = match stream.next().await {
-                None => return End::Closed,
-                Some(Err(error)) => return End::Error(error),
-                Some(Ok(frame)) => frame,
-            };
-            let now = Instant::now();
-            last_heard.store(millis(now - started), Ordering::Relaxed);
-            if !frame.is_text() && !frame.is_binary() {
-                // Ping, pong and close are answered by tokio-websockets.
-                continue;
-            }
-            metrics.messages_received.inc();
-            metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
-            let ack = match on_frame(&mut member, &frame, protocol, &mut bucket, now, &outbox).await
-            {
-                Ok(ack) => ack,
-                Err(end) => return end,
-            };
-            // Whatever this frame caused is queued before the next is read, so
-            // a client that does not read its answers is not read either.
-            wake_writer.notify_one();
-            fed_up_to(ack, &progress, &outbox, &wake_reader).await;
+    let Setup { protocol, ref limits, ref metrics, .. } = *shared.setup;
+    let mut bucket = Bucket::new(limits.rate, Instant::now());
+    loop {
+        let frame = match stream.next().await {
+            None => return End::Closed,
+            Some(Err(error)) => return End::Error(error),
+            Some(Ok(frame)) => frame,
+        };
+        let now = Instant::now();
+        shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
+        if !frame.is_text() && !frame.is_binary() {
+            // Ping, pong and close are answered by tokio-websockets.
+            continue;
         }
-    };
-
-    let writer = async {
-        // A frame taken while waiting, to lead the next batch.
-        let mut first = None;
-        // When the last batch was written.
-        let mut last_write: Option<Instant> = None;
-        loop {
-            // Queuing never waits; only the write does, within the
-            // slow-client limit (one timer per write, not per frame).
-            let fed =
-                queue(&outgoing, first.take(), &outbox, &mut rx, protocol, &progress, metrics);
-            if fed > 0 {
-                metrics.frames_delivered.inc_by(fed as u64);
-                wake_reader.notify_one();
-                match timeout(limits.slow_client, sink.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return End::Error(error),
-                    Err(_) => return End::TooSlow,
-                }
-                // A write of several frames means the client is busy: gather
-                // its next ones. A few frames at a time cost little, and wait
-                // for nothing.
-                let busy = fed >= BUSY_BATCH && !limits.batch_window.is_zero();
-                last_write = busy.then(Instant::now);
-                continue;
-            }
-            // Nothing pending: sleep until the room or the reader has something.
-            let from_room = tokio::select! {
-                () = wake_writer.notified() => false,
-                event = rx.recv() => {
-                    first = match event {
-                        Ok(outbound) => received(outbound, protocol, &progress),
-                        Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-                        // The room outlives its members: cannot happen while we hold one.
-                        Err(RecvError::Closed) => return End::Closed,
-                    };
-                    true
-                }
-            };
-            // A client busier than one write per window gets the room's frames
-            // gathered until the window is over; the reader's are not held.
-            if let Some(at) = last_write.filter(|_| from_room) {
-                let due = at + limits.batch_window;
-                if Instant::now() < due {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(due) => {}
-                        () = wake_writer.notified() => {}
-                    }
-                }
-            }
-        }
-    };
-
-    let pinger = ping(limits, started, &last_heard, &outbox, &wake_writer);
-
-    let end = tokio::select! {
-        end = reader => end,
-        end = writer => end,
-        end = pinger => end,
-        () = shutdown.cancelled() => End::Shutdown,
-    };
-
-    if let Ok(mut ws) = sink.reunite(stream)
-        && timeout(CLOSE_TIMEOUT, goodbye(&mut ws, &outgoing, &end)).await.is_err()
-    {
-        debug!("peer did not take the close in time");
+        metrics.messages_received.inc();
+        metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
+        let ack = match on_frame(member, &frame, protocol, &mut bucket, now, &shared.outbox).await {
+            Ok(ack) => ack,
+            Err(end) => return end,
+        };
+        // Whatever this frame caused is queued before the next is read, so
+        // a client that does not read its answers is not read either.
+        shared.wake_writer.notify_one();
+        fed_up_to(ack, shared).await;
     }
-    // `member` drops here: the room hears that this client left.
-    drop(member);
-    end
+}
+
+/// Feeds the client its room's frames and its answers, batching what is
+/// pending into one write.
+async fn write<S>(
+    shared: &Shared<'_>,
+    rx: &mut broadcast::Receiver<Outbound>,
+    sink: &mut SplitSink<Box<WebSocketStream<Wire<S>>>, Message>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Setup { protocol, ref limits, ref metrics, .. } = *shared.setup;
+    // A frame taken while waiting, to lead the next batch.
+    let mut first = None;
+    // When the last batch was written.
+    let mut last_write: Option<Instant> = None;
+    loop {
+        // Queuing never waits; only the write does, within the
+        // slow-client limit (one timer per write, not per frame).
+        let fed = queue(shared, first.take(), rx);
+        if fed > 0 {
+            metrics.frames_delivered.inc_by(fed as u64);
+            shared.wake_reader.notify_one();
+            match timeout(limits.slow_client, sink.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return End::Error(error),
+                Err(_) => return End::TooSlow,
+            }
+            // A write of several frames means the client is busy: gather
+            // its next ones. A few frames at a time cost little, and wait
+            // for nothing.
+            let busy = fed >= BUSY_BATCH && !limits.batch_window.is_zero();
+            last_write = busy.then(Instant::now);
+            continue;
+        }
+        // Nothing pending: sleep until the room or the reader has something.
+        let from_room = tokio::select! {
+            () = shared.wake_writer.notified() => false,
+            event = rx.recv() => {
+                first = match event {
+                    Ok(outbound) => received(outbound, protocol, &shared.fed),
+                    Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
+                    // The room outlives its members: cannot happen while we hold one.
+                    Err(RecvError::Closed) => return End::Closed,
+                };
+                true
+            }
+        };
+        // A client busier than one write per window gets the room's frames
+        // gathered until the window is over; the reader's are not held.
+        if let Some(at) = last_write.filter(|_| from_room) {
+            let due = at + limits.batch_window;
+            if Instant::now() < due {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = shared.wake_writer.notified() => {}
+                }
+            }
+        }
+    }
 }
 
 /// Queues what is pending for the client, `first` and its answers leading,
 /// up to a batch; returns how many frames.
 fn queue(
-    outgoing: &Outgoing,
+    shared: &Shared<'_>,
     first: Option<Frame>,
-    outbox: &Outbox,
     rx: &mut broadcast::Receiver<Outbound>,
-    protocol: Protocol,
-    progress: &Fed<'_>,
-    metrics: &Metrics,
 ) -> usize {
-    let mut out = outgoing.pushing();
+    let Setup { protocol, ref metrics, .. } = *shared.setup;
+    let mut out = shared.outgoing.pushing();
     let mut fed = 0;
     if let Some(frame) = first {
         out.push(frame);
         fed += 1;
     }
     // Answers first: they are few, and a client waits for them.
-    while let Some(frame) = pop(outbox) {
+    while let Some(frame) = pop(&shared.outbox) {
         out.push(frame);
         fed += 1;
     }
     // Then whatever the room has pending, up to a batch, in one write.
     while fed < MAX_BATCH {
         let frame = match rx.try_recv() {
-            Ok(outbound) => received(outbound, protocol, progress),
+            Ok(outbound) => received(outbound, protocol, &shared.fed),
             Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         };
@@ -220,22 +292,24 @@ fn queue(
 /// `ack`. Only the wait for an echo from Redis is bounded: a link failing
 /// meanwhile may never bring it. The others end with the client, at worst
 /// when it is closed for not reading.
-async fn fed_up_to(ack: Ack, progress: &Fed<'_>, outbox: &Outbox, wake_reader: &Notify) {
+async fn fed_up_to(ack: Ack, shared: &Shared<'_>) {
     let fed = |ack| {
-        lock(outbox).is_empty()
+        lock(&shared.outbox).is_empty()
             && match ack {
                 Ack::None => true,
-                Ack::Pos(pos) => progress.pos.load(Ordering::Relaxed) >= pos,
-                Ack::Seq(seq) => progress.seq.load(Ordering::Relaxed) >= seq,
+                Ack::Pos(pos) => shared.fed.pos.load(Ordering::Relaxed) >= pos,
+                Ack::Seq(seq) => shared.fed.seq.load(Ordering::Relaxed) >= seq,
             }
     };
     let waiting = |ack| async move {
         while !fed(ack) {
-            wake_reader.notified().await;
+            shared.wake_reader.notified().await;
         }
     };
     if let Ack::Seq(_) = ack {
-        if timeout(ECHO_TIMEOUT, waiting(ack)).await.is_err() {
+        // Boxed: only with --redis, and its timer would otherwise be part of
+        // every connection's memory.
+        if Box::pin(timeout(ECHO_TIMEOUT, waiting(ack))).await.is_err() {
             debug!("no echo in time: reading on");
         }
     } else {
@@ -245,23 +319,19 @@ async fn fed_up_to(ack: Ack, progress: &Fed<'_>, outbox: &Outbox, wake_reader: &
 
 /// Pings the client every interval; returns when it has sent nothing at all
 /// (pongs included) for the timeout: it is gone, even if TCP has not noticed.
-async fn ping(
-    limits: ConnectionLimits,
-    started: Instant,
-    last_heard: &AtomicU64,
-    outbox: &Outbox,
-    wake_writer: &Notify,
-) -> End {
+async fn ping(shared: &Shared<'_>) -> End {
+    let limits = &shared.setup.limits;
+    let started = shared.started;
     let mut ticks = tokio::time::interval_at(started + limits.ping_interval, limits.ping_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
+        let heard = Duration::from_millis(shared.last_heard.load(Ordering::Relaxed));
         if started.elapsed().saturating_sub(heard) >= limits.ping_timeout {
             return End::Silent;
         }
-        push(outbox, Frame::ping());
-        wake_writer.notify_one();
+        push(&shared.outbox, Frame::ping());
+        shared.wake_writer.notify_one();
     }
 }
 
@@ -396,15 +466,17 @@ fn pop(outbox: &Outbox) -> Option<Frame> {
 }
 
 /// How far a client was fed, and which messages it has already.
-struct Fed<'a> {
-    pos: &'a AtomicU64,
-    seq: &'a AtomicU64,
+struct Fed {
+    /// The room position of the last frame fed.
+    pos: AtomicU64,
+    /// The seq of the last message fed.
+    seq: AtomicU64,
     skip_through: u64,
 }
 
 /// The frame a room event is for this client, noting how far it was fed;
 /// `None` for a message it got in its history replay.
-fn received(outbound: Outbound, protocol: Protocol, fed: &Fed<'_>) -> Option<Frame> {
+fn received(outbound: Outbound, protocol: Protocol, fed: &Fed) -> Option<Frame> {
     fed.pos.store(outbound.pos, Ordering::Relaxed);
     if outbound.seq != 0 {
         if outbound.seq <= fed.skip_through {

@@ -27,7 +27,7 @@ use crate::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, ConnectionLimits, HANDSHAKE_TIMEOUT,
     MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig,
 };
-use crate::connection::{self, End};
+use crate::connection::{self, Setup};
 use crate::handshake::{Access, Answer, HandshakeError, read_head, read_request, refuse};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -102,6 +102,7 @@ pub async fn run(
                     deadline: Instant::now() + HANDSHAKE_TIMEOUT,
                     context: context.clone(),
                     shutdown: token.clone(),
+                    tracker: tracker.clone(),
                 };
                 // Two kinds of task, so that plain connections do not carry
                 // the TLS state.
@@ -237,6 +238,8 @@ struct Start {
     deadline: Instant,
     context: Arc<Context>,
     shutdown: CancellationToken,
+    /// Where the connection's own task is spawned after the handshake.
+    tracker: TaskTracker,
 }
 
 /// A TLS connection: the TLS handshake, then [`chat`].
@@ -258,16 +261,18 @@ async fn secure(tls: TlsAcceptor, stream: TcpStream, start: Start) {
     }
 }
 
-/// One connection's HTTP handshake, then chat until it ends. Errors end
-/// here, logged.
+/// One connection's HTTP handshake and join; the chat itself is spawned as
+/// [`connection::serve`]. Errors end here, logged.
 async fn chat<S>(mut stream: S, start: Start)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Start { peer, admission, deadline, context, shutdown } = start;
-    let admitted = admission.is_ok();
-    // Held until this function returns, that is for the whole connection.
-    let _slot = admission;
+    let Start { peer, admission, deadline, context, shutdown, tracker } = start;
+    // Held for the whole connection, or until the client is told 503.
+    let (slot, admitted) = match admission {
+        Ok(slot) => (slot, true),
+        Err(refusal) => (refusal, false),
+    };
     let upgrading = context.clone();
     let upgrade = async move {
         let (request, read) =
@@ -288,14 +293,13 @@ where
             HandshakeError::Refused { status: 400, reason: error.to_string() }
         })?;
         // Boxed once here, so that it is not part of the connection future's
-        // state as well as of the split halves' shared allocation.
+        // state (which keeps its arguments) as well as of the split halves'
+        // shared allocation.
         Ok::<_, HandshakeError>((request, Box::new(ws)))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
-        // Boxed: the handshake state would otherwise stay in every
-        // connection's future for its whole life.
-        upgraded = timeout_at(deadline, Box::pin(upgrade)) => upgraded,
+        upgraded = timeout_at(deadline, upgrade) => upgraded,
     };
     let (request, mut ws) = match upgraded {
         Ok(Ok(upgraded)) => upgraded,
@@ -325,38 +329,14 @@ where
     };
     span.record("name", joined.member.name());
     info!("joined");
-    let metrics = &context.metrics;
-    metrics.connections.inc();
-    metrics.connections_opened.inc();
-    let reason =
-        match connection::serve(ws, joined, request.protocol, context.limits, metrics, &shutdown)
-            .await
-        {
-            End::Closed => {
-                info!("left");
-                "client"
-            }
-            End::Shutdown => {
-                info!("closed by shutdown");
-                "shutdown"
-            }
-            End::Error(error) => {
-                info!(%error, "left on error");
-                "error"
-            }
-            End::Silent => {
-                info!("closed: no answer to ping");
-                "no_pong"
-            }
-            End::TooSlow => {
-                warn!("closed: too slow to read");
-                "too_slow"
-            }
-            End::Flood => {
-                warn!("closed: flooding");
-                "flood"
-            }
-        };
-    metrics.connections.dec();
-    metrics.closed.get_or_create(&crate::metrics::Reason { reason }).inc();
+    // Its own task: this one's state (the handshake's, the request) would
+    // otherwise stay in memory for as long as the client does.
+    let setup = Setup {
+        protocol: request.protocol,
+        limits: context.limits,
+        metrics: context.metrics.clone(),
+        shutdown,
+        slot,
+    };
+    tracker.spawn(connection::serve(ws, joined, setup).instrument(span));
 }
