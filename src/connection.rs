@@ -13,7 +13,7 @@
 //! it sends nothing more.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ where
             pos: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             skip_through: joined.skip_through,
+            flush_wanted: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
         },
         wake_writer: Notify::new(),
         wake_reader: Notify::new(),
@@ -176,8 +178,15 @@ where
         };
         let now = Instant::now();
         shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
+        if frame.is_ping() {
+            // tokio-websockets has queued the pong, an answer like any other:
+            // the next frame waits until it is written, so a client that
+            // pings without reading cannot grow that queue.
+            flushed(shared).await;
+            continue;
+        }
         if !frame.is_text() && !frame.is_binary() {
-            // Ping, pong and close are answered by tokio-websockets.
+            // Pong and close are handled by tokio-websockets.
             continue;
         }
         metrics.messages_received.inc();
@@ -212,13 +221,18 @@ where
         // Queuing never waits; only the write does, within the
         // slow-client limit (one timer per write, not per frame).
         let fed = queue(shared, first.take(), rx);
-        if fed > 0 {
+        let flush_wanted = shared.fed.flush_wanted.swap(false, Ordering::AcqRel);
+        if fed > 0 || flush_wanted {
             metrics.frames_delivered.inc_by(fed as u64);
             shared.wake_reader.notify_one();
             match timeout(limits.slow_client, sink.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return End::Error(error),
                 Err(_) => return End::TooSlow,
+            }
+            if flush_wanted {
+                shared.fed.flushes.fetch_add(1, Ordering::AcqRel);
+                shared.wake_reader.notify_one();
             }
             // A write of several frames means the client is busy: gather
             // its next ones. A few frames at a time cost little, and wait
@@ -314,6 +328,18 @@ async fn fed_up_to(ack: Ack, shared: &Shared<'_>) {
         }
     } else {
         waiting(ack).await;
+    }
+}
+
+/// Waits until the writer has flushed everything queued so far, including
+/// what tokio-websockets queued itself (a pong). Any flush that completes from
+/// now on has written it; the writer flushes at once when asked.
+async fn flushed(shared: &Shared<'_>) {
+    let wanted = shared.fed.flushes.load(Ordering::Acquire) + 1;
+    shared.fed.flush_wanted.store(true, Ordering::Release);
+    shared.wake_writer.notify_one();
+    while shared.fed.flushes.load(Ordering::Acquire) < wanted {
+        shared.wake_reader.notified().await;
     }
 }
 
@@ -472,6 +498,10 @@ struct Fed {
     /// The seq of the last message fed.
     seq: AtomicU64,
     skip_through: u64,
+    /// The reader waits for a flush (of a pong).
+    flush_wanted: AtomicBool,
+    /// Flushes done because the reader asked.
+    flushes: AtomicU64,
 }
 
 /// The frame a room event is for this client, noting how far it was fed;

@@ -132,3 +132,44 @@ async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
     assert!(ended.is_ok(), "the server closed the connection");
     server.stop().await;
 }
+
+/// A client that sends pings and never reads: each ping's pong is queued by
+/// tokio-websockets, so reading on would queue pongs without bound. The server
+/// stops reading once a pong cannot be written, and closes the client when
+/// the write stays blocked for the slow-client timeout.
+#[tokio::test]
+async fn a_client_that_pings_without_reading_is_not_read_on_and_is_closed() {
+    use tokio::io::AsyncWriteExt;
+
+    let config = chat::config::ServerConfig {
+        slow_client_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let server = TestServer::with(config).await;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    stream.write_all(common::upgrade_request("/?name=pinger").as_bytes()).await.expect("upgrade");
+
+    // Masked pings with the largest control payload, 64 KiB of them per write.
+    // FIN + ping; masked, 125 bytes; the mask.
+    let mut ping = vec![0x89, 0x80 | 0x7d, 1, 2, 3, 4];
+    ping.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 500).collect();
+    // Far more than the socket buffers on both sides can hold.
+    let limit: usize = 512 << 20;
+    let mut sent = 0;
+    let failed = timeout(PATIENCE, async {
+        while sent < limit {
+            if let Err(error) = stream.write_all(&chunk).await {
+                return Some(error);
+            }
+            sent += chunk.len();
+        }
+        None
+    })
+    .await
+    .expect("the server neither stopped reading nor closed the client");
+    assert!(failed.is_some(), "the server read {sent} bytes of pings without writing their pongs");
+    server.stop().await;
+}
