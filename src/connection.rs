@@ -69,8 +69,8 @@ pub struct Setup {
 /// What the reader, writer and pinger share. They run in one task, so the
 /// locks are never contended; they are thread-safe types only because tasks
 /// may move between threads. Borrowed whole, so that each half's future holds
-/// one reference rather than one per field: this is most of an idle
-/// connection's memory.
+/// one reference rather than one per field, which keeps an idle connection's
+/// task small.
 struct Shared<'a> {
     setup: &'a Setup,
     /// Frames waiting for the socket.
