@@ -16,32 +16,32 @@
 //! process can exit while a read is still pending.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Read};
 use std::thread;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
-use http::header::SEC_WEBSOCKET_PROTOCOL;
-use rustyline::error::ReadlineError;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
-use tokio_websockets::{
-    ClientBuilder, CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream,
-};
+use tokio_websockets::{CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
 use tracing::debug;
+
+mod connect;
+mod output;
+mod terminal;
+
+pub use connect::CONNECT_TIMEOUT;
+pub use output::sanitize;
 
 use crate::config::{
     ClientConfig, LINE_QUEUE, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
-use crate::protocol::{
-    ClientError, Command, Event, HELP, JSON_PROTOCOL, Request, is_invisible_format, parse_command,
-};
-
-/// How long connecting and upgrading may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::protocol::{ClientError, Command, Event, HELP, Request, parse_command};
+use connect::{connect, describe, describe_code};
+use output::Output;
+use terminal::spawn_editor;
 
 /// Why the client stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -208,52 +208,6 @@ fn backoff(n: u32) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// Connects and upgrades, asking to resume where `session` left.
-async fn connect(
-    config: &ClientConfig,
-    tls: &Connector,
-    session: &Session,
-) -> Result<Socket, Error> {
-    let url = config.url.clone();
-    let resume = session.epoch.as_deref().map(|epoch| (session.seq.unwrap_or(0), epoch));
-    let uri = chat_uri(&url, session.name.as_deref(), resume)?;
-    let failed = |cause, temporary| Error::Connect { url: url.clone(), cause, temporary };
-    let mut builder = ClientBuilder::from_uri(uri)
-        .connector(tls)
-        .add_header(SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static(JSON_PROTOCOL))
-        .map_err(|error| failed(error.to_string(), false))?;
-    if let Some(token) = &config.token {
-        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"));
-        builder = bearer
-            .ok()
-            .and_then(|value| builder.add_header(http::header::AUTHORIZATION, value).ok())
-            .ok_or_else(|| failed("the token is not a valid header value".into(), false))?;
-    }
-    let (ws, response) = match timeout(CONNECT_TIMEOUT, builder.connect()).await {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(error)) => return Err(failed(describe(&error), is_temporary(&error))),
-        Err(_) => return Err(failed("timed out".into(), true)),
-    };
-    let protocol = response.headers().get(SEC_WEBSOCKET_PROTOCOL);
-    if protocol.is_none_or(|p| p != JSON_PROTOCOL) {
-        return Err(failed(format!("the server does not speak {JSON_PROTOCOL}"), false));
-    }
-    Ok(ws)
-}
-
-/// Whether a failed connection attempt may work later.
-fn is_temporary(error: &tokio_websockets::Error) -> bool {
-    use tokio_websockets::Error as E;
-    use tokio_websockets::upgrade::Error as U;
-    match error {
-        E::Upgrade(U::DidNotSwitchProtocols(status)) => *status == 503,
-        E::Upgrade(_) | E::CannotResolveHost => false,
-        // A certificate that fails verification will fail again.
-        E::Io(error) if error.kind() == io::ErrorKind::InvalidData => false,
-        _ => true,
-    }
-}
-
 /// How one connection ended.
 enum Ended {
     /// Stdin ended or the user quit: our Close is sent.
@@ -395,84 +349,6 @@ impl Session {
     }
 }
 
-/// Where received lines go.
-enum Output {
-    /// Stdout as is: one event per line, in the server's text form.
-    Pipe,
-    /// Above the prompt, with local times, own messages highlighted.
-    Terminal { printer: Box<dyn rustyline::ExternalPrinter + Send>, color: bool },
-}
-
-impl Output {
-    /// Prints an event; `own` is our name, to highlight our messages.
-    fn event(&mut self, event: &Event<'_>, own: Option<&str>) -> io::Result<()> {
-        let safe = sanitize(&event.to_string());
-        match self {
-            Output::Pipe => match writeln!(io::stdout(), "{safe}") {
-                // A reader that went away (`| head`) is not a failure.
-                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
-                result => result,
-            },
-            Output::Terminal { printer, color } => {
-                let styled = match event {
-                    _ if !*color => safe,
-                    Event::Error { .. } | Event::Missed { .. } => format!("\x1b[31m{safe}\x1b[0m"),
-                    Event::Message { from, .. } if Some(from.as_ref()) == own => {
-                        format!("\x1b[1;32m{safe}\x1b[0m")
-                    }
-                    Event::Message { .. } => safe,
-                    _ => dim(&safe, true),
-                };
-                let time = match event {
-                    Event::Message { ts, .. }
-                    | Event::Join { ts, .. }
-                    | Event::Leave { ts, .. } => {
-                        ts.with_timezone(&chrono::Local).format("%H:%M ").to_string()
-                    }
-                    _ => "      ".to_owned(),
-                };
-                printer.print(dim(&time, *color) + &styled + "\n").map_err(io::Error::other)
-            }
-        }
-    }
-
-    /// A message from the client itself, on stderr so stdout stays the server's.
-    fn notice(&mut self, text: &str) -> io::Result<()> {
-        match self {
-            Output::Pipe => writeln!(io::stderr(), "{}", sanitize(text)),
-            Output::Terminal { printer, color, .. } => {
-                printer.print(dim(&sanitize(text), *color) + "\n").map_err(io::Error::other)
-            }
-        }
-    }
-}
-
-fn dim(text: &str, color: bool) -> String {
-    if color { format!("\x1b[2m{text}\x1b[0m") } else { text.to_owned() }
-}
-
-/// Escapes control characters (tab excepted) and invisible formatting
-/// characters, so that received text cannot move the cursor, recolour the
-/// terminal, break a line or disguise itself.
-pub fn sanitize(text: &str) -> String {
-    if !text.chars().any(needs_escape) {
-        return text.to_owned();
-    }
-    let mut safe = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if needs_escape(c) {
-            let _ = write!(safe, "{}", c.escape_unicode());
-        } else {
-            safe.push(c);
-        }
-    }
-    safe
-}
-
-fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\t') || is_invisible_format(c)
-}
-
 /// The URL to connect to: `url` checked, with `?name=` and, to resume,
 /// `?since=SEQ&epoch=E` added.
 fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Result<Uri, Error> {
@@ -510,36 +386,6 @@ fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Resul
     Uri::from_parts(parts).map_err(|error| invalid(&error.to_string()))
 }
 
-/// One line for a connection error, without Debug noise.
-fn describe(error: &tokio_websockets::Error) -> String {
-    use tokio_websockets::Error as E;
-    match error {
-        E::Io(error) => match error.kind() {
-            io::ErrorKind::ConnectionRefused => "connection refused".into(),
-            io::ErrorKind::ConnectionReset => "connection reset".into(),
-            io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
-            _ => error.to_string(),
-        },
-        E::Upgrade(tokio_websockets::upgrade::Error::DidNotSwitchProtocols(status)) => {
-            format!("the server refused the upgrade with HTTP {status}")
-        }
-        E::CannotResolveHost => "cannot resolve the host".into(),
-        error => error.to_string(),
-    }
-}
-
-fn describe_code(code: u16) -> String {
-    match code {
-        1000 => "normal closure".into(),
-        1001 => "going away".into(),
-        1005 => "no reason given".into(),
-        1008 => "policy violation".into(),
-        1009 => "message too big".into(),
-        1011 => "server error".into(),
-        code => format!("code {code}"),
-    }
-}
-
 /// Reads stdin lines into `tx` until EOF: each non-empty line, without its
 /// line ending, at most [`MAX_LINE_BYTES`] long.
 fn spawn_pipe_reader(tx: mpsc::Sender<String>) {
@@ -573,35 +419,6 @@ fn spawn_pipe_reader(tx: mpsc::Sender<String>) {
             }
         }
     });
-}
-
-type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
-
-/// Runs a line editor on its own thread, sending each entered line to `tx`
-/// until Ctrl-D, Ctrl-C or `/quit`.
-fn spawn_editor(tx: mpsc::Sender<String>) -> Result<(Printer, thread::JoinHandle<()>), Error> {
-    let mut editor = rustyline::DefaultEditor::new().map_err(io::Error::other)?;
-    let printer: Printer = Box::new(editor.create_external_printer().map_err(io::Error::other)?);
-    let thread = thread::spawn(move || {
-        loop {
-            match editor.readline("> ") {
-                Ok(line) if line.trim() == "/quit" => return,
-                Ok(line) if line.is_empty() => {}
-                Ok(line) => {
-                    let _ = editor.add_history_entry(line.as_str());
-                    if tx.blocking_send(line).is_err() {
-                        return;
-                    }
-                }
-                Err(ReadlineError::Eof | ReadlineError::Interrupted) => return,
-                Err(error) => {
-                    eprintln!("error: cannot read the terminal: {error}");
-                    return;
-                }
-            }
-        }
-    });
-    Ok((printer, thread))
 }
 
 #[cfg(test)]
