@@ -29,7 +29,8 @@ fn two_pages_and_a_terminal_client_chat_and_survive_a_restart() {
         eprintln!("SKIPPED: {message}");
         return;
     }
-    // CHAT_SCREENSHOT=img/page.png, passed through, saves README's picture.
+    // CHAT_SCREENSHOT=img/page.png, passed through, saves README's pictures:
+    // that one (desktop) and img/page-phone.png (390 x 844, dark).
     let status = Command::new("node")
         .arg(root.join("tests/browser/chat.mjs"))
         .env("CHAT_SERVER", env!("CARGO_BIN_EXE_server"))
