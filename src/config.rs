@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
 /// the same time; further ones are closed without an answer.
 pub const MAX_PENDING_REFUSALS: usize = 64;
+/// Bytes a frame may hold beyond twice `--max-message-bytes`: the JSON
+/// request around the text.
+pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// A connection must finish its HTTP upgrade within this time (slowloris guard).
@@ -148,7 +151,9 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Largest message a client may send, in bytes; larger frames close the
+    /// Largest message a client may send, in UTF-8 bytes of its text; a
+    /// longer one is refused with an error and the connection stays up.
+    /// Frames over twice this plus 1 KiB (room for JSON escapes) close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
@@ -184,6 +189,8 @@ pub struct ConnectionLimits {
     pub batch_window: Duration,
     /// How much the client may send.
     pub rate: RateLimit,
+    /// Largest message text, in bytes.
+    pub max_message_bytes: usize,
 }
 
 impl ServerConfig {
@@ -200,7 +207,24 @@ impl ServerConfig {
             slow_client: self.slow_client_timeout,
             batch_window: self.batch_window,
             rate: self.rate_limit(),
+            max_message_bytes: self.max_message_bytes,
         }
+    }
+
+    /// What clients are told of these limits in their welcome.
+    pub fn wire_limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            per_second: self.rate_limit,
+            burst: self.burst,
+            max_bytes: self.max_message_bytes,
+        }
+    }
+
+    /// Largest frame read: a message's text at its largest, with room for
+    /// JSON's escapes of quotes and backslashes (control characters, which
+    /// JSON escapes to six bytes, are refused anyway).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_message_bytes * 2 + FRAME_OVERHEAD
     }
 }
 

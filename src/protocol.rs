@@ -7,7 +7,7 @@
 //! reader only.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -33,6 +33,9 @@ pub struct ChatRequest {
     pub resume: Option<Resume>,
     /// What it asked for in `Sec-WebSocket-Protocol`.
     pub protocol: Protocol,
+    /// From `?session=`: the secret of an earlier connection, to take its
+    /// name back. Never logged.
+    pub session: Option<String>,
 }
 
 /// Where a returning client left a room.
@@ -105,6 +108,12 @@ pub enum NameError {
     /// A room name holds something other than letters, digits, `-`, `_` or `.`.
     #[error("room names use only letters, digits, '-', '_' and '.'")]
     RoomCharacter,
+}
+
+/// The key names are compared by: names with the same key look alike.
+/// (Stand-in until the Unicode rules land in `names`.)
+pub fn name_key(name: &str) -> String {
+    name.to_lowercase()
 }
 
 /// Bidirectional overrides and zero-width characters: text that displays as
@@ -229,6 +238,13 @@ pub enum Event<'a> {
         epoch: Str<'a>,
         /// The room's last message number; later ones are live.
         seq: u64,
+        /// What this client may send (JSON only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<Limits>,
+        /// A secret that gets this client its name back when it reconnects
+        /// with `?session=` (JSON only; never printed or logged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<Str<'a>>,
     },
     /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
     /// [`MAX_WHO_NAMES`]).
@@ -239,6 +255,9 @@ pub enum Event<'a> {
         count: usize,
         /// Names, sorted; at most [`MAX_WHO_NAMES`].
         names: Vec<Str<'a>>,
+        /// The request's id, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// In a room too large to announce each arrival: what changed lately.
     Presence {
@@ -274,7 +293,78 @@ pub enum Event<'a> {
     Error {
         /// What and why.
         text: Str<'a>,
+        /// What went wrong, for programs: [`ClientError::code`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<Str<'a>>,
+        /// The refused request's id, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
+    /// A request with an id was carried out (JSON only): after a message's
+    /// own echo, or a rename's notice.
+    Ack {
+        /// The request's id.
+        id: Str<'a>,
+        /// The message's number, for a message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+/// What a client may send, told in its welcome so it can keep within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Messages per second on average; 0 means no limit.
+    pub per_second: u32,
+    /// Messages at once after a quiet spell.
+    pub burst: u32,
+    /// Largest message text, in UTF-8 bytes of the text itself.
+    pub max_bytes: usize,
+}
+
+/// The close code of a connection whose session continued in a new
+/// connection (`?session=`): it must not reconnect.
+pub const REPLACED_CLOSE_CODE: u16 = 4001;
+
+/// Longest request id, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+
+/// What the text protocol shows for each line break in a message, so that
+/// one message is one line and nobody can forge a line of someone else's.
+pub const LINE_BREAK_MARK: char = '\u{2424}';
+
+/// Whether `c` breaks a line: `\n`, `\r`, NEL, LINE and PARAGRAPH SEPARATOR.
+pub fn is_line_break(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Checks a message's text: not blank, at most `max_bytes` bytes, and free
+/// of control characters other than tab and line breaks.
+pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'static>> {
+    if text.len() > max_bytes {
+        return Err(ClientError::TooLong { max_bytes });
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(ClientError::EmptyMessage);
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
+        return Err(ClientError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Writes `text` on one line: each line break (`\r\n` counts as one)
+/// becomes [`LINE_BREAK_MARK`].
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(is_line_break) {
+        f.write_str(&rest[..at])?;
+        f.write_char(LINE_BREAK_MARK)?;
+        let after = &rest[at..];
+        let skip = if after.starts_with("\r\n") { 2 } else { after.chars().next().map_or(1, char::len_utf8) };
+        rest = &after[skip..];
+    }
+    f.write_str(rest)
 }
 
 /// Which side of a history replay a [`Event::History`] marks.
@@ -373,7 +463,14 @@ const OPCODE_PING: u8 = 0x9;
 
 impl<'a> From<ClientError<'a>> for Event<'a> {
     fn from(error: ClientError<'a>) -> Self {
-        Event::Error { text: error.to_string().into() }
+        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id: None }
+    }
+}
+
+impl<'a> Event<'a> {
+    /// An error answering the request with this id.
+    pub fn error_for(error: ClientError<'_>, id: Option<Str<'a>>) -> Self {
+        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id }
     }
 }
 
@@ -386,24 +483,43 @@ pub enum Request<'a> {
         /// The text.
         #[serde(borrow)]
         text: Str<'a>,
+        /// Echoed in the answer: [`Event::Ack`] or [`Event::Error`].
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// Change name.
     Nick {
         /// The new name.
         #[serde(borrow)]
         name: Str<'a>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// List the room.
-    Who,
+    Who {
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
 }
 
 impl Request<'_> {
     /// What the request asks for.
     pub fn command(&self) -> Command<'_> {
         match self {
-            Request::Message { text } => Command::Say(text),
-            Request::Nick { name } => Command::Nick(name),
-            Request::Who => Command::Who,
+            Request::Message { text, .. } => Command::Say(text),
+            Request::Nick { name, .. } => Command::Nick(name),
+            Request::Who { .. } => Command::Who,
+        }
+    }
+
+    /// The id the answer must carry.
+    pub fn id(&self) -> Option<&Str<'_>> {
+        match self {
+            Request::Message { id, .. } | Request::Nick { id, .. } | Request::Who { id } => {
+                id.as_ref()
+            }
         }
     }
 }
@@ -456,6 +572,33 @@ pub enum ClientError<'a> {
     },
     /// With `--redis`: the request needed Redis at a moment it was lost.
     LinkDown,
+    /// A message's text is over the largest size.
+    TooLong {
+        /// The limit, in bytes of text.
+        max_bytes: usize,
+    },
+    /// A message holds a control character other than tab or a line break.
+    ControlCharacter,
+}
+
+impl ClientError<'_> {
+    /// The error's machine-readable code, carried in JSON error events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::InvalidName { .. } => "invalid_name",
+            ClientError::NameTaken { .. } => "name_taken",
+            ClientError::UnknownCommand { .. } => "unknown_command",
+            ClientError::Usage { .. } => "usage",
+            ClientError::EmptyMessage => "empty",
+            ClientError::BinaryFrame => "binary",
+            ClientError::Malformed { .. } => "malformed",
+            ClientError::ResumeAhead { .. } => "resume_ahead",
+            ClientError::SlowDown { .. } => "slow_down",
+            ClientError::LinkDown => "link_down",
+            ClientError::TooLong { .. } => "too_long",
+            ClientError::ControlCharacter => "control_character",
+        }
+    }
 }
 
 /// `/help`'s answer.
@@ -465,7 +608,10 @@ pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the r
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Message { from, text, .. } => write!(f, "{from}: {text}"),
+            Event::Message { from, text, .. } => {
+                write!(f, "{from}: ")?;
+                write_one_line(f, text)
+            }
             Event::Join { name, .. } => write!(f, "* {name} joined"),
             Event::Leave { name, .. } => write!(f, "* {name} left"),
             Event::Nick { old, new, .. } => write!(f, "* {old} is now {new}"),
@@ -473,7 +619,7 @@ impl fmt::Display for Event<'_> {
                 f,
                 "* you are {name} in room {room}, {online} online; /help lists the commands"
             ),
-            Event::Who { room, count, names } => {
+            Event::Who { room, count, names, .. } => {
                 write!(f, "* {count} in {room}: {}", names.join(", "))?;
                 if *count > names.len() {
                     write!(f, ", and {} more", count - names.len())?;
@@ -492,7 +638,8 @@ impl fmt::Display for Event<'_> {
                 f.write_str("! missed an unknown number of messages: the room's history was reset")
             }
             Event::Notice { text } => write!(f, "* {text}"),
-            Event::Error { text } => write!(f, "! {text}"),
+            Event::Error { text, .. } => write!(f, "! {text}"),
+            Event::Ack { id, .. } => write!(f, "* done: {id}"),
         }
     }
 }
@@ -510,6 +657,13 @@ impl fmt::Display for ClientError<'_> {
             }
             ClientError::Usage { usage } => write!(f, "usage: {usage}"),
             ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
+            ClientError::TooLong { max_bytes } => {
+                write!(f, "message too long: at most {max_bytes} bytes; nothing was sent")
+            }
+            ClientError::ControlCharacter => f.write_str(
+                "messages may not hold control characters (tab and line breaks excepted); \
+                 nothing was sent",
+            ),
             ClientError::LinkDown => {
                 f.write_str("the link to the other nodes failed: nothing was done; try again")
             }

@@ -272,9 +272,9 @@ where
     S: futures_util::Sink<Message> + Unpin,
 {
     let request = match parse_command(line) {
-        Command::Say(text) => Request::Message { text: text.into() },
-        Command::Nick(name) => Request::Nick { name: name.into() },
-        Command::Who => Request::Who,
+        Command::Say(text) => Request::Message { text: text.into(), id: None },
+        Command::Nick(name) => Request::Nick { name: name.into(), id: None },
+        Command::Who => Request::Who { id: None },
         // The same answers the text protocol gives, without a round trip.
         local => {
             let event = match local {
