@@ -22,6 +22,8 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest `--max-message-bytes`.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
@@ -156,7 +158,7 @@ pub struct ServerConfig {
     /// Frames over twice this plus 1 KiB (room for JSON escapes) close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
-          value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
+          value_parser = clap::value_parser!(u32).range(1..=MAX_MESSAGE_BYTES_LIMIT as i64).map(|v| v as usize))]
     pub max_message_bytes: usize,
 
     /// Certificate chain (PEM) to serve `wss://` and `https://` with; needs
@@ -256,8 +258,10 @@ impl Default for ServerConfig {
 
 /// Default server URL of the client.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
-/// Longest stdin line the client sends; longer lines are refused locally.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Longest stdin line the client reads: the largest `--max-message-bytes`
+/// a server can have. Lines over the server's own limit, which it tells the
+/// client when it joins, are refused locally.
+pub const MAX_LINE_BYTES: usize = MAX_MESSAGE_BYTES_LIMIT;
 /// Lines typed in a terminal waiting to be sent.
 pub const LINE_QUEUE: usize = 64;
 
@@ -293,9 +297,31 @@ pub struct ClientConfig {
     #[arg(long, env = "CHAT_RETRIES")]
     pub retries: Option<u32>,
 
-    /// Seconds to wait, after stdin ends, for the echoes and the server's close.
+    /// Seconds to wait, after stdin ends, for the echoes and the server's
+    /// close; and, if the server is unreachable then, for it to come back
+    /// before giving up on the lines not sent.
     #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]
     pub linger: Duration,
+
+    /// Print each event as its JSON object, one per line (for `jq`), instead
+    /// of its text line.
+    #[arg(long, env = "CHAT_JSON")]
+    pub json: bool,
+
+    /// Print messages only: no welcome, history markers, joins, leaves or
+    /// notices (errors still go to stderr).
+    #[arg(short, long, env = "CHAT_QUIET")]
+    pub quiet: bool,
+
+    /// Keep printing what the room says after stdin ends, until the server
+    /// closes or you press Ctrl-C.
+    #[arg(short = 'n', long, env = "CHAT_NO_CLOSE")]
+    pub no_close: bool,
+
+    /// Accept any TLS certificate, for a server with a self-signed one;
+    /// anyone on the path can then read and change your chat. Warns on stderr.
+    #[arg(short = 'k', long, env = "CHAT_INSECURE")]
+    pub insecure: bool,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
