@@ -262,8 +262,13 @@ pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
 /// a server can have. Lines over the server's own limit, which it tells the
 /// client when it joins, are refused locally.
 pub const MAX_LINE_BYTES: usize = MAX_MESSAGE_BYTES_LIMIT;
-/// Lines typed in a terminal waiting to be sent.
+/// Lines read from stdin waiting to be sent, in the queue from the reading
+/// thread and again in the client while it is disconnected.
 pub const LINE_QUEUE: usize = 64;
+/// Lines sent and not answered yet: past it, the client waits for answers
+/// before sending more (each is kept until answered, to send it again if the
+/// server says `slow down`).
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// The client's first wait before reconnecting; each failed attempt doubles
 /// it, up to [`RECONNECT_MAX_DELAY`], and each wait is drawn at random between
@@ -274,6 +279,8 @@ pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Client flags.
 #[derive(Debug, Clone, Args)]
+// Each bool is a flag of its own, as websocat's are.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ClientConfig {
     /// Server to join; the path names the room (`ws://HOST:PORT/rust`).
     #[arg(env = "CHAT_URL", default_value = DEFAULT_URL)]

@@ -53,7 +53,7 @@ proptest! {
     #[test]
     fn json_requests_never_panic_and_any_text_round_trips(junk in any::<String>(), text in any::<String>()) {
         let _ = serde_json::from_str::<Request<'_>>(&junk);
-        let request = Request::Message { text: text.as_str().into() };
+        let request = Request::Message { text: text.as_str().into(), id: None };
         let json = serde_json::to_string(&request).expect("encodes");
         let decoded: Request<'_> = serde_json::from_str(&json).expect("decodes");
         prop_assert_eq!(decoded.command(), Command::Say(&text));
