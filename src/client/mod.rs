@@ -426,12 +426,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_escapes_control_and_invisible_characters() {
+    fn sanitize_escapes_controls_and_bidi_but_keeps_joiners() {
         assert_eq!(sanitize("plain text\twith tab"), "plain text\twith tab");
         assert_eq!(sanitize("\x1b[31mred"), "\\u{1b}[31mred");
         assert_eq!(sanitize("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(sanitize("abc\u{202E}txt"), "abc\\u{202e}txt");
         assert_eq!(sanitize("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(sanitize("x\u{2066}y\u{2069}"), "x\\u{2066}y\\u{2069}");
+        // Joiners and variation selectors are part of the text, not tricks.
+        assert_eq!(sanitize("👨\u{200D}👩\u{200D}👧"), "👨\u{200D}👩\u{200D}👧");
+        assert_eq!(sanitize("می\u{200C}خواهم"), "می\u{200C}خواهم");
+        assert_eq!(sanitize("❤\u{FE0F}"), "❤\u{FE0F}");
     }
 
     #[test]
