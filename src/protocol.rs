@@ -1,5 +1,6 @@
 //! The wire protocol, in one place: what a client's text frame asks for, the text
-//! frames the server sends, and the rules for names and rooms.
+//! frames the server sends, and the rules for rooms. The rules for names live
+//! in [`crate::names`]; the ones the protocol refers to are re-exported here.
 //!
 //! Every server frame is one line whose first characters say what it is:
 //! `NAME: TEXT` is a message (names never hold whitespace, so the first `": "`
@@ -13,10 +14,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
+// Re-exported: a refused name is part of the protocol's error events.
+pub use crate::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
+
 /// The room of the path `/`.
 pub const DEFAULT_ROOM: &str = "lobby";
-/// Longest name, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
 /// Most names a `/who` answer lists; the rest are counted.
 pub const MAX_WHO_NAMES: usize = 100;
 /// Longest room name, in characters.
@@ -84,60 +86,6 @@ pub fn parse_command(text: &str) -> Command<'_> {
         "help" => Command::Help,
         _ => Command::Unknown(name),
     }
-}
-
-/// Why a name or room name is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// Nothing was given.
-    #[error("it is empty")]
-    Empty,
-    /// Over the length limit.
-    #[error("it is longer than {max} characters")]
-    TooLong {
-        /// The limit, in characters.
-        max: usize,
-    },
-    /// Holds a space, tab or other whitespace.
-    #[error("it contains whitespace")]
-    Whitespace,
-    /// Holds a control character or an invisible formatting character
-    /// (bidirectional overrides, zero-width characters) that could disguise it.
-    #[error("it contains control or invisible formatting characters")]
-    Control,
-    /// A room name holds something other than letters, digits, `-`, `_` or `.`.
-    #[error("room names use only letters, digits, '-', '_' and '.'")]
-    RoomCharacter,
-}
-
-/// The key names are compared by: names with the same key look alike.
-/// (Stand-in until the Unicode rules land in `names`.)
-pub fn name_key(name: &str) -> String {
-    name.to_lowercase()
-}
-
-/// Bidirectional overrides and zero-width characters: text that displays as
-/// something other than what it is.
-pub fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, no whitespace, no
-/// control or invisible formatting characters.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(NameError::TooLong { max: MAX_NAME_CHARS });
-    }
-    if name.chars().any(char::is_whitespace) {
-        return Err(NameError::Whitespace);
-    }
-    if name.chars().any(|c| c.is_control() || is_invisible_format(c)) {
-        return Err(NameError::Control);
-    }
-    Ok(())
 }
 
 /// The room a request path names: `/` is [`DEFAULT_ROOM`], `/rust` is `rust`.
@@ -361,7 +309,11 @@ fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
         f.write_str(&rest[..at])?;
         f.write_char(LINE_BREAK_MARK)?;
         let after = &rest[at..];
-        let skip = if after.starts_with("\r\n") { 2 } else { after.chars().next().map_or(1, char::len_utf8) };
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else {
+            after.chars().next().map_or(1, char::len_utf8)
+        };
         rest = &after[skip..];
     }
     f.write_str(rest)
@@ -710,20 +662,6 @@ mod tests {
     }
 
     #[test]
-    fn names() {
-        assert_eq!(validate_name("alice"), Ok(()));
-        assert_eq!(validate_name("zoë_42"), Ok(()));
-        assert_eq!(validate_name(&"é".repeat(32)), Ok(()));
-        assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(validate_name(&"a".repeat(33)), Err(NameError::TooLong { max: 32 }));
-        assert_eq!(validate_name("a b"), Err(NameError::Whitespace));
-        assert_eq!(validate_name("a\u{3000}b"), Err(NameError::Whitespace));
-        assert_eq!(validate_name("a\u{1b}[31m"), Err(NameError::Control));
-        assert_eq!(validate_name("evil\u{202E}txt"), Err(NameError::Control));
-        assert_eq!(validate_name("a\u{200B}"), Err(NameError::Control));
-    }
-
-    #[test]
     fn rooms() {
         assert_eq!(room_from_path("/"), Ok("lobby"));
         assert_eq!(room_from_path(""), Ok("lobby"));
@@ -744,6 +682,8 @@ mod tests {
     }
 
     #[test]
+    // One table of every event: longer than a function should be, and clearer.
+    #[allow(clippy::too_many_lines)]
     fn every_event_round_trips_through_json_and_has_its_text_form() {
         let ts: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
         let room = || Str::from("lobby");
@@ -781,13 +721,20 @@ mod tests {
                     online: 2,
                     epoch: "e1".into(),
                     seq: 9,
+                    limits: Some(Limits { per_second: 20, burst: 50, max_bytes: 65536 }),
+                    session: Some("5ec".into()),
                 },
-                r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9}"#,
+                r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9,"limits":{"per_second":20,"burst":50,"max_bytes":65536},"session":"5ec"}"#,
                 "* you are bob in room lobby, 2 online; /help lists the commands",
             ),
             (
-                Event::Who { room: "r".into(), count: 5, names: vec!["a".into(), "b".into()] },
-                r#"{"type":"who","room":"r","count":5,"names":["a","b"]}"#,
+                Event::Who {
+                    room: "r".into(),
+                    count: 5,
+                    names: vec!["a".into(), "b".into()],
+                    id: Some("3".into()),
+                },
+                r#"{"type":"who","room":"r","count":5,"names":["a","b"],"id":"3"}"#,
                 "* 5 in r: a, b, and 3 more",
             ),
             (
@@ -822,8 +769,18 @@ mod tests {
             ),
             (
                 ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control }.into(),
-                r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"}"#,
-                "! invalid name \"a\\u{1b}\": it contains control or invisible formatting characters",
+                r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control characters","code":"invalid_name"}"#,
+                "! invalid name \"a\\u{1b}\": it contains control characters",
+            ),
+            (
+                Event::error_for(ClientError::TooLong { max_bytes: 9 }, Some("7".into())),
+                r#"{"type":"error","text":"message too long: at most 9 bytes; nothing was sent","code":"too_long","id":"7"}"#,
+                "! message too long: at most 9 bytes; nothing was sent",
+            ),
+            (
+                Event::Ack { id: "7".into(), seq: Some(12) },
+                r#"{"type":"ack","id":"7","seq":12}"#,
+                "* done: 7",
             ),
         ];
         for (event, json, text) in cases {
@@ -839,8 +796,54 @@ mod tests {
             online: 2,
             epoch: "e".into(),
             seq: 0,
+            limits: None,
+            session: None,
         };
         assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
+    }
+
+    #[test]
+    fn a_message_is_one_line_in_the_text_protocol_whatever_its_line_breaks() {
+        let ts: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
+        for (text, shown) in [
+            ("ok\nbob: send me your token", "mallory: ok\u{2424}bob: send me your token"),
+            (
+                "a\r\nb\rc\u{85}d\u{2028}e\u{2029}f",
+                "mallory: a\u{2424}b\u{2424}c\u{2424}d\u{2424}e\u{2424}f",
+            ),
+            ("\n\n", "mallory: \u{2424}\u{2424}"),
+            ("tab\tkept", "mallory: tab\tkept"),
+        ] {
+            let event = Event::Message {
+                room: "r".into(),
+                seq: 1,
+                from: "mallory".into(),
+                text: text.into(),
+                ts,
+            };
+            let line = event.to_string();
+            assert_eq!(line, shown);
+            assert!(!line.contains(is_line_break), "{line:?}");
+            // JSON carries the real text.
+            let json = event.encode_json();
+            let back: Event<'_> = serde_json::from_str(&json).unwrap();
+            assert!(matches!(back, Event::Message { text: t, .. } if t == text));
+        }
+    }
+
+    #[test]
+    fn message_text_is_checked_in_bytes_and_for_control_characters() {
+        assert_eq!(check_text("héllo", 6), Ok(()));
+        assert_eq!(check_text("héllo", 5), Err(ClientError::TooLong { max_bytes: 5 }));
+        assert_eq!(check_text("two\nlines\r\n\u{2028}", 100), Ok(()));
+        assert_eq!(check_text("tab\there", 100), Ok(()));
+        assert_eq!(check_text("👨\u{200d}👩\u{200d}👧 می\u{200c}خواهم", 100), Ok(()));
+        for bad in ["\u{1b}[2J", "a\u{0}", "del\u{7f}", "c1\u{9b}", "bell\u{7}"] {
+            assert_eq!(check_text(bad, 100), Err(ClientError::ControlCharacter), "{bad:?}");
+        }
+        for blank in ["", " ", "\t\n", "\u{3000}"] {
+            assert_eq!(check_text(blank, 100), Err(ClientError::EmptyMessage), "{blank:?}");
+        }
     }
 
     #[test]
@@ -850,6 +853,9 @@ mod tests {
         assert_eq!(request.command(), Command::Say("/who é"));
         let request = decode(r#"{"type":"nick","name":"bob","extra":1}"#).unwrap();
         assert_eq!(request.command(), Command::Nick("bob"));
+        assert_eq!(request.id(), None);
+        let request = decode(r#"{"type":"message","text":"hi","id":"42"}"#).unwrap();
+        assert_eq!(request.id().map(AsRef::as_ref), Some("42"));
         assert_eq!(decode(r#"{"type":"who"}"#).unwrap().command(), Command::Who);
         for bad in [r#"{"type":"shout","text":"x"}"#, r#"{"type":"message"}"#, "hello", "[1]", "{}"]
         {

@@ -226,8 +226,7 @@ async fn chat(
                                 .notice(&format!("the server closed the connection: {reason}"))?;
                             return Ok(());
                         }
-                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010 | REPLACED_CLOSE_CODE)
-                        {
+                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010 | REPLACED_CLOSE_CODE) {
                             // Our own fault, or our session went on elsewhere:
                             // coming back would not help.
                             return Err(Error::Closed { code, reason });
@@ -667,9 +666,7 @@ fn spawn_pipe_reader(tx: mpsc::Sender<String>, unsent: Arc<AtomicU64>) {
                 }
             }
             let line = if !buf.ends_with(b"\n") && buf.len() as u64 == limit {
-                eprintln!(
-                    "error: line {number} was not sent: it is over {MAX_LINE_BYTES} bytes"
-                );
+                eprintln!("error: line {number} was not sent: it is over {MAX_LINE_BYTES} bytes");
                 unsent.fetch_add(1, Ordering::Relaxed);
                 if skip_line(&mut stdin).is_err() {
                     return;
@@ -707,12 +704,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_escapes_control_and_invisible_characters() {
+    fn sanitize_escapes_controls_and_bidi_but_keeps_joiners() {
         assert_eq!(sanitize("plain text\twith tab"), "plain text\twith tab");
         assert_eq!(sanitize("\x1b[31mred"), "\\u{1b}[31mred");
         assert_eq!(sanitize("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(sanitize("abc\u{202E}txt"), "abc\\u{202e}txt");
         assert_eq!(sanitize("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(sanitize("x\u{2066}y\u{2069}"), "x\\u{2066}y\\u{2069}");
+        // Joiners and variation selectors are part of the text, not tricks.
+        assert_eq!(sanitize("👨\u{200D}👩\u{200D}👧"), "👨\u{200D}👩\u{200D}👧");
+        assert_eq!(sanitize("می\u{200C}خواهم"), "می\u{200C}خواهم");
+        assert_eq!(sanitize("❤\u{FE0F}"), "❤\u{FE0F}");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Where the client's output goes: stdout in a pipe, above the prompt in a
 //! terminal, with what could drive a terminal escaped.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::protocol::{Event, is_invisible_format, is_line_break};
+use crate::names::escape_for_display;
+use crate::protocol::{Event, is_line_break};
 
 /// How events are printed in a pipe.
 #[derive(Debug, Clone, Copy)]
@@ -128,24 +128,9 @@ fn dim(text: &str, color: bool) -> String {
     if color { format!("\x1b[2m{text}\x1b[0m") } else { text.to_owned() }
 }
 
-/// Escapes control characters (tab excepted) and invisible formatting
-/// characters, so that received text cannot move the cursor, recolour the
-/// terminal, break a line or disguise itself.
+/// Escapes what could drive a terminal or reorder what it shows (see
+/// [`escape_for_display`]), so that received text cannot move the cursor,
+/// recolour the terminal, break a line or disguise itself.
 pub fn sanitize(text: &str) -> String {
-    if !text.chars().any(needs_escape) {
-        return text.to_owned();
-    }
-    let mut safe = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if needs_escape(c) {
-            let _ = write!(safe, "{}", c.escape_unicode());
-        } else {
-            safe.push(c);
-        }
-    }
-    safe
-}
-
-fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\t') || is_invisible_format(c)
+    escape_for_display(text).into_owned()
 }
