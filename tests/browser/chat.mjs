@@ -5,8 +5,9 @@
 // messages stay together; the page counts unread messages in its title, offers
 // a way down to new messages, shows other days' dates, keeps its colours
 // readable, checks sizes against the welcome's limits and keeps its session
-// secret to itself; then the server restarts, lines typed meanwhile wait, and
-// the pages and the client come back by themselves. Run by tests/browser.rs,
+// secret to itself, using it to take its name back from a dead connection;
+// then the server restarts, lines typed meanwhile wait, and the pages and the
+// client come back by themselves. Run by tests/browser.rs,
 // which passes the paths below.
 //
 // Checks marked SPEC need the server side of spec/protocol14.md (limits,
@@ -343,6 +344,41 @@ try {
   const annTimes = await ann.locator("#messages li.message time").allTextContents();
   if (!annTimes.every((t) => /^\d\d:\d\d$/.test(t))) fail(`times of today: ${annTimes}`);
   await danContext.close();
+
+  // SPEC: a page whose connection died without the server noticing (cut
+  // here between page and server) comes back with its session secret and
+  // gets its name at once; the server retires the old connection with 4001
+  // and the room sees no leave or join.
+  const eveContext = await browser.newContext({ viewport: { width: 900, height: 560 } });
+  const eve = await eveContext.newPage();
+  eve.on("pageerror", (error) => fail(`page error: ${error}`));
+  const routes = [];
+  await eve.routeWebSocket(/\/garden\?/, (route) => {
+    const server = route.connectToServer();
+    // Either side's close stays on its side: the cut below leaves the
+    // server's end open, as a dead network does.
+    route.onClose(() => {});
+    const closed = new Promise((resolve) => server.onClose((code, reason) => resolve({ code, reason })));
+    routes.push({ route, server, closed });
+  });
+  await eve.goto(`${base}?name=eve`);
+  await connected(eve, "eve");
+  await ann.locator("#messages li.notice", { hasText: "eve joined" }).waitFor({ timeout: PATIENCE });
+  await routes[0].route.close({ code: 4000, reason: "cut" });
+  await spec("a page that lost its connection gets its name back at once", async () => {
+    await eve.locator("#state.offline").waitFor({ timeout: PATIENCE });
+    await connected(eve, "eve");
+    const retired = await Promise.race([routes[0].closed, new Promise((resolve) => setTimeout(resolve, PATIENCE, null))]);
+    must(retired?.code === 4001 && retired.reason === "replaced by a new connection", `the old connection ended with ${JSON.stringify(retired)}`);
+    await say(eve, "eve is back");
+    await sees(ann, "eve: eve is back");
+    const notices = await ann.locator("#messages li.notice").allTextContents();
+    must(notices.filter((n) => n.endsWith("eve joined")).length === 1 && !notices.some((n) => n.endsWith("eve left")),
+      `the room saw ${JSON.stringify(notices.filter((n) => n.includes("eve")))}`);
+  });
+  for (const { server } of routes) await server.close();
+  await ann.locator("#messages li.notice", { hasText: "eve left" }).waitFor({ timeout: PATIENCE });
+  await eveContext.close();
 
   // Scrolled up, new messages do not pull the view down but a button offers
   // the way down.
