@@ -316,6 +316,17 @@ try {
   await ben.keyboard.press("Escape");
   await ben.locator("#members").waitFor({ state: "hidden", timeout: PATIENCE });
   if ((await count.getAttribute("aria-expanded")) !== "false") fail("online button does not say the list is closed");
+  await count.click();
+  await ben.click("#close-members");
+  await ben.locator("#members").waitFor({ state: "hidden", timeout: PATIENCE });
+  // On a wide screen the list is a column from the start; the count hides
+  // and shows it.
+  if ((await ann.locator("#online").getAttribute("aria-expanded")) !== "true") fail("the desktop members column is not said to be open");
+  await ann.click("#online");
+  await ann.locator("#members").waitFor({ state: "hidden", timeout: PATIENCE });
+  await ann.click("#online");
+  await ann.locator("#members").waitFor({ state: "visible", timeout: PATIENCE });
+  await ann.focus("#input");
 
   // While the tab is hidden, the title counts unread messages.
   await setHidden(ann, true);
