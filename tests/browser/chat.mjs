@@ -228,7 +228,8 @@ try {
     secret = annWelcomes[0].session;
     must(/^[0-9a-f]{32}$/.test(secret ?? ""), `welcome: ${redacted(JSON.stringify(annWelcomes[0]))}`);
   });
-  if (secret) {
+  const keptSecret = async (secret) => {
+    if (!secret) return;
     const exposed = await ann.evaluate((secret) => {
       const stored = (store) => Object.keys(store).map((key) => key + "=" + store.getItem(key)).join(";");
       const fields = [...document.querySelectorAll("input, textarea")].map((field) => field.value).join(";");
@@ -237,7 +238,8 @@ try {
       return Object.keys(places).filter((place) => places[place].includes(secret));
     }, secret);
     if (exposed.length) fail(`the session secret shows in: ${exposed}`);
-  }
+  };
+  await keptSecret(secret);
 
   client = start(CHAT_CLIENT, [`ws://127.0.0.1:${port}/garden`, "--name", "carol"]);
   await client.waitFor((l) => l === "* carol joined", "join line");
@@ -519,6 +521,7 @@ try {
   const again = new URL(annSockets[beforeRestart]).searchParams;
   if (again.get("name") !== "ann" || !again.has("since") || !again.has("epoch")) fail(`reconnected with ${redacted(again)}`);
   await spec("the reconnection presents the session secret", async () => must(secret && again.get("session") === secret, `reconnected with ${redacted(again)}`));
+  for (const welcome of annWelcomes) await keptSecret(welcome.session);
 
   await say(ben, "after the restart");
   await sees(ann, "ben: after the restart");
