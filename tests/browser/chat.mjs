@@ -381,7 +381,7 @@ try {
   await spec("a page that lost its connection gets its name back at once", async () => {
     await eve.locator("#state.offline").waitFor({ timeout: PATIENCE });
     await connected(eve, "eve");
-    const retired = await Promise.race([routes[0].closed, new Promise((resolve) => setTimeout(resolve, PATIENCE, null))]);
+    const retired = await Promise.race([routes[0].closed, new Promise((resolve) => setTimeout(resolve, PATIENCE, null).unref())]);
     must(retired?.code === 4001 && retired.reason === "replaced by a new connection", `the old connection ended with ${JSON.stringify(retired)}`);
     await say(eve, "eve is back");
     await sees(ann, "eve: eve is back");
