@@ -63,7 +63,7 @@ async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
 }
 
 #[tokio::test]
-async fn client_escapes_control_characters_and_reports_the_server_closing() {
+async fn client_escapes_bidi_controls_keeps_one_line_and_reports_the_server_closing() {
     let mut server = TestServer::start().await;
     let mut alice = Peer::named(&server, "alice").await;
     let url = server.url("/?name=bob");
@@ -73,10 +73,12 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     assert_eq!(line(&mut stdout).await, "* bob joined");
     alice.expect("* bob joined").await;
 
-    alice.send("\x1b]0;pwned\x07\x1b[2J\u{202E}olleh\nfake: line").await;
+    // The server refuses control characters; what remains to disguise text
+    // (bidirectional controls) is escaped, and a line break stays in the line.
+    alice.send("\u{202E}olleh\u{2066}x\nfake: line 👨\u{200d}👩\u{200d}👧").await;
     assert_eq!(
         line(&mut stdout).await,
-        "alice: \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}olleh\\u{a}fake: line"
+        "alice: \\u{202e}olleh\\u{2066}x\u{2424}fake: line 👨\u{200d}👩\u{200d}👧"
     );
 
     // Keep stdin open: `wait` would close it, and the client would then be
