@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
-use tokio_websockets::{CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
+use tokio_rustls::TlsConnector;
+use tokio_websockets::{CloseCode, Message};
 use tracing::debug;
 
 mod connect;
@@ -39,7 +39,7 @@ use crate::config::{
     ClientConfig, LINE_QUEUE, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
 use crate::protocol::{ClientError, Command, Event, HELP, Request, parse_command};
-use connect::{connect, describe, describe_code};
+use connect::{Socket, connect, describe, describe_code, tls_connector};
 use output::Output;
 use terminal::spawn_editor;
 
@@ -64,6 +64,9 @@ pub enum Error {
         /// Whether trying again later may work: the server is down,
         /// restarting or full.
         temporary: bool,
+        /// How long the server asked us to wait (`Retry-After` of a 429 or
+        /// 503), as given: not capped.
+        retry_after: Option<Duration>,
     },
     /// The connection broke without a Close frame.
     #[error("connection to {url} lost: {cause}")]
@@ -89,8 +92,6 @@ pub enum Error {
     Tls(#[from] crate::tls::TlsError),
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// What the client knows of its place in the room, to come back to it.
 #[derive(Debug, Default)]
 struct Session {
@@ -108,7 +109,7 @@ struct Session {
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
     // Checked once, before anything else.
     chat_uri(&config.url, config.name.as_deref(), None)?;
-    let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
+    let tls = tls_connector(&config)?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let (output, input) = if interactive {
@@ -135,7 +136,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 /// Connects, and reconnects while the connection is lost, until the end.
 async fn chat(
     config: &ClientConfig,
-    tls: &Connector,
+    tls: &TlsConnector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
     output: &RefCell<Output>,
