@@ -289,6 +289,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
 /// The longest wait between two reconnection attempts.
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` the client obeys before reconnecting.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 
 /// Client flags.
 #[derive(Debug, Clone, Args)]

@@ -50,7 +50,10 @@ async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 404\n")
+        format!(
+            "error: cannot connect to {url}: the server refused the upgrade with HTTP 404: \
+             no such room \"/no/such/room\": room names use only letters, digits, '-', '_' and '.'\n"
+        )
     );
 
     let (code, _, stderr) = run(CLIENT, &["http://example.com/"], "").await;
@@ -212,7 +215,10 @@ async fn client_presents_its_token() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 401\n")
+        format!(
+            "error: cannot connect to {url}: the server refused the upgrade with HTTP 401: \
+             a valid token is required: Authorization: Bearer TOKEN, or ?token=\n"
+        )
     );
     server.stop().await;
 }

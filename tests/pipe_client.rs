@@ -13,7 +13,7 @@ use tokio::time::timeout;
 async fn a_hundred_piped_lines_all_arrive_in_order_within_the_default_rate_limit() {
     let server = TestServer::start().await;
     let mut watcher = Peer::named(&server, "watcher").await;
-    let input: String = (1..=100).map(|n| format!("line {n}\n")).collect();
+    let input = (1..=100).map(|n| format!("line {n}")).collect::<Vec<_>>().join("\n") + "\n";
     let url = server.url("/?name=piper");
     let (code, stdout, stderr) = run(CLIENT, &[&url], &input).await;
     watcher.expect("* piper joined").await;

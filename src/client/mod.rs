@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tokio_websockets::{CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
+use tokio_rustls::TlsConnector;
+use tokio_websockets::{CloseCode, Message};
 use tracing::debug;
 
 mod connect;
@@ -46,13 +46,13 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::config::{
-    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY,
-    RECONNECT_MAX_DELAY,
+    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
+    RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
 use crate::protocol::{
     ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
 };
-use connect::{connect, describe, describe_code};
+use connect::{Socket, connect, describe, describe_code, tls_connector};
 use output::{Output, Style};
 use terminal::spawn_editor;
 
@@ -77,6 +77,9 @@ pub enum Error {
         /// Whether trying again later may work: the server is down,
         /// restarting or full.
         temporary: bool,
+        /// How long the server asked us to wait (`Retry-After` of a 429 or
+        /// 503), as given: not capped.
+        retry_after: Option<Duration>,
     },
     /// The connection broke without a Close frame.
     #[error("connection to {url} lost: {cause}")]
@@ -124,8 +127,6 @@ impl Error {
 /// Exit code when some lines were not sent.
 pub const EXIT_UNSENT: u8 = 3;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// What the client knows of its place in the room, to come back to it.
 #[derive(Debug, Default)]
 struct Session {
@@ -163,10 +164,7 @@ struct Lines {
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
     // Checked once, before anything else.
     chat_uri(&config.url, config.name.as_deref(), None, None)?;
-    if config.insecure {
-        eprintln!("warning: --insecure: the server's certificate is not checked");
-    }
-    let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
+    let tls = tls_connector(&config)?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let unsent = Arc::new(AtomicU64::new(0));
@@ -201,7 +199,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 /// Connects, and reconnects while the connection is lost, until the end.
 async fn chat(
     config: &ClientConfig,
-    tls: &Connector,
+    tls: &TlsConnector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
     state: &RefCell<Lines>,
@@ -246,7 +244,13 @@ async fn chat(
             return Err(failure);
         }
         failures += 1;
-        let delay = backoff(failures);
+        // A server that says when to come back is believed, within reason.
+        let delay = match &failure {
+            Error::Connect { retry_after: Some(after), .. } => {
+                backoff(failures).max((*after).min(MAX_RETRY_AFTER))
+            }
+            _ => backoff(failures),
+        };
         output
             .borrow_mut()
             .notice(&format!("{failure}; reconnecting in {:.1} s", delay.as_secs_f64()))?;
