@@ -76,7 +76,7 @@ async fn a_json_client_gets_every_event_as_json_and_chats_with_text_clients() {
     send_json(&mut bob, json!({"type": "nick", "name": "alice"})).await;
     assert_eq!(
         next_json(&mut bob).await,
-        json!({"type": "error", "text": "name \"alice\" is taken"})
+        json!({"type": "error", "text": "name \"alice\" is taken", "code": "name_taken"})
     );
 
     alice.close().await;

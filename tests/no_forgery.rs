@@ -63,6 +63,7 @@ async fn control_characters_are_refused_and_tab_is_kept() {
 async fn look_alike_names_cannot_be_held_together() {
     let server = TestServer::start().await;
     let mut alice = Peer::named(&server, "alice").await;
+    let mut kept = Vec::new();
     for name in ["Alice", "ALICE", "%D0%B0lice", "%EF%BD%81%EF%BD%8C%EF%BD%89%EF%BD%83%EF%BD%85"] {
         let mut ws = connect(&server.url(&format!("/?name={name}"))).await;
         let refused = next_text(&mut ws).await;
@@ -71,6 +72,7 @@ async fn look_alike_names_cannot_be_held_together() {
         let given = chat::protocol::parse_welcome(&welcome).expect("a welcome").to_owned();
         assert!(given.starts_with("127.0.0.1:"), "{name} got {given}");
         alice.expect(&format!("* {given} joined")).await;
+        kept.push(ws);
     }
     // Renaming into a look-alike is refused too; changing one's own case is not.
     let mut bob = Peer::named(&server, "bob").await;
