@@ -111,23 +111,31 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
-    let (output, input) = if interactive {
-        let (printer, thread) = spawn_editor(tx)?;
-        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(thread))
+    let (output, editor) = if interactive {
+        let (printer, editor) = spawn_editor(tx)?;
+        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(editor))
     } else {
         spawn_pipe_reader(tx);
         (Output::Pipe, None)
     };
     let output = RefCell::new(output);
     let mut session = Session { name: config.name.clone(), ..Session::default() };
+    let mut pending = None;
 
-    let result = chat(&config, &tls, &mut session, &mut lines, &output).await;
-    drop(lines);
-    if let Some(thread) = input {
-        // The editor holds the terminal in raw mode: let it finish its line so
-        // it can restore the terminal before we exit.
-        let _ = output.borrow_mut().notice("connection closed; press Enter to exit");
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let Some(mut editor) = editor else {
+        return chat(&config, &tls, &mut session, &mut lines, &mut pending, &output).await;
+    };
+    // Quitting is watched apart from the lines, so it works in every state:
+    // connecting, waiting to reconnect, or with the line queue full.
+    let result = tokio::select! {
+        result = chat(&config, &tls, &mut session, &mut lines, &mut pending, &output) => result,
+        () = editor.quit_requested() => Ok(()),
+    };
+    // The editor's thread may still hold the terminal in raw mode: it is left
+    // blocked in its read, and ends with the process.
+    editor.restore();
+    if let Some(line) = editor.not_sent(lines.len() + usize::from(pending.is_some())) {
+        eprintln!("{line}");
     }
     result
 }
@@ -138,11 +146,11 @@ async fn chat(
     tls: &Connector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
-    output: &RefCell<Output>,
-) -> Result<(), Error> {
     // A line read but not sent yet (typed while disconnected, or cut off),
     // sent first once connected again.
-    let mut pending: Option<String> = None;
+    pending: &mut Option<String>,
+    output: &RefCell<Output>,
+) -> Result<(), Error> {
     let mut failures = 0;
     let mut connected_once = false;
     loop {
@@ -150,7 +158,7 @@ async fn chat(
             Ok(ws) => {
                 connected_once = true;
                 failures = 0;
-                match converse(ws, config, session, lines, &mut pending, output).await {
+                match converse(ws, config, session, lines, pending, output).await {
                     Ended::Quit => return Ok(()),
                     Ended::Closed { code, reason } => {
                         let reason = if reason.is_empty() { describe_code(code) } else { reason };
@@ -190,7 +198,7 @@ async fn chat(
             tokio::select! {
                 () = &mut wait => break,
                 line = lines.recv() => match line {
-                    Some(line) => pending = Some(line),
+                    Some(line) => *pending = Some(line),
                     None => return Ok(()),
                 },
             }
