@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::hub::{Hub, lock};
 use crate::metrics::Metrics;
-use crate::protocol::{MAX_WHO_NAMES, now};
+use crate::protocol::{MAX_WHO_NAMES, name_key, now};
 
 /// How often a node renews its heartbeat key, removes departed nodes' clients
 /// from its rooms and sends large rooms their presence summaries.
@@ -96,6 +96,36 @@ impl std::fmt::Debug for Cluster {
 
 /// What the join script returns.
 type JoinScriptReply = (String, u8, usize, String, u64, u64, Vec<String>);
+
+/// Fallback names a join offers the script (`ADDR`, `ADDR~2`, …): more are
+/// needed only if that many people took look-alikes of one address as names.
+pub const FALLBACK_CANDIDATES: usize = 8;
+
+/// What a client asks for when it joins.
+#[derive(Debug)]
+pub struct Join<'a> {
+    /// The name it asks for (valid), with its key.
+    pub requested: Option<(&'a str, String)>,
+    /// The session secret it came back with, if any.
+    pub presented: Option<&'a str>,
+    /// Its new session secret.
+    pub session: &'a str,
+    /// Names to fall back on, in order, with their keys.
+    pub candidates: &'a [(String, String)],
+}
+
+/// Published when a returning session took its name back: the node holding
+/// the old connection retires it.
+#[derive(Debug, serde::Deserialize)]
+pub struct Retire<'a> {
+    /// The name's key.
+    #[serde(borrow)]
+    pub key: crate::protocol::Str<'a>,
+    /// The node the session returned to, which retires its own old
+    /// connection itself.
+    #[serde(borrow)]
+    pub node: crate::protocol::Str<'a>,
+}
 /// What the rejoin script returns.
 type RejoinScriptReply = (usize, String, u64, u64, Vec<String>);
 
@@ -261,13 +291,17 @@ impl Cluster {
     pub async fn join(
         &self,
         room: &str,
-        requested: Option<&str>,
-        fallback: &str,
+        join: &Join<'_>,
         presence_limit: usize,
     ) -> Result<JoinReply, ClusterError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.join, room, presence_limit);
-        invocation.arg(requested.unwrap_or_default()).arg(fallback).arg(new_epoch());
+        let (name, key) = join.requested.as_ref().map_or(("", ""), |(n, k)| (*n, k.as_str()));
+        invocation.arg(name).arg(key).arg(join.presented.unwrap_or_default());
+        invocation.arg(join.session).arg(new_epoch());
+        for (name, key) in join.candidates {
+            invocation.arg(name).arg(key);
+        }
         let (name, taken, online, epoch, seq, first, history): JoinScriptReply =
             invocation.invoke_async(&mut commands).await?;
         Ok(JoinReply {
@@ -286,25 +320,34 @@ impl Cluster {
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
-    /// Renames a client; `false` if the new name is held.
-    pub async fn rename(&self, room: &str, old: &str, new: &str) -> Result<bool, ClusterError> {
+    /// Renames a client of session `session`; `false` if the new name (or
+    /// one that looks like it) is held.
+    pub async fn rename(
+        &self,
+        room: &str,
+        old: &str,
+        new: &str,
+        session: &str,
+    ) -> Result<bool, ClusterError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.rename, room, 0);
-        invocation.arg(old).arg(new);
+        invocation.arg(name_key(old)).arg(session).arg(new).arg(name_key(new)).arg(old);
         let renamed: u8 = invocation.invoke_async(&mut commands).await?;
         Ok(renamed == 1)
     }
 
-    /// Releases a client's name and announces its departure.
+    /// Releases the name of key `key`, if session `session` of this node
+    /// still holds it, and announces its departure.
     pub async fn leave(
         &self,
         room: &str,
-        name: &str,
+        key: &str,
+        session: &str,
         presence_limit: usize,
     ) -> Result<(), ClusterError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.leave, room, presence_limit);
-        invocation.arg(name);
+        invocation.arg(key).arg(session);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
@@ -426,8 +469,8 @@ impl Cluster {
         for (room, names) in hub.rooms_and_names() {
             let mut invocation = self.invoke(&self.scripts.rejoin, &room, hub.presence_limit());
             invocation.arg(new_epoch());
-            for name in &names {
-                invocation.arg(name);
+            for holder in &names {
+                invocation.arg(&holder[..]);
             }
             let (clashes, epoch, seq, first, history): RejoinScriptReply =
                 invocation.invoke_async(&mut commands).await?;

@@ -3,7 +3,6 @@
 //!
 //! Flags are parsed and checked once here; the rest of the crate trusts them.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +11,8 @@ use clap::Args;
 use crate::limit::RateLimit;
 use clap::builder::TypedValueParser as _;
 
+/// Default `--host`.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
 pub const DEFAULT_MAX_LAG: usize = 1024;
 /// Default `--history`: messages a room keeps for those who join later.
@@ -22,6 +23,8 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest `--max-message-bytes`.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
@@ -43,6 +46,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
 /// the same time; further ones are closed without an answer.
 pub const MAX_PENDING_REFUSALS: usize = 64;
+/// Bytes a frame may hold beyond twice `--max-message-bytes`: the JSON
+/// request around the text.
+pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// A connection must finish its HTTP upgrade within this time (slowloris guard).
@@ -67,9 +73,11 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Server flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
-    /// Address to listen on.
-    #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    /// Address or host name to listen on (`localhost` binds its first
+    /// address).
+    #[arg(long, env = "CHAT_HOST", default_value = DEFAULT_HOST,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub host: String,
 
     /// Port to listen on; 0 picks a free one.
     #[arg(long, env = "CHAT_PORT", default_value_t = 8080)]
@@ -144,14 +152,17 @@ pub struct ServerConfig {
     pub allow_origin: Vec<String>,
 
     /// A shared secret every client must present (`Authorization: Bearer`, or
-    /// `?token=` from a browser); others get HTTP 401. Never logged.
+    /// `?token=` from a browser); others get HTTP 401. Never logged. An
+    /// empty one is refused: it would lock everyone out.
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Largest message a client may send, in bytes; larger frames close the
+    /// Largest message a client may send, in UTF-8 bytes of its text; a
+    /// longer one is refused with an error and the connection stays up.
+    /// Frames over twice this plus 1 KiB (room for JSON escapes) close the
     /// connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
-          value_parser = clap::value_parser!(u32).range(1..=16 * 1024 * 1024).map(|v| v as usize))]
+          value_parser = clap::value_parser!(u32).range(1..=MAX_MESSAGE_BYTES_LIMIT as i64).map(|v| v as usize))]
     pub max_message_bytes: usize,
 
     /// Certificate chain (PEM) to serve `wss://` and `https://` with; needs
@@ -184,6 +195,17 @@ pub struct ConnectionLimits {
     pub batch_window: Duration,
     /// How much the client may send.
     pub rate: RateLimit,
+    /// Largest message text, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// An empty `--token` (often `CHAT_TOKEN=` left in an environment file)
+/// would make every client need an empty token: refused, not obeyed.
+pub fn check_token(token: Option<&str>) -> Result<(), &'static str> {
+    match token {
+        Some("") => Err("--token (CHAT_TOKEN) is empty: give the secret, or unset it"),
+        _ => Ok(()),
+    }
 }
 
 impl ServerConfig {
@@ -200,14 +222,31 @@ impl ServerConfig {
             slow_client: self.slow_client_timeout,
             batch_window: self.batch_window,
             rate: self.rate_limit(),
+            max_message_bytes: self.max_message_bytes,
         }
+    }
+
+    /// What clients are told of these limits in their welcome.
+    pub fn wire_limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            per_second: self.rate_limit,
+            burst: self.burst,
+            max_bytes: self.max_message_bytes,
+        }
+    }
+
+    /// Largest frame read: a message's text at its largest, with room for
+    /// JSON's escapes of quotes and backslashes (control characters, which
+    /// JSON escapes to six bytes, are refused anyway).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_message_bytes * 2 + FRAME_OVERHEAD
     }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            host: IpAddr::from([127, 0, 0, 1]),
+            host: DEFAULT_HOST.to_owned(),
             port: 8080,
             max_lag: DEFAULT_MAX_LAG,
             presence_limit: DEFAULT_PRESENCE_LIMIT,
@@ -232,10 +271,17 @@ impl Default for ServerConfig {
 
 /// Default server URL of the client.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
-/// Longest stdin line the client sends; longer lines are refused locally.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-/// Lines typed in a terminal waiting to be sent.
+/// Longest stdin line the client reads: the largest `--max-message-bytes`
+/// a server can have. Lines over the server's own limit, which it tells the
+/// client when it joins, are refused locally.
+pub const MAX_LINE_BYTES: usize = MAX_MESSAGE_BYTES_LIMIT;
+/// Lines read from stdin waiting to be sent, in the queue from the reading
+/// thread and again in the client while it is disconnected.
 pub const LINE_QUEUE: usize = 64;
+/// Lines sent and not answered yet: past it, the client waits for answers
+/// before sending more (each is kept until answered, to send it again if the
+/// server says `slow down`).
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// The client's first wait before reconnecting; each failed attempt doubles
 /// it, up to [`RECONNECT_MAX_DELAY`], and each wait is drawn at random between
@@ -246,6 +292,8 @@ pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Client flags.
 #[derive(Debug, Clone, Args)]
+// Each bool is a flag of its own, as websocat's are.
+#[allow(clippy::struct_excessive_bools)]
 pub struct ClientConfig {
     /// Server to join; the path names the room (`ws://HOST:PORT/rust`).
     #[arg(env = "CHAT_URL", default_value = DEFAULT_URL)]
@@ -269,9 +317,31 @@ pub struct ClientConfig {
     #[arg(long, env = "CHAT_RETRIES")]
     pub retries: Option<u32>,
 
-    /// Seconds to wait, after stdin ends, for the echoes and the server's close.
+    /// Seconds to wait, after stdin ends, for the echoes and the server's
+    /// close; and, if the server is unreachable then, for it to come back
+    /// before giving up on the lines not sent.
     #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]
     pub linger: Duration,
+
+    /// Print each event as its JSON object, one per line (for `jq`), instead
+    /// of its text line.
+    #[arg(long, env = "CHAT_JSON")]
+    pub json: bool,
+
+    /// Print messages only: no welcome, history markers, joins, leaves or
+    /// notices (errors still go to stderr).
+    #[arg(short, long, env = "CHAT_QUIET")]
+    pub quiet: bool,
+
+    /// Keep printing what the room says after stdin ends, until the server
+    /// closes or you press Ctrl-C.
+    #[arg(short = 'n', long, env = "CHAT_NO_CLOSE")]
+    pub no_close: bool,
+
+    /// Accept any TLS certificate, for a server with a self-signed one;
+    /// anyone on the path can then read and change your chat. Warns on stderr.
+    #[arg(short = 'k', long, env = "CHAT_INSECURE")]
+    pub insecure: bool,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -32,7 +32,11 @@ use crate::config::{BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
 use crate::hub::{Ack, Joined, Member, Outbound, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::{Metrics, Reason};
-use crate::protocol::{ClientError, Command, Event, Frame, HELP, Protocol, Request, parse_command};
+use crate::protocol::{
+    ClientError, Command, Event, Frame, HELP, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
+    check_text, parse_command,
+};
+
 use crate::wire::{Outgoing, Wire};
 
 /// How a connection ended.
@@ -50,6 +54,9 @@ pub enum End {
     TooSlow,
     /// The client kept sending over the rate limit past the grace.
     Flood,
+    /// The same session joined again from a new connection, which took
+    /// this one's name.
+    Replaced,
 }
 
 /// What a connection is given besides its socket and its membership.
@@ -114,11 +121,13 @@ where
         last_heard: AtomicU64::new(0),
     };
     let (mut sink, mut stream) = ws.split();
+    let retirement = joined.member.retirement();
 
     let end = tokio::select! {
         end = read(&shared, &mut joined.member, &mut stream) => end,
         end = write(&shared, &mut joined.rx, &mut sink) => end,
         end = ping(&shared) => end,
+        () = retirement.notified() => End::Replaced,
         () = setup.shutdown.cancelled() => End::Shutdown,
     };
 
@@ -154,6 +163,10 @@ where
             warn!("closed: flooding");
             "flood"
         }
+        End::Replaced => {
+            info!("replaced by the same session's new connection");
+            "replaced"
+        }
     };
     setup.metrics.connections.dec();
     setup.metrics.closed.get_or_create(&Reason { reason }).inc();
@@ -168,7 +181,7 @@ async fn read<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Setup { protocol, ref limits, ref metrics, .. } = *shared.setup;
+    let Setup { ref limits, ref metrics, .. } = *shared.setup;
     let mut bucket = Bucket::new(limits.rate, Instant::now());
     loop {
         let frame = match stream.next().await {
@@ -191,14 +204,18 @@ where
         }
         metrics.messages_received.inc();
         metrics.bytes_received.inc_by(frame.as_payload().len() as u64);
-        let ack = match on_frame(member, &frame, protocol, &mut bucket, now, &shared.outbox).await {
-            Ok(ack) => ack,
+        let done = match on_frame(member, &frame, shared, &mut bucket, now).await {
+            Ok(done) => done,
             Err(end) => return end,
         };
         // Whatever this frame caused is queued before the next is read, so
         // a client that does not read its answers is not read either.
         shared.wake_writer.notify_one();
-        fed_up_to(ack, shared).await;
+        fed_up_to(done.wait, shared).await;
+        if let Some(ack) = done.then {
+            push(&shared.outbox, ack);
+            shared.wake_writer.notify_one();
+        }
     }
 }
 
@@ -402,8 +419,28 @@ where
             let reason = format!("max length: {max_len}");
             let _ = ws.send(Message::close(Some(CloseCode::MESSAGE_TOO_BIG), &reason)).await;
         }
+        End::Replaced => {
+            if ws.flush().await.is_ok() {
+                // 4001 is in the range RFC 6455 leaves to applications.
+                let code = CloseCode::try_from(REPLACED_CLOSE_CODE).ok();
+                let close = Message::close(code, "replaced by a new connection");
+                let _ = ws.send(close).await;
+            }
+        }
         End::Closed | End::Error(_) => {}
     }
+}
+
+/// What a client's frame must be followed by before its next one is read.
+struct Done {
+    /// The room's frame that must be fed first (its echo, its notice).
+    wait: Ack,
+    /// Then this frame for the client only: the ack of a request with an id.
+    then: Option<Frame>,
+}
+
+impl Done {
+    const NOTHING: Self = Self { wait: Ack::None, then: None };
 }
 
 /// Takes one text or binary frame, within the rate limit; returns what the
@@ -411,69 +448,96 @@ where
 async fn on_frame(
     member: &mut Member,
     frame: &Message,
-    protocol: Protocol,
+    shared: &Shared<'_>,
     bucket: &mut Bucket,
     now: Instant,
-    outbox: &Outbox,
-) -> Result<Ack, End> {
-    match bucket.check(now) {
-        Verdict::Close => Err(End::Flood),
-        Verdict::Drop => {
-            let per_second = bucket.limit().per_second;
-            push(outbox, error(ClientError::SlowDown { per_second }, protocol));
-            Ok(Ack::None)
-        }
-        Verdict::Allow => {
-            let answer = match (frame.as_text(), protocol) {
-                (None, _) => ClientError::BinaryFrame,
-                (Some(text), Protocol::Text) => {
-                    return Ok(act(member, parse_command(text), protocol, outbox).await);
-                }
-                (Some(text), Protocol::Json) => match serde_json::from_str::<Request<'_>>(text) {
-                    Ok(request) => {
-                        return Ok(act(member, request.command(), protocol, outbox).await);
-                    }
-                    Err(malformed) => {
-                        let reason = malformed.to_string();
-                        push(outbox, error(ClientError::Malformed { reason: &reason }, protocol));
-                        return Ok(Ack::None);
-                    }
-                },
-            };
-            push(outbox, error(answer, protocol));
-            Ok(Ack::None)
-        }
+) -> Result<Done, End> {
+    let Setup { protocol, ref limits, .. } = *shared.setup;
+    let outbox = &shared.outbox;
+    let verdict = bucket.check(now);
+    if verdict == Verdict::Close {
+        return Err(End::Flood);
     }
+    let Some(text) = frame.as_text() else {
+        push(outbox, error(ClientError::BinaryFrame, None, protocol));
+        return Ok(Done::NOTHING);
+    };
+    let request;
+    let (command, id) = match protocol {
+        Protocol::Text => (parse_command(text), None),
+        Protocol::Json => {
+            request = match serde_json::from_str::<Request<'_>>(text) {
+                Ok(request) if request.id().is_some_and(|id| id.len() > MAX_ID_BYTES) => {
+                    let reason = format!("id is longer than {MAX_ID_BYTES} bytes");
+                    push(outbox, error(ClientError::Malformed { reason: &reason }, None, protocol));
+                    return Ok(Done::NOTHING);
+                }
+                Ok(request) => request,
+                Err(malformed) => {
+                    let reason = malformed.to_string();
+                    push(outbox, error(ClientError::Malformed { reason: &reason }, None, protocol));
+                    return Ok(Done::NOTHING);
+                }
+            };
+            (request.command(), request.id().map(AsRef::as_ref))
+        }
+    };
+    if verdict == Verdict::Drop {
+        let per_second = bucket.limit().per_second;
+        push(outbox, error(ClientError::SlowDown { per_second }, id, protocol));
+        return Ok(Done::NOTHING);
+    }
+    Ok(act(member, command, id, limits.max_message_bytes, protocol, outbox).await)
 }
 
-/// Acts on one command; returns what the client must be fed before its next
-/// frame is read ([`Ack::None`] when the answer is in the outbox).
+/// Acts on one command of the request `id`; returns what the client must be
+/// fed before its next frame is read (nothing when the answer is in the
+/// outbox already).
 async fn act(
     member: &mut Member,
     command: Command<'_>,
+    id: Option<&str>,
+    max_bytes: usize,
     protocol: Protocol,
     outbox: &Outbox,
-) -> Ack {
-    let error = |e| error(e, protocol);
-    let result = match command {
-        Command::Say(message) => member.say(message).await.map_err(error),
-        Command::Nick(name) => {
-            let renamed = member.rename(name).await.map_err(error);
-            if renamed.is_ok() {
-                tracing::Span::current().record("name", member.name());
-            }
-            renamed
-        }
-        Command::Who => Err(member.who().await.encode(protocol)),
-        Command::Help => Err(Event::Notice { text: HELP.into() }.encode(protocol)),
-        Command::MissingArgument(usage) => Err(error(ClientError::Usage { usage })),
-        Command::Unknown(command) => Err(error(ClientError::UnknownCommand { command })),
+) -> Done {
+    let refuse = |refusal: ClientError<'_>| {
+        push(outbox, error(refusal, id, protocol));
+        Done::NOTHING
     };
-    // An Err here is a frame for this client only.
-    result.unwrap_or_else(|answer| {
-        push(outbox, answer);
-        Ack::None
-    })
+    let ack = |seq| id.map(|id| Event::Ack { id: id.into(), seq }.encode(protocol));
+    match command {
+        Command::Say(message) => {
+            if let Err(refusal) = check_text(message, max_bytes) {
+                return refuse(refusal);
+            }
+            match member.say(message).await {
+                Ok((wait, seq)) => Done { wait, then: ack(seq) },
+                Err(refusal) => refuse(refusal),
+            }
+        }
+        Command::Nick(name) => match member.rename(name).await {
+            Ok(wait) => {
+                tracing::Span::current().record("name", member.name());
+                Done { wait, then: ack(None) }
+            }
+            Err(refusal) => refuse(refusal),
+        },
+        Command::Who => {
+            let mut who = member.who().await;
+            if let Event::Who { id: answer_id, .. } = &mut who {
+                *answer_id = id.map(|id| id.to_owned().into());
+            }
+            push(outbox, who.encode(protocol));
+            Done::NOTHING
+        }
+        Command::Help => {
+            push(outbox, Event::Notice { text: HELP.into() }.encode(protocol));
+            Done::NOTHING
+        }
+        Command::MissingArgument(usage) => refuse(ClientError::Usage { usage }),
+        Command::Unknown(command) => refuse(ClientError::UnknownCommand { command }),
+    }
 }
 
 /// Frames for this client only, waiting for the writer.
@@ -523,6 +587,7 @@ fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Frame {
     Event::Missed { count: Some(count) }.encode(protocol)
 }
 
-fn error(error: ClientError<'_>, protocol: Protocol) -> Frame {
-    Event::from(error).encode(protocol)
+/// An error for this client, answering the request `id`.
+fn error(error: ClientError<'_>, id: Option<&str>, protocol: Protocol) -> Frame {
+    Event::error_for(error, id.map(Into::into)).encode(protocol)
 }

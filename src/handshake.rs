@@ -165,6 +165,7 @@ fn route(
         name: name_from_query(query),
         resume: resume(query)?,
         protocol: if json { Protocol::Json } else { Protocol::Text },
+        session: query_param(query, "session"),
     })
 }
 

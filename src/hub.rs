@@ -13,17 +13,17 @@
 //! what Redis publishes ([`Hub::deliver`]). While the link is down, the hub
 //! relays its own clients' messages among themselves (degraded mode).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use tracing::warn;
 
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Frame, MAX_WHO_NAMES, Phase, Protocol, Resume, Str, now,
-    validate_name,
+    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
+    name_key, now, validate_name,
 };
 
 /// What a client is told when the cluster link goes down.
@@ -118,6 +118,8 @@ pub struct Hub {
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
     presence_limit: usize,
+    /// What clients may send, told in their welcome.
+    limits: Limits,
     /// The link to the other nodes, with `--redis`.
     cluster: Option<Arc<Cluster>>,
 }
@@ -138,8 +140,9 @@ struct RoomState {
     epoch: String,
     /// Clients holding a [`Member`] of this room, joining ones included.
     members: usize,
-    /// Names of this node's clients.
-    names: HashSet<String>,
+    /// Names of this node's clients, by [`name_key`]: names that look
+    /// alike have the same key, so only one of them can be held.
+    names: HashMap<String, Holder>,
     speakers: Speakers,
     pos: u64,
     /// The last message's number (the last delivered, with `--redis`).
@@ -149,6 +152,38 @@ struct RoomState {
     left: u64,
     /// The last messages, oldest first, numbered without gaps.
     history: VecDeque<(u64, Frames)>,
+}
+
+/// Who holds a name in a room.
+#[derive(Debug)]
+struct Holder {
+    /// The name as its holder wrote it.
+    name: String,
+    /// The secret that proves a reconnecting client is this one.
+    session: String,
+    /// The holder's [`Member::retire`].
+    retire: Arc<Notify>,
+}
+
+impl Holder {
+    /// Whether `presented` is this holder's session secret.
+    fn owned_by(&self, presented: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(self.session.as_bytes())))
+    }
+}
+
+/// A new session secret: 128 random bits from the operating system, in hex.
+fn new_session() -> String {
+    let mut bytes = [0u8; 16];
+    // Without the OS's randomness no secret can be made safely; it is there
+    // on every platform tokio runs on.
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// What [`Hub::join`] gives a new client.
@@ -185,6 +220,11 @@ pub struct Member {
     protocol: Protocol,
     /// Whether `name` is held, in Redis with `--redis`.
     registered: bool,
+    /// This client's session secret.
+    session: String,
+    /// Notified when the same session joins again from a new connection:
+    /// this one is then closed, and its name is the new one's.
+    retire: Arc<Notify>,
 }
 
 impl Hub {
@@ -196,9 +236,17 @@ impl Hub {
         capacity: usize,
         presence_limit: usize,
         history: usize,
+        limits: Limits,
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
-        Arc::new(Self { rooms: Mutex::default(), capacity, history, presence_limit, cluster })
+        Arc::new(Self {
+            rooms: Mutex::default(),
+            capacity,
+            history,
+            presence_limit,
+            limits,
+            cluster,
+        })
     }
 
     /// Announces, in each room too large for individual notices, how many
@@ -287,14 +335,30 @@ impl Hub {
     }
 
     fn join_here(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
-        let ChatRequest { room, name: requested, resume, protocol } = request;
+        let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let (requested, protocol) = (requested.as_deref(), *protocol);
+        let retire = Arc::new(Notify::new());
+        let secret = new_session();
         let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
             let mut notices = Vec::new();
-            let refusal = requested.and_then(|name| match validate_name(name) {
-                Err(reason) => Some(ClientError::InvalidName { name, reason }),
-                Ok(()) if state.names.contains(name) => Some(ClientError::NameTaken { name }),
-                Ok(()) => None,
+            // A client coming back with its session takes its name back from
+            // its own dead connection, which is retired without a word.
+            let mut returning = false;
+            let refusal = requested.and_then(|name| {
+                if let Err(reason) = validate_name(name) {
+                    return Some(ClientError::InvalidName { name, reason });
+                }
+                let key = name_key(name);
+                match state.names.get(&key) {
+                    None => None,
+                    Some(holder) if holder.owned_by(session.as_deref()) => {
+                        holder.retire.notify_one();
+                        state.names.remove(&key);
+                        returning = true;
+                        None
+                    }
+                    Some(_) => Some(ClientError::NameTaken { name }),
+                }
             });
             let name = match (requested, refusal) {
                 (Some(name), None) => name.to_owned(),
@@ -302,23 +366,18 @@ impl Hub {
                     if let Some(error) = refusal {
                         notices.push(Event::from(error).encode(protocol));
                     }
-                    // Someone may have taken this address as a name: add a suffix.
-                    let mut name = fallback.to_owned();
-                    let mut n = 1;
-                    while state.names.contains(&name) {
-                        n += 1;
-                        name = format!("{fallback}~{n}");
-                    }
-                    name
+                    fallback_name(fallback, |name| state.names.contains_key(&name_key(name)))
                 }
             };
-            state.names.insert(name.clone());
-            notices.push(welcome(
+            let holder =
+                Holder { name: name.clone(), session: secret.clone(), retire: retire.clone() };
+            state.names.insert(name_key(&name), holder);
+            notices.push(self.welcome(
                 room,
                 &name,
                 state.names.len(),
-                &state.epoch,
-                state.seq,
+                (&state.epoch, state.seq),
+                &secret,
                 protocol,
             ));
             // What was said before, then live frames: both under the room's lock,
@@ -333,7 +392,9 @@ impl Hub {
 
             // Subscribe before announcing, so the joiner sees its own join notice.
             let rx = room.tx.subscribe();
-            if state.names.len() <= self.presence_limit {
+            if returning {
+                // The room saw this name all along: nothing to announce.
+            } else if state.names.len() <= self.presence_limit {
                 let event = Event::Join {
                     room: room.name.as_str().into(),
                     name: name.as_str().into(),
@@ -345,8 +406,40 @@ impl Hub {
             }
             (name, notices, rx)
         });
-        let member = Member { hub: self.clone(), room, name, protocol, registered: true };
+        let member = Member {
+            hub: self.clone(),
+            room,
+            name,
+            protocol,
+            registered: true,
+            session: secret,
+            retire,
+        };
         Joined { member, rx, notices, skip_through: 0 }
+    }
+
+    /// The welcome of a client of `protocol`: JSON clients also learn their
+    /// limits and their session secret.
+    fn welcome(
+        &self,
+        room: &Room,
+        name: &str,
+        online: usize,
+        (epoch, seq): (&str, u64),
+        session: &str,
+        protocol: Protocol,
+    ) -> Frame {
+        let json = protocol == Protocol::Json;
+        Event::Welcome {
+            room: room.name.as_str().into(),
+            name: name.into(),
+            online,
+            epoch: epoch.into(),
+            seq,
+            limits: json.then_some(self.limits),
+            session: json.then(|| session.into()),
+        }
+        .encode(protocol)
     }
 
     async fn join_cluster(
@@ -355,7 +448,7 @@ impl Hub {
         request: &ChatRequest,
         fallback: &str,
     ) -> Result<Joined, ClusterError> {
-        let ChatRequest { room, name: requested, resume, protocol } = request;
+        let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let protocol = *protocol;
         if !cluster.is_up() {
             return Err(ClusterError::Down);
@@ -363,8 +456,15 @@ impl Hub {
         // In the room (and subscribed to its channel) before Redis announces
         // the join, so the joiner sees its own notice and all that follows.
         let (room, rx) = self.enter(room, protocol, |room, _| room.tx.subscribe());
-        let mut member =
-            Member { hub: self.clone(), room, name: String::new(), protocol, registered: false };
+        let mut member = Member {
+            hub: self.clone(),
+            room,
+            name: String::new(),
+            protocol,
+            registered: false,
+            session: new_session(),
+            retire: Arc::new(Notify::new()),
+        };
         let room = &member.room;
         room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;
 
@@ -377,14 +477,47 @@ impl Hub {
                 false
             }
         });
-        let reply = cluster.join(&room.name, requested, fallback, self.presence_limit).await?;
+        // Lua has no Unicode tables: the keys are computed here, and the
+        // script claims the first free candidate.
+        let candidates: Vec<(String, String)> = (1..=cluster::FALLBACK_CANDIDATES)
+            .map(|n| if n == 1 { fallback.to_owned() } else { format!("{fallback}~{n}") })
+            .map(|name| {
+                let key = name_key(&name);
+                (name, key)
+            })
+            .collect();
+        let join = cluster::Join {
+            requested: requested.map(|name| (name, name_key(name))),
+            presented: session.as_deref(),
+            session: &member.session,
+            candidates: &candidates,
+        };
+        let reply = cluster.join(&room.name, &join, self.presence_limit).await?;
         if reply.taken {
             let name = requested.unwrap_or_default();
             notices.push(Event::from(ClientError::NameTaken { name }).encode(protocol));
         }
         let state = reply.room;
-        lock(&room.state).names.insert(reply.name.clone());
-        notices.push(welcome(room, &reply.name, reply.online, &state.epoch, state.seq, protocol));
+        {
+            let mut local = lock(&room.state);
+            let holder = Holder {
+                name: reply.name.clone(),
+                session: member.session.clone(),
+                retire: member.retire.clone(),
+            };
+            // A returning session's old connection, if it is on this node.
+            if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
+                old.retire.notify_one();
+            }
+        }
+        notices.push(self.welcome(
+            room,
+            &reply.name,
+            reply.online,
+            (&state.epoch, state.seq),
+            &member.session,
+            protocol,
+        ));
         let held = state.history.len();
         let (skip, missed) =
             replay_skip(state.first, held, state.seq, &state.epoch, resume.as_ref());
@@ -413,10 +546,15 @@ impl Hub {
         lock(&self.rooms).keys().cloned().collect()
     }
 
-    /// The rooms this node has clients in, with their names.
-    pub(crate) fn rooms_and_names(&self) -> Vec<(String, Vec<String>)> {
+    /// The rooms this node has clients in, with their names' keys,
+    /// sessions and names.
+    pub(crate) fn rooms_and_names(&self) -> Vec<(String, Vec<[String; 3]>)> {
         let rooms = self.rooms();
-        let names = |room: &Room| lock(&room.state).names.iter().cloned().collect();
+        let names = |room: &Room| {
+            let state = lock(&room.state);
+            let holders = state.names.iter();
+            holders.map(|(key, h)| [key.clone(), h.session.clone(), h.name.clone()]).collect()
+        };
         rooms.iter().map(|room| (room.name.clone(), names(room))).collect()
     }
 
@@ -427,6 +565,17 @@ impl Hub {
         let event = match serde_json::from_str::<Event<'_>>(payload) {
             Ok(event) => event,
             Err(error) => {
+                if let Ok(retire) = serde_json::from_str::<cluster::Retire<'_>>(payload) {
+                    // A returning session joined on another node: its old
+                    // connection here goes, and its name is the new one's.
+                    let mut state = lock(&room.state);
+                    if retire.node != self.cluster.as_ref().map_or("", |c| c.node())
+                        && let Some(old) = state.names.remove(retire.key.as_ref())
+                    {
+                        old.retire.notify_one();
+                    }
+                    return;
+                }
                 warn!(%error, room = room.name, "ignored an event from Redis");
                 return;
             }
@@ -478,16 +627,16 @@ fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-fn welcome(
-    room: &Room,
-    name: &str,
-    online: usize,
-    epoch: &str,
-    seq: u64,
-    protocol: Protocol,
-) -> Frame {
-    let room = room.name.as_str().into();
-    Event::Welcome { room, name: name.into(), online, epoch: epoch.into(), seq }.encode(protocol)
+/// `fallback`, or `fallback~2`, `~3`… : the first that `taken` says is free.
+/// Someone may have taken an address as a name.
+fn fallback_name(fallback: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut name = fallback.to_owned();
+    let mut n = 1;
+    while taken(&name) {
+        n += 1;
+        name = format!("{fallback}~{n}");
+    }
+    name
 }
 
 /// Appends the replay of `count` held messages, after what was missed.
@@ -543,13 +692,25 @@ impl Member {
         &self.name
     }
 
+    /// Notified when the same session joined again from a new connection,
+    /// which now holds the name: this one must close.
+    pub fn retirement(&self) -> Arc<Notify> {
+        self.retire.clone()
+    }
+
+    /// Whether `holder` is this client.
+    fn holds(&self, holder: &Holder) -> bool {
+        Arc::ptr_eq(&holder.retire, &self.retire)
+    }
+
     /// The link to use, if the room is shared with other nodes and the link is up.
     fn link(&self) -> Option<&Arc<Cluster>> {
         self.hub.cluster.as_ref().filter(|cluster| cluster.is_up())
     }
 
-    /// Relays `message` to the room; returns what its echo is.
-    pub async fn say(&self, message: &str) -> Result<Ack, ClientError<'static>> {
+    /// Relays `message` to the room; returns what its echo is, and its seq
+    /// (none while the cluster link is down: such messages are not numbered).
+    pub async fn say(&self, message: &str) -> Result<(Ack, Option<u64>), ClientError<'static>> {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
@@ -570,7 +731,7 @@ impl Member {
                 text: message.into(),
                 ts,
             };
-            return Ok(Ack::Pos(self.room.broadcast(&mut state, &event)));
+            return Ok((Ack::Pos(self.room.broadcast(&mut state, &event)), None));
         }
         state.seq += 1;
         let seq = state.seq;
@@ -583,7 +744,7 @@ impl Member {
         };
         if self.hub.history == 0 {
             let frames = Frames::only(&event, state.speakers);
-            return Ok(Ack::Pos(self.room.send(&mut state, frames, seq)));
+            return Ok((Ack::Pos(self.room.send(&mut state, frames, seq)), Some(seq)));
         }
         if state.history.len() == self.hub.history {
             state.history.pop_front();
@@ -592,7 +753,7 @@ impl Member {
         let frames = Frames::all(&event);
         let live = frames.keep(state.speakers);
         state.history.push_back((seq, frames));
-        Ok(Ack::Pos(self.room.send(&mut state, live, seq)))
+        Ok((Ack::Pos(self.room.send(&mut state, live, seq)), Some(seq)))
     }
 
     /// Has Redis number a message and publish it: it comes back to this node
@@ -602,12 +763,12 @@ impl Member {
         cluster: &Cluster,
         message: &str,
         ts: crate::protocol::Timestamp,
-    ) -> Result<Ack, ClientError<'static>> {
+    ) -> Result<(Ack, Option<u64>), ClientError<'static>> {
         let room = self.room.name.as_str();
         let from = self.name.as_str().into();
         let event = Event::Message { room: room.into(), seq: 0, from, text: message.into(), ts };
         let said = cluster.say(room, &event.encode_json(), self.hub.history).await;
-        said.map(Ack::Seq).map_err(|error| {
+        said.map(|seq| (Ack::Seq(seq), Some(seq))).map_err(|error| {
             warn!(%error, "message not relayed");
             ClientError::LinkDown
         })
@@ -622,11 +783,13 @@ impl Member {
             return Box::pin(self.rename_cluster(new)).await;
         }
         let mut state = lock(&self.room.state);
-        if state.names.contains(new) {
+        let key = name_key(new);
+        if state.names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
         }
-        state.names.remove(&self.name);
-        state.names.insert(new.to_owned());
+        let holder = state.names.remove(&name_key(&self.name));
+        let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
+        state.names.extend(holder.map(|h| (key, h)));
         let old = std::mem::replace(&mut self.name, new.to_owned());
         let event =
             Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
@@ -635,12 +798,13 @@ impl Member {
 
     /// Renames through Redis, which holds the names.
     async fn rename_cluster<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
-        if lock(&self.room.state).names.contains(new) {
+        let key = name_key(new);
+        if lock(&self.room.state).names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
         }
         // Names are the cluster's: no renaming while it cannot be asked.
         let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
-        let renamed = cluster.rename(&self.room.name, &self.name, new).await;
+        let renamed = cluster.rename(&self.room.name, &self.name, new, &self.session).await;
         match renamed {
             Ok(true) => {}
             Ok(false) => return Err(ClientError::NameTaken { name: new }),
@@ -650,8 +814,9 @@ impl Member {
             }
         }
         let mut state = lock(&self.room.state);
-        state.names.remove(&self.name);
-        state.names.insert(new.to_owned());
+        let holder = state.names.remove(&name_key(&self.name));
+        let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
+        state.names.extend(holder.map(|h| (key, h)));
         new.clone_into(&mut self.name);
         // The notice comes back from Redis, after any message sent before it.
         Ok(Ack::None)
@@ -664,13 +829,14 @@ impl Member {
             match Box::pin(cluster.who(&self.room.name)).await {
                 Ok((count, names)) => {
                     let names = names.into_iter().map(Str::Owned).collect();
-                    return Event::Who { room: self.room.name.clone().into(), count, names };
+                    let room = self.room.name.clone().into();
+                    return Event::Who { room, count, names, id: None };
                 }
                 Err(error) => warn!(%error, "cannot list the room: listing this node's clients"),
             }
         }
         let state = lock(&self.room.state);
-        let mut names: Vec<&str> = state.names.iter().map(String::as_str).collect();
+        let mut names: Vec<&str> = state.names.values().map(|h| h.name.as_str()).collect();
         // Only the first names are listed: select them before sorting, since
         // this runs under the room's lock.
         if names.len() > MAX_WHO_NAMES {
@@ -682,6 +848,7 @@ impl Member {
             room: self.room.name.clone().into(),
             count: state.names.len(),
             names: names.into_iter().map(|name| Str::Owned(name.to_owned())).collect(),
+            id: None,
         }
     }
 }
@@ -689,15 +856,19 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         let mut state = lock(&self.room.state);
-        if self.registered {
+        let key = name_key(&self.name);
+        // A retired connection's name is its successor's now.
+        let holds = self.registered && state.names.get(&key).is_some_and(|h| self.holds(h));
+        if holds {
             match self.link() {
                 Some(cluster) => {
                     // Redis releases the name and announces the departure.
                     let (cluster, room, name) =
                         (cluster.clone(), self.room.name.clone(), self.name.clone());
-                    let limit = self.hub.presence_limit;
+                    let (limit, session, key) =
+                        (self.hub.presence_limit, self.session.clone(), key.clone());
                     spawn(async move {
-                        if let Err(error) = cluster.leave(&room, &name, limit).await {
+                        if let Err(error) = cluster.leave(&room, &key, &session, limit).await {
                             // The link is down: its recovery releases the name.
                             warn!(%error, room, name, "cannot announce a departure");
                         }
@@ -715,7 +886,7 @@ impl Drop for Member {
                 }
                 None => state.left += 1,
             }
-            state.names.remove(&self.name);
+            state.names.remove(&key);
         }
         state.members -= 1;
         *state.speakers.count(self.protocol) -= 1;

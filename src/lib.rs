@@ -2,6 +2,8 @@
 //!
 //! Map of the crate:
 //! - [`protocol`]: every wire type and text form, shared by server, client and tests.
+//! - [`names`]: Unicode rules for user names (what is refused, which names look
+//!   alike) and for escaping received text before a terminal shows it.
 //! - [`config`]: command-line settings of both binaries, their defaults and bounds.
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - [`handshake`]: reads and checks the HTTP upgrade request before tokio-websockets takes over.
@@ -26,6 +28,7 @@ pub mod hub;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod protocol;
 pub mod server;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! The wire protocol, in one place: what a client's text frame asks for, the text
-//! frames the server sends, and the rules for names and rooms.
+//! frames the server sends, and the rules for rooms. The rules for names live
+//! in [`crate::names`]; the ones the protocol refers to are re-exported here.
 //!
 //! Every server frame is one line whose first characters say what it is:
 //! `NAME: TEXT` is a message (names never hold whitespace, so the first `": "`
@@ -7,16 +8,17 @@
 //! reader only.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
+// Re-exported: a refused name is part of the protocol's error events.
+pub use crate::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
+
 /// The room of the path `/`.
 pub const DEFAULT_ROOM: &str = "lobby";
-/// Longest name, in characters.
-pub const MAX_NAME_CHARS: usize = 32;
 /// Most names a `/who` answer lists; the rest are counted.
 pub const MAX_WHO_NAMES: usize = 100;
 /// Longest room name, in characters.
@@ -33,6 +35,9 @@ pub struct ChatRequest {
     pub resume: Option<Resume>,
     /// What it asked for in `Sec-WebSocket-Protocol`.
     pub protocol: Protocol,
+    /// From `?session=`: the secret of an earlier connection, to take its
+    /// name back. Never logged.
+    pub session: Option<String>,
 }
 
 /// Where a returning client left a room.
@@ -81,54 +86,6 @@ pub fn parse_command(text: &str) -> Command<'_> {
         "help" => Command::Help,
         _ => Command::Unknown(name),
     }
-}
-
-/// Why a name or room name is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// Nothing was given.
-    #[error("it is empty")]
-    Empty,
-    /// Over the length limit.
-    #[error("it is longer than {max} characters")]
-    TooLong {
-        /// The limit, in characters.
-        max: usize,
-    },
-    /// Holds a space, tab or other whitespace.
-    #[error("it contains whitespace")]
-    Whitespace,
-    /// Holds a control character or an invisible formatting character
-    /// (bidirectional overrides, zero-width characters) that could disguise it.
-    #[error("it contains control or invisible formatting characters")]
-    Control,
-    /// A room name holds something other than letters, digits, `-`, `_` or `.`.
-    #[error("room names use only letters, digits, '-', '_' and '.'")]
-    RoomCharacter,
-}
-
-/// Bidirectional overrides and zero-width characters: text that displays as
-/// something other than what it is.
-pub fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, no whitespace, no
-/// control or invisible formatting characters.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(NameError::TooLong { max: MAX_NAME_CHARS });
-    }
-    if name.chars().any(char::is_whitespace) {
-        return Err(NameError::Whitespace);
-    }
-    if name.chars().any(|c| c.is_control() || is_invisible_format(c)) {
-        return Err(NameError::Control);
-    }
-    Ok(())
 }
 
 /// The room a request path names: `/` is [`DEFAULT_ROOM`], `/rust` is `rust`.
@@ -229,6 +186,13 @@ pub enum Event<'a> {
         epoch: Str<'a>,
         /// The room's last message number; later ones are live.
         seq: u64,
+        /// What this client may send (JSON only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<Limits>,
+        /// A secret that gets this client its name back when it reconnects
+        /// with `?session=` (JSON only; never printed or logged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<Str<'a>>,
     },
     /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
     /// [`MAX_WHO_NAMES`]).
@@ -239,6 +203,9 @@ pub enum Event<'a> {
         count: usize,
         /// Names, sorted; at most [`MAX_WHO_NAMES`].
         names: Vec<Str<'a>>,
+        /// The request's id, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// In a room too large to announce each arrival: what changed lately.
     Presence {
@@ -274,7 +241,82 @@ pub enum Event<'a> {
     Error {
         /// What and why.
         text: Str<'a>,
+        /// What went wrong, for programs: [`ClientError::code`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<Str<'a>>,
+        /// The refused request's id, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
+    /// A request with an id was carried out (JSON only): after a message's
+    /// own echo, or a rename's notice.
+    Ack {
+        /// The request's id.
+        id: Str<'a>,
+        /// The message's number, for a message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+/// What a client may send, told in its welcome so it can keep within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Messages per second on average; 0 means no limit.
+    pub per_second: u32,
+    /// Messages at once after a quiet spell.
+    pub burst: u32,
+    /// Largest message text, in UTF-8 bytes of the text itself.
+    pub max_bytes: usize,
+}
+
+/// The close code of a connection whose session continued in a new
+/// connection (`?session=`): it must not reconnect.
+pub const REPLACED_CLOSE_CODE: u16 = 4001;
+
+/// Longest request id, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+
+/// What the text protocol shows for each line break in a message, so that
+/// one message is one line and nobody can forge a line of someone else's.
+pub const LINE_BREAK_MARK: char = '\u{2424}';
+
+/// Whether `c` breaks a line: `\n`, `\r`, NEL, LINE and PARAGRAPH SEPARATOR.
+pub fn is_line_break(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
+/// Checks a message's text: not blank, at most `max_bytes` bytes, and free
+/// of control characters other than tab and line breaks.
+pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'static>> {
+    if text.len() > max_bytes {
+        return Err(ClientError::TooLong { max_bytes });
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(ClientError::EmptyMessage);
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
+        return Err(ClientError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Writes `text` on one line: each line break (`\r\n` counts as one)
+/// becomes [`LINE_BREAK_MARK`].
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut rest = text;
+    while let Some(at) = rest.find(is_line_break) {
+        f.write_str(&rest[..at])?;
+        f.write_char(LINE_BREAK_MARK)?;
+        let after = &rest[at..];
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else {
+            after.chars().next().map_or(1, char::len_utf8)
+        };
+        rest = &after[skip..];
+    }
+    f.write_str(rest)
 }
 
 /// Which side of a history replay a [`Event::History`] marks.
@@ -373,7 +415,14 @@ const OPCODE_PING: u8 = 0x9;
 
 impl<'a> From<ClientError<'a>> for Event<'a> {
     fn from(error: ClientError<'a>) -> Self {
-        Event::Error { text: error.to_string().into() }
+        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id: None }
+    }
+}
+
+impl<'a> Event<'a> {
+    /// An error answering the request with this id.
+    pub fn error_for(error: ClientError<'_>, id: Option<Str<'a>>) -> Self {
+        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id }
     }
 }
 
@@ -386,24 +435,43 @@ pub enum Request<'a> {
         /// The text.
         #[serde(borrow)]
         text: Str<'a>,
+        /// Echoed in the answer: [`Event::Ack`] or [`Event::Error`].
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// Change name.
     Nick {
         /// The new name.
         #[serde(borrow)]
         name: Str<'a>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
     },
     /// List the room.
-    Who,
+    Who {
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
 }
 
 impl Request<'_> {
     /// What the request asks for.
     pub fn command(&self) -> Command<'_> {
         match self {
-            Request::Message { text } => Command::Say(text),
-            Request::Nick { name } => Command::Nick(name),
-            Request::Who => Command::Who,
+            Request::Message { text, .. } => Command::Say(text),
+            Request::Nick { name, .. } => Command::Nick(name),
+            Request::Who { .. } => Command::Who,
+        }
+    }
+
+    /// The id the answer must carry.
+    pub fn id(&self) -> Option<&Str<'_>> {
+        match self {
+            Request::Message { id, .. } | Request::Nick { id, .. } | Request::Who { id } => {
+                id.as_ref()
+            }
         }
     }
 }
@@ -456,6 +524,33 @@ pub enum ClientError<'a> {
     },
     /// With `--redis`: the request needed Redis at a moment it was lost.
     LinkDown,
+    /// A message's text is over the largest size.
+    TooLong {
+        /// The limit, in bytes of text.
+        max_bytes: usize,
+    },
+    /// A message holds a control character other than tab or a line break.
+    ControlCharacter,
+}
+
+impl ClientError<'_> {
+    /// The error's machine-readable code, carried in JSON error events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::InvalidName { .. } => "invalid_name",
+            ClientError::NameTaken { .. } => "name_taken",
+            ClientError::UnknownCommand { .. } => "unknown_command",
+            ClientError::Usage { .. } => "usage",
+            ClientError::EmptyMessage => "empty",
+            ClientError::BinaryFrame => "binary",
+            ClientError::Malformed { .. } => "malformed",
+            ClientError::ResumeAhead { .. } => "resume_ahead",
+            ClientError::SlowDown { .. } => "slow_down",
+            ClientError::LinkDown => "link_down",
+            ClientError::TooLong { .. } => "too_long",
+            ClientError::ControlCharacter => "control_character",
+        }
+    }
 }
 
 /// `/help`'s answer.
@@ -465,7 +560,10 @@ pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the r
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Message { from, text, .. } => write!(f, "{from}: {text}"),
+            Event::Message { from, text, .. } => {
+                write!(f, "{from}: ")?;
+                write_one_line(f, text)
+            }
             Event::Join { name, .. } => write!(f, "* {name} joined"),
             Event::Leave { name, .. } => write!(f, "* {name} left"),
             Event::Nick { old, new, .. } => write!(f, "* {old} is now {new}"),
@@ -473,7 +571,7 @@ impl fmt::Display for Event<'_> {
                 f,
                 "* you are {name} in room {room}, {online} online; /help lists the commands"
             ),
-            Event::Who { room, count, names } => {
+            Event::Who { room, count, names, .. } => {
                 write!(f, "* {count} in {room}: {}", names.join(", "))?;
                 if *count > names.len() {
                     write!(f, ", and {} more", count - names.len())?;
@@ -492,7 +590,8 @@ impl fmt::Display for Event<'_> {
                 f.write_str("! missed an unknown number of messages: the room's history was reset")
             }
             Event::Notice { text } => write!(f, "* {text}"),
-            Event::Error { text } => write!(f, "! {text}"),
+            Event::Error { text, .. } => write!(f, "! {text}"),
+            Event::Ack { id, .. } => write!(f, "* done: {id}"),
         }
     }
 }
@@ -510,6 +609,13 @@ impl fmt::Display for ClientError<'_> {
             }
             ClientError::Usage { usage } => write!(f, "usage: {usage}"),
             ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
+            ClientError::TooLong { max_bytes } => {
+                write!(f, "message too long: at most {max_bytes} bytes; nothing was sent")
+            }
+            ClientError::ControlCharacter => f.write_str(
+                "messages may not hold control characters (tab and line breaks excepted); \
+                 nothing was sent",
+            ),
             ClientError::LinkDown => {
                 f.write_str("the link to the other nodes failed: nothing was done; try again")
             }
@@ -556,20 +662,6 @@ mod tests {
     }
 
     #[test]
-    fn names() {
-        assert_eq!(validate_name("alice"), Ok(()));
-        assert_eq!(validate_name("zoë_42"), Ok(()));
-        assert_eq!(validate_name(&"é".repeat(32)), Ok(()));
-        assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(validate_name(&"a".repeat(33)), Err(NameError::TooLong { max: 32 }));
-        assert_eq!(validate_name("a b"), Err(NameError::Whitespace));
-        assert_eq!(validate_name("a\u{3000}b"), Err(NameError::Whitespace));
-        assert_eq!(validate_name("a\u{1b}[31m"), Err(NameError::Control));
-        assert_eq!(validate_name("evil\u{202E}txt"), Err(NameError::Control));
-        assert_eq!(validate_name("a\u{200B}"), Err(NameError::Control));
-    }
-
-    #[test]
     fn rooms() {
         assert_eq!(room_from_path("/"), Ok("lobby"));
         assert_eq!(room_from_path(""), Ok("lobby"));
@@ -590,6 +682,8 @@ mod tests {
     }
 
     #[test]
+    // One table of every event: longer than a function should be, and clearer.
+    #[allow(clippy::too_many_lines)]
     fn every_event_round_trips_through_json_and_has_its_text_form() {
         let ts: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
         let room = || Str::from("lobby");
@@ -627,13 +721,20 @@ mod tests {
                     online: 2,
                     epoch: "e1".into(),
                     seq: 9,
+                    limits: Some(Limits { per_second: 20, burst: 50, max_bytes: 65536 }),
+                    session: Some("5ec".into()),
                 },
-                r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9}"#,
+                r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9,"limits":{"per_second":20,"burst":50,"max_bytes":65536},"session":"5ec"}"#,
                 "* you are bob in room lobby, 2 online; /help lists the commands",
             ),
             (
-                Event::Who { room: "r".into(), count: 5, names: vec!["a".into(), "b".into()] },
-                r#"{"type":"who","room":"r","count":5,"names":["a","b"]}"#,
+                Event::Who {
+                    room: "r".into(),
+                    count: 5,
+                    names: vec!["a".into(), "b".into()],
+                    id: Some("3".into()),
+                },
+                r#"{"type":"who","room":"r","count":5,"names":["a","b"],"id":"3"}"#,
                 "* 5 in r: a, b, and 3 more",
             ),
             (
@@ -668,8 +769,18 @@ mod tests {
             ),
             (
                 ClientError::InvalidName { name: "a\u{1b}", reason: NameError::Control }.into(),
-                r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control or invisible formatting characters"}"#,
-                "! invalid name \"a\\u{1b}\": it contains control or invisible formatting characters",
+                r#"{"type":"error","text":"invalid name \"a\\u{1b}\": it contains control characters","code":"invalid_name"}"#,
+                "! invalid name \"a\\u{1b}\": it contains control characters",
+            ),
+            (
+                Event::error_for(ClientError::TooLong { max_bytes: 9 }, Some("7".into())),
+                r#"{"type":"error","text":"message too long: at most 9 bytes; nothing was sent","code":"too_long","id":"7"}"#,
+                "! message too long: at most 9 bytes; nothing was sent",
+            ),
+            (
+                Event::Ack { id: "7".into(), seq: Some(12) },
+                r#"{"type":"ack","id":"7","seq":12}"#,
+                "* done: 7",
             ),
         ];
         for (event, json, text) in cases {
@@ -685,8 +796,54 @@ mod tests {
             online: 2,
             epoch: "e".into(),
             seq: 0,
+            limits: None,
+            session: None,
         };
         assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
+    }
+
+    #[test]
+    fn a_message_is_one_line_in_the_text_protocol_whatever_its_line_breaks() {
+        let ts: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
+        for (text, shown) in [
+            ("ok\nbob: send me your token", "mallory: ok\u{2424}bob: send me your token"),
+            (
+                "a\r\nb\rc\u{85}d\u{2028}e\u{2029}f",
+                "mallory: a\u{2424}b\u{2424}c\u{2424}d\u{2424}e\u{2424}f",
+            ),
+            ("\n\n", "mallory: \u{2424}\u{2424}"),
+            ("tab\tkept", "mallory: tab\tkept"),
+        ] {
+            let event = Event::Message {
+                room: "r".into(),
+                seq: 1,
+                from: "mallory".into(),
+                text: text.into(),
+                ts,
+            };
+            let line = event.to_string();
+            assert_eq!(line, shown);
+            assert!(!line.contains(is_line_break), "{line:?}");
+            // JSON carries the real text.
+            let json = event.encode_json();
+            let back: Event<'_> = serde_json::from_str(&json).unwrap();
+            assert!(matches!(back, Event::Message { text: t, .. } if t == text));
+        }
+    }
+
+    #[test]
+    fn message_text_is_checked_in_bytes_and_for_control_characters() {
+        assert_eq!(check_text("héllo", 6), Ok(()));
+        assert_eq!(check_text("héllo", 5), Err(ClientError::TooLong { max_bytes: 5 }));
+        assert_eq!(check_text("two\nlines\r\n\u{2028}", 100), Ok(()));
+        assert_eq!(check_text("tab\there", 100), Ok(()));
+        assert_eq!(check_text("👨\u{200d}👩\u{200d}👧 می\u{200c}خواهم", 100), Ok(()));
+        for bad in ["\u{1b}[2J", "a\u{0}", "del\u{7f}", "c1\u{9b}", "bell\u{7}"] {
+            assert_eq!(check_text(bad, 100), Err(ClientError::ControlCharacter), "{bad:?}");
+        }
+        for blank in ["", " ", "\t\n", "\u{3000}"] {
+            assert_eq!(check_text(blank, 100), Err(ClientError::EmptyMessage), "{blank:?}");
+        }
     }
 
     #[test]
@@ -696,6 +853,9 @@ mod tests {
         assert_eq!(request.command(), Command::Say("/who é"));
         let request = decode(r#"{"type":"nick","name":"bob","extra":1}"#).unwrap();
         assert_eq!(request.command(), Command::Nick("bob"));
+        assert_eq!(request.id(), None);
+        let request = decode(r#"{"type":"message","text":"hi","id":"42"}"#).unwrap();
+        assert_eq!(request.id().map(AsRef::as_ref), Some("42"));
         assert_eq!(decode(r#"{"type":"who"}"#).unwrap().command(), Command::Who);
         for bad in [r#"{"type":"shout","text":"x"}"#, r#"{"type":"message"}"#, "hello", "[1]", "{}"]
         {

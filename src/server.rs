@@ -45,7 +45,13 @@ pub async fn run(
     cluster: Option<Arc<Cluster>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let hub = Hub::new(config.max_lag, config.presence_limit, config.history, cluster.clone());
+    let hub = Hub::new(
+        config.max_lag,
+        config.presence_limit,
+        config.history,
+        config.wire_limits(),
+        cluster.clone(),
+    );
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::new(cluster.is_some()));
@@ -143,7 +149,7 @@ pub async fn run(
 /// How connections of `protocol` are upgraded.
 fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
     let builder = ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(config.max_message_bytes)));
+        .limits(Limits::default().max_payload_len(Some(config.max_frame_bytes())));
     match protocol {
         Protocol::Text => builder,
         // Answer that the JSON subprotocol was chosen.

@@ -1,12 +1,56 @@
 //! Property tests for every parser the project owns: whatever the input, no
 //! panic, and what is accepted obeys the rules.
 
+use std::borrow::Cow;
+
 use chat::client::sanitize;
+use chat::names::{escape_for_display, name_key, needs_display_escape};
 use chat::protocol::{
     Command, Event, MAX_NAME_CHARS, Request, now, parse_command, parse_welcome, query_param,
     room_from_path, validate_name,
 };
 use proptest::prelude::*;
+
+/// Characters the Unicode rules care about, mixed with plain and random ones,
+/// so that generated names are sometimes accepted.
+fn tricky_char() -> impl Strategy<Value = char> {
+    let tricky = vec![
+        '\t',
+        '\n',
+        '\u{1b}',
+        '\u{7f}',
+        '\u{85}',
+        '\u{9b}',
+        '\u{a0}',
+        '\u{ad}',
+        '\u{61c}',
+        '\u{115f}',
+        '\u{200b}',
+        '\u{200c}',
+        '\u{200d}',
+        '\u{200e}',
+        '\u{202e}',
+        '\u{2028}',
+        '\u{2066}',
+        '\u{2800}',
+        '\u{3164}',
+        '\u{fe0f}',
+        '\u{feff}',
+        '\u{ffa0}',
+        '\u{e0041}',
+        '\u{430}',
+        'é',
+        '\u{301}',
+        '山',
+        '😀',
+        'ａ',
+    ];
+    prop_oneof![3 => prop::char::range('a', 'z'), 1 => prop::sample::select(tricky), 1 => any::<char>()]
+}
+
+fn tricky_string(max: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(tricky_char(), 0..max).prop_map(String::from_iter)
+}
 
 proptest! {
     #[test]
@@ -25,13 +69,27 @@ proptest! {
     }
 
     #[test]
-    fn accepted_names_obey_the_rules(name in any::<String>()) {
+    fn accepted_names_obey_the_rules(name in prop_oneof![any::<String>(), tricky_string(40)]) {
         if validate_name(&name).is_ok() {
             let chars = name.chars().count();
             prop_assert!((1..=MAX_NAME_CHARS).contains(&chars));
             prop_assert!(!name.chars().any(|c| c.is_whitespace() || c.is_control()));
-            prop_assert!(!name.chars().any(chat::protocol::is_invisible_format));
+            prop_assert!(!name_key(&name).is_empty());
         }
+    }
+
+    #[test]
+    fn accepted_names_are_display_safe(name in prop_oneof![any::<String>(), tricky_string(40)]) {
+        if validate_name(&name).is_ok() {
+            prop_assert!(!name.chars().any(needs_display_escape));
+            prop_assert_eq!(escape_for_display(&name), Cow::Borrowed(name.as_str()));
+        }
+    }
+
+    #[test]
+    fn name_keys_ignore_ascii_case(name in "[a-zA-Z]{1,32}") {
+        prop_assert_eq!(name_key(&name), name_key(&name.to_uppercase()));
+        prop_assert_eq!(name_key(&name), name_key(&name.to_lowercase()));
     }
 
     #[test]
@@ -53,7 +111,7 @@ proptest! {
     #[test]
     fn json_requests_never_panic_and_any_text_round_trips(junk in any::<String>(), text in any::<String>()) {
         let _ = serde_json::from_str::<Request<'_>>(&junk);
-        let request = Request::Message { text: text.as_str().into() };
+        let request = Request::Message { text: text.as_str().into(), id: None };
         let json = serde_json::to_string(&request).expect("encodes");
         let decoded: Request<'_> = serde_json::from_str(&json).expect("decodes");
         prop_assert_eq!(decoded.command(), Command::Say(&text));
@@ -69,11 +127,15 @@ proptest! {
     }
 
     #[test]
-    fn sanitized_text_holds_no_control_characters(text in any::<String>()) {
-        let safe = sanitize(&text);
-        prop_assert!(!safe.chars().any(|c| (c.is_control() && c != '\t') || chat::protocol::is_invisible_format(c)));
-        if !text.chars().any(|c| (c.is_control() && c != '\t') || chat::protocol::is_invisible_format(c)) {
-            prop_assert_eq!(safe, text);
+    fn escaped_text_needs_no_more_escaping_and_plain_text_is_kept(
+        text in prop_oneof![any::<String>(), tricky_string(60)],
+    ) {
+        let shown = escape_for_display(&text);
+        prop_assert!(!shown.chars().any(needs_display_escape));
+        if !text.chars().any(needs_display_escape) {
+            prop_assert!(matches!(shown, Cow::Borrowed(_)));
+            prop_assert_eq!(&shown, &text);
         }
+        prop_assert_eq!(sanitize(&text), shown.into_owned());
     }
 }

@@ -22,7 +22,8 @@ pub(super) async fn connect(
 ) -> Result<Socket, Error> {
     let url = config.url.clone();
     let resume = session.epoch.as_deref().map(|epoch| (session.seq.unwrap_or(0), epoch));
-    let uri = chat_uri(&url, session.name.as_deref(), resume)?;
+    let secret = session.secret.as_deref();
+    let uri = chat_uri(&url, session.name.as_deref(), resume, secret)?;
     let failed = |cause, temporary| Error::Connect { url: url.clone(), cause, temporary };
     let mut builder = ClientBuilder::from_uri(uri)
         .connector(tls)

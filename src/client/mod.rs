@@ -1,30 +1,40 @@
 //! The client: sends stdin lines to the server and prints what it relays, one
-//! line per event, in the server's text form.
+//! line per event, in the server's text form (or JSON with `--json`).
 //!
 //! It speaks the JSON subprotocol, which tells it each message's number and
-//! time: when the connection is lost it reconnects on its own, with growing
-//! waits, and resumes after the last message it printed, so nothing is missed
-//! twice or printed twice.
+//! time, its limits and a session secret: when the connection is lost it
+//! reconnects on its own, with growing waits, takes its name back and
+//! resumes after the last message it printed, so nothing is missed twice or
+//! printed twice.
+//!
+//! Each line is a request whose id is its line number, so the server's
+//! answer to it, or its refusal, is known. The client paces itself to the
+//! rate the server announces, so no line is dropped as a flood; a line the
+//! server still refuses is reported on stderr and makes the exit code 3.
 //!
 //! With a terminal on both ends it shows a prompt with line editing (rustyline)
 //! and prints incoming lines above it, with their local time; otherwise it is a
 //! plain filter whose output is exactly the server's text protocol. Either way,
-//! control characters in what it prints are escaped, so nobody in the room can
-//! drive your terminal.
+//! what could drive a terminal in what it prints is escaped, so nobody in the
+//! room can drive yours.
 //!
 //! Stdin is read on a plain thread, not a tokio blocking task, so that the
 //! process can exit while a read is still pending.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Read};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_websockets::{CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
 use tracing::debug;
 
@@ -36,11 +46,14 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::config::{
-    ClientConfig, LINE_QUEUE, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
+    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY,
+    RECONNECT_MAX_DELAY,
 };
-use crate::protocol::{ClientError, Command, Event, HELP, Request, parse_command};
+use crate::protocol::{
+    ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
+};
 use connect::{connect, describe, describe_code};
-use output::Output;
+use output::{Output, Style};
 use terminal::spawn_editor;
 
 /// Why the client stopped with a failure.
@@ -81,6 +94,14 @@ pub enum Error {
         /// The reason the server gave.
         reason: String,
     },
+    /// Some lines were not sent; each was reported as it happened.
+    #[error("{count} line{s} not sent{why}", s = if *count == 1 { " was" } else { "s were" })]
+    Unsent {
+        /// How many.
+        count: u64,
+        /// Why, when it is one reason for all: `": the server is unreachable"`.
+        why: String,
+    },
     /// Stdout or the terminal failed.
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
@@ -88,6 +109,20 @@ pub enum Error {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
+
+impl Error {
+    /// The process's exit code for this error: 3 when lines were not sent,
+    /// 1 for anything else (2 is a usage error, from the flag parser).
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Unsent { .. } => ExitCode::from(EXIT_UNSENT),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Exit code when some lines were not sent.
+pub const EXIT_UNSENT: u8 = 3;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -100,44 +135,78 @@ struct Session {
     epoch: Option<String>,
     /// The last message number printed.
     seq: Option<u64>,
+    /// The secret that gets our name back when we reconnect.
+    secret: Option<String>,
+    /// What the server lets us send.
+    limits: Option<Limits>,
+}
+
+/// Lines on their way to the server.
+#[derive(Debug, Default)]
+struct Lines {
+    /// Lines read and not sent yet, with their numbers: typed while
+    /// disconnected, or to be sent again after a `slow down`.
+    pending: VecDeque<(u64, String)>,
+    /// Lines sent whose answer (ack or error) has not come yet.
+    in_flight: VecDeque<(u64, String)>,
+    /// The number of the last line read.
+    read: u64,
+    /// Lines that were not sent, each reported already.
+    unsent: u64,
+    /// Whether stdin has ended.
+    ended: bool,
 }
 
 /// Joins the server at `config.url` and chats until stdin ends or the server
 /// closes for good, reconnecting when the connection is lost. Returns `Ok`
-/// after a normal close.
+/// after a normal close with every line sent.
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
     // Checked once, before anything else.
-    chat_uri(&config.url, config.name.as_deref(), None)?;
+    chat_uri(&config.url, config.name.as_deref(), None, None)?;
+    if config.insecure {
+        eprintln!("warning: --insecure: the server's certificate is not checked");
+    }
     let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
+    let unsent = Arc::new(AtomicU64::new(0));
     let (output, editor) = if interactive {
         let (printer, editor) = spawn_editor(tx)?;
         (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(editor))
     } else {
-        spawn_pipe_reader(tx);
-        (Output::Pipe, None)
+        spawn_pipe_reader(tx, unsent.clone());
+        let style = Style { json: config.json, quiet: config.quiet };
+        (Output::Pipe(style), None)
     };
     let output = RefCell::new(output);
     let mut session = Session { name: config.name.clone(), ..Session::default() };
-    let mut pending = None;
+    let state = RefCell::new(Lines::default());
 
-    let Some(mut editor) = editor else {
-        return chat(&config, &tls, &mut session, &mut lines, &mut pending, &output).await;
+    let chatting = chat(&config, &tls, &mut session, &mut lines, &state, &output);
+    let result = match editor {
+        None => chatting.await,
+        Some(mut editor) => {
+            // Quitting is watched apart from the lines, so it works in every
+            // state: connecting, waiting to reconnect, or with lines queued.
+            let result = tokio::select! {
+                result = chatting => result,
+                () = editor.quit_requested() => Ok(()),
+            };
+            // The editor's thread may still hold the terminal in raw mode: it
+            // is left blocked in its read, and ends with the process.
+            editor.restore();
+            if let Some(line) = editor.not_sent(lines.len() + state.borrow().pending.len()) {
+                eprintln!("{line}");
+            }
+            result
+        }
     };
-    // Quitting is watched apart from the lines, so it works in every state:
-    // connecting, waiting to reconnect, or with the line queue full.
-    let result = tokio::select! {
-        result = chat(&config, &tls, &mut session, &mut lines, &mut pending, &output) => result,
-        () = editor.quit_requested() => Ok(()),
-    };
-    // The editor's thread may still hold the terminal in raw mode: it is left
-    // blocked in its read, and ends with the process.
-    editor.restore();
-    if let Some(line) = editor.not_sent(lines.len() + usize::from(pending.is_some())) {
-        eprintln!("{line}");
+    result?;
+    let count = state.borrow().unsent + unsent.load(Ordering::Relaxed);
+    if count > 0 {
+        return Err(Error::Unsent { count, why: String::new() });
     }
-    result
+    Ok(())
 }
 
 /// Connects, and reconnects while the connection is lost, until the end.
@@ -146,19 +215,19 @@ async fn chat(
     tls: &Connector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
-    // A line read but not sent yet (typed while disconnected, or cut off),
-    // sent first once connected again.
-    pending: &mut Option<String>,
+    state: &RefCell<Lines>,
     output: &RefCell<Output>,
 ) -> Result<(), Error> {
     let mut failures = 0;
     let mut connected_once = false;
+    // Once stdin has ended, how long the server may stay unreachable.
+    let mut give_up: Option<Instant> = None;
     loop {
         let failure = match connect(config, tls, session).await {
             Ok(ws) => {
                 connected_once = true;
                 failures = 0;
-                match converse(ws, config, session, lines, pending, output).await {
+                match converse(ws, config, session, lines, state, output).await {
                     Ended::Quit => return Ok(()),
                     Ended::Closed { code, reason } => {
                         let reason = if reason.is_empty() { describe_code(code) } else { reason };
@@ -168,8 +237,9 @@ async fn chat(
                                 .notice(&format!("the server closed the connection: {reason}"))?;
                             return Ok(());
                         }
-                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010) {
-                            // Our own fault: it would happen again.
+                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010 | REPLACED_CLOSE_CODE) {
+                            // Our own fault, or our session went on elsewhere:
+                            // coming back would not help.
                             return Err(Error::Closed { code, reason });
                         }
                         Error::Closed { code, reason }
@@ -191,19 +261,57 @@ async fn chat(
         output
             .borrow_mut()
             .notice(&format!("{failure}; reconnecting in {:.1} s", delay.as_secs_f64()))?;
-        // Waiting, but still watching stdin: the user may quit meanwhile.
+        // Waiting, but still reading stdin: lines typed meanwhile are kept,
+        // and the end of stdin starts the last wait for the server.
         let wait = sleep(delay);
         tokio::pin!(wait);
-        while pending.is_none() {
+        loop {
+            if state.borrow().ended {
+                let deadline = *give_up.get_or_insert_with(|| Instant::now() + config.linger);
+                if state.borrow().pending.is_empty() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    let count = state.borrow().pending.len() as u64;
+                    state.borrow_mut().pending.clear();
+                    state.borrow_mut().unsent += count;
+                    return Err(Error::Unsent {
+                        count,
+                        why: format!(": the server was unreachable ({failure})"),
+                    });
+                }
+            }
+            let room = state.borrow().pending.len() < LINE_QUEUE;
             tokio::select! {
                 () = &mut wait => break,
-                line = lines.recv() => match line {
-                    Some(line) => *pending = Some(line),
-                    None => return Ok(()),
-                },
+                () = sleep_until(give_up.unwrap_or_else(far_future)), if give_up.is_some() => {}
+                line = lines.recv(), if room && !state.borrow().ended => {
+                    read_line(line, state);
+                }
             }
         }
-        wait.await;
+    }
+}
+
+/// An instant no wait reaches.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_hours(24 * 365)
+}
+
+/// Takes one line from stdin (`None` at its end) into the pending lines.
+fn read_line(line: Option<String>, state: &RefCell<Lines>) {
+    let mut state = state.borrow_mut();
+    match line {
+        Some(line) => {
+            state.read += 1;
+            // A blank line is nothing to say; it still counts, so that line
+            // numbers are stdin's.
+            if !line.trim().is_empty() {
+                let number = state.read;
+                state.pending.push_back((number, line));
+            }
+        }
+        None => state.ended = true,
     }
 }
 
@@ -234,28 +342,67 @@ async fn converse(
     config: &ClientConfig,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
-    pending: &mut Option<String>,
+    state: &RefCell<Lines>,
     output: &RefCell<Output>,
 ) -> Ended {
     let (mut sink, mut stream) = ws.split();
+    // Wakes the sender when an answer frees room in the window, or the
+    // welcome tells the limits.
+    let answered = Notify::new();
+    let session = RefCell::new(session);
     // Sending and receiving run together: a server that waits for us to read
     // never blocks our writes, and the other way round.
     let sending = async {
+        let mut pacer: Option<Pacer> = None;
         loop {
-            // A line stays pending until it is sent: if the connection is
-            // lost meanwhile, it is sent again after reconnecting.
-            if pending.is_none() {
-                match lines.recv().await {
-                    Some(line) => *pending = Some(line),
-                    None => break,
+            // Nothing goes out before the welcome: it tells the limits.
+            let Some(limits) = session.borrow().limits else {
+                answered.notified().await;
+                continue;
+            };
+            let pacer = pacer.get_or_insert_with(|| Pacer::new(limits));
+            if state.borrow().pending.is_empty() {
+                if !state.borrow().ended {
+                    tokio::select! {
+                        line = lines.recv() => read_line(line, state),
+                        // A refused line may come back to be sent again.
+                        () = answered.notified() => {}
+                    }
+                    continue;
                 }
+                // Stdin ended: the last answers may still send a line again.
+                if state.borrow().in_flight.is_empty() {
+                    break;
+                }
+                answered.notified().await;
+                continue;
             }
-            send(&mut sink, pending.as_deref().unwrap_or_default(), output).await?;
-            *pending = None;
+            if state.borrow().in_flight.len() >= MAX_IN_FLIGHT {
+                answered.notified().await;
+                continue;
+            }
+            let Some((number, line)) = state.borrow_mut().pending.pop_front() else { continue };
+            if line.len() > limits.max_bytes {
+                let why = format!(
+                    "it is {} bytes, and the server takes at most {}",
+                    line.len(),
+                    limits.max_bytes
+                );
+                unsent(state, output, number, &why);
+                continue;
+            }
+            let Some(request) = request(number, &line, output) else { continue };
+            pacer.ready().await;
+            // A line stays in flight until answered: a `slow down` sends it again.
+            state.borrow_mut().in_flight.push_back((number, line));
+            sink.send(request).await?;
+        }
+        if config.no_close {
+            std::future::pending::<()>().await;
         }
         sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
     };
-    let receiving = receive(&mut stream, session, output);
+    let receiving = receive(&mut stream, &session, state, &answered, output);
     tokio::pin!(receiving);
     tokio::select! {
         ended = &mut receiving => ended,
@@ -274,16 +421,23 @@ async fn converse(
     }
 }
 
-/// Sends one line as a request, or answers it here when it needs no server.
-async fn send<S>(sink: &mut S, line: &str, output: &RefCell<Output>) -> Result<(), S::Error>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
+/// Reports a line that was not sent, and counts it.
+fn unsent(state: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &str) {
+    state.borrow_mut().unsent += 1;
+    if let Err(error) = output.borrow_mut().line_refused(number, why) {
+        debug!(%error, "cannot print");
+    }
+}
+
+/// The request a line makes, with the line's number as its id; `None` when
+/// the line is answered here (`/help`, a typo), without a round trip.
+fn request(number: u64, line: &str, output: &RefCell<Output>) -> Option<Message> {
+    let id = Some(number.to_string().into());
     let request = match parse_command(line) {
-        Command::Say(text) => Request::Message { text: text.into() },
-        Command::Nick(name) => Request::Nick { name: name.into() },
-        Command::Who => Request::Who,
-        // The same answers the text protocol gives, without a round trip.
+        Command::Say(text) => Request::Message { text: text.into(), id },
+        Command::Nick(name) => Request::Nick { name: name.into(), id },
+        Command::Who => Request::Who { id },
+        // The same answers the text protocol gives.
         local => {
             let event = match local {
                 Command::MissingArgument(usage) => ClientError::Usage { usage }.into(),
@@ -293,14 +447,64 @@ where
             if let Err(error) = output.borrow_mut().event(&event, None) {
                 debug!(%error, "cannot print");
             }
-            return Ok(());
+            return None;
         }
     };
     // Serializing a request cannot fail: every key is a string.
-    sink.send(Message::text(serde_json::to_string(&request).unwrap_or_default())).await
+    Some(Message::text(serde_json::to_string(&request).unwrap_or_default()))
 }
 
-async fn receive<S>(stream: &mut S, session: &mut Session, output: &RefCell<Output>) -> Ended
+/// Keeps the client within the rate the server announced, with a margin:
+/// the server counts arrivals, which the network may bunch up.
+struct Pacer {
+    /// Seconds per message; zero when there is no limit.
+    interval: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Pacer {
+    fn new(limits: Limits) -> Self {
+        let interval = if limits.per_second == 0 {
+            0.0
+        } else {
+            1.0 / (f64::from(limits.per_second) * PACE_MARGIN)
+        };
+        // Half the burst: the other half absorbs arrivals bunched up.
+        let burst = (f64::from(limits.burst) / 2.0).max(1.0);
+        Self { interval, burst, tokens: burst, refilled: Instant::now() }
+    }
+
+    /// Waits until a message may be sent, and counts it.
+    async fn ready(&mut self) {
+        if self.interval == 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed / self.interval).min(self.burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) * self.interval);
+            sleep(wait).await;
+            self.tokens = 1.0;
+            self.refilled = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+/// The share of the announced rate the client uses.
+const PACE_MARGIN: f64 = 0.9;
+
+async fn receive<S>(
+    stream: &mut S,
+    session: &RefCell<&mut Session>,
+    state: &RefCell<Lines>,
+    answered: &Notify,
+    output: &RefCell<Output>,
+) -> Ended
 where
     S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
 {
@@ -310,10 +514,7 @@ where
             Some(Ok(frame)) => {
                 if let Some(text) = frame.as_text() {
                     let printed = match serde_json::from_str::<Event<'_>>(text) {
-                        Ok(event) => {
-                            session.update(&event);
-                            output.borrow_mut().event(&event, session.name.as_deref())
-                        }
+                        Ok(event) => on_event(&event, session, state, answered, output),
                         Err(error) => output
                             .borrow_mut()
                             .notice(&format!("the server sent an unreadable event: {error}")),
@@ -337,16 +538,70 @@ where
     }
 }
 
+/// Acts on one event from the server: notes it, settles the line it
+/// answers, and prints it.
+fn on_event(
+    event: &Event<'_>,
+    session: &RefCell<&mut Session>,
+    state: &RefCell<Lines>,
+    answered: &Notify,
+    output: &RefCell<Output>,
+) -> io::Result<()> {
+    session.borrow_mut().update(event);
+    let id = match event {
+        Event::Welcome { .. } => {
+            // Lines sent on a lost connection and never answered are taken
+            // as sent: the server may well have relayed them.
+            state.borrow_mut().in_flight.clear();
+            answered.notify_one();
+            None
+        }
+        Event::Ack { id, .. } => Some(id),
+        Event::Error { id, .. } | Event::Who { id, .. } => id.as_ref(),
+        _ => None,
+    };
+    if let Some(id) = id.and_then(|id| id.parse::<u64>().ok()) {
+        let line = {
+            let mut state = state.borrow_mut();
+            let at = state.in_flight.iter().position(|(number, _)| *number == id);
+            at.and_then(|at| state.in_flight.remove(at))
+        };
+        answered.notify_one();
+        if let (Some((number, text)), Event::Error { code, text: why, .. }) = (line, event) {
+            if code.as_deref() == Some(ClientError::SlowDown { per_second: 0 }.code()) {
+                // Paced, yet refused: the network bunched the lines up. It
+                // goes again first, after a pause.
+                debug!(line = number, "sent too fast; sending it again");
+                state.borrow_mut().pending.push_front((number, text));
+                return Ok(());
+            }
+            state.borrow_mut().unsent += 1;
+            return output.borrow_mut().line_refused(number, why);
+        }
+        if matches!(event, Event::Ack { .. }) {
+            return Ok(());
+        }
+    }
+    let own = session.borrow().name.clone();
+    output.borrow_mut().event(event, own.as_deref())
+}
+
 impl Session {
     fn update(&mut self, event: &Event<'_>) {
         match event {
-            Event::Welcome { name, epoch, .. } => {
+            Event::Welcome { name, epoch, limits, session, .. } => {
                 if self.epoch.as_deref() != Some(epoch) {
                     // A new history: its numbers start over.
                     self.epoch = Some(epoch.to_string());
                     self.seq = None;
                 }
                 self.name = Some(name.to_string());
+                self.secret = session.as_ref().map(ToString::to_string);
+                self.limits = Some(limits.unwrap_or(Limits {
+                    per_second: 0,
+                    burst: 1,
+                    max_bytes: MAX_LINE_BYTES,
+                }));
             }
             Event::Nick { old, new, .. } if self.name.as_deref() == Some(old) => {
                 self.name = Some(new.to_string());
@@ -357,9 +612,14 @@ impl Session {
     }
 }
 
-/// The URL to connect to: `url` checked, with `?name=` and, to resume,
-/// `?since=SEQ&epoch=E` added.
-fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Result<Uri, Error> {
+/// The URL to connect to: `url` checked, with `?name=`, to resume
+/// `?since=SEQ&epoch=E`, and to take our name back `?session=` added.
+fn chat_uri(
+    url: &str,
+    name: Option<&str>,
+    resume: Option<(u64, &str)>,
+    secret: Option<&str>,
+) -> Result<Uri, Error> {
     let invalid =
         |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
     let uri: Uri =
@@ -371,7 +631,7 @@ fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Resul
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
     }
-    if name.is_none() && resume.is_none() {
+    if name.is_none() && resume.is_none() && secret.is_none() {
         return Ok(uri);
     }
     let mut path_and_query = uri.path().to_owned();
@@ -386,6 +646,9 @@ fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Resul
         query.append_pair("since", &since.to_string());
         query.append_pair("epoch", epoch);
     }
+    if let Some(secret) = secret {
+        query.append_pair("session", secret);
+    }
     path_and_query.push('?');
     path_and_query.push_str(&query.finish());
     let mut parts = uri.into_parts();
@@ -394,39 +657,57 @@ fn chat_uri(url: &str, name: Option<&str>, resume: Option<(u64, &str)>) -> Resul
     Uri::from_parts(parts).map_err(|error| invalid(&error.to_string()))
 }
 
-/// Reads stdin lines into `tx` until EOF: each non-empty line, without its
-/// line ending, at most [`MAX_LINE_BYTES`] long.
-fn spawn_pipe_reader(tx: mpsc::Sender<String>) {
+/// Reads stdin lines into `tx` until EOF, without their line endings. A
+/// line over [`MAX_LINE_BYTES`] is reported and counted in `unsent`, and
+/// sent as an empty line so that line numbers stay stdin's.
+fn spawn_pipe_reader(tx: mpsc::Sender<String>, unsent: Arc<AtomicU64>) {
     thread::spawn(move || {
         let mut stdin = io::stdin().lock();
         let mut buf = Vec::new();
+        let mut number = 0u64;
         loop {
             buf.clear();
             let limit = MAX_LINE_BYTES as u64 + 1;
             match (&mut stdin).take(limit).read_until(b'\n', &mut buf) {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(_) => number += 1,
                 Err(error) => {
                     eprintln!("error: cannot read stdin: {error}");
                     return;
                 }
             }
-            if !buf.ends_with(b"\n") && buf.len() as u64 == limit {
-                eprintln!("warning: a line over {MAX_LINE_BYTES} bytes was not sent");
-                // Skip the rest of that line.
-                let mut rest = Vec::new();
-                if stdin.read_until(b'\n', &mut rest).is_err() {
+            let line = if !buf.ends_with(b"\n") && buf.len() as u64 == limit {
+                eprintln!("error: line {number} was not sent: it is over {MAX_LINE_BYTES} bytes");
+                unsent.fetch_add(1, Ordering::Relaxed);
+                if skip_line(&mut stdin).is_err() {
                     return;
                 }
-                continue;
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if !line.is_empty() && tx.blocking_send(line.to_owned()).is_err() {
+                String::new()
+            } else {
+                let line = String::from_utf8_lossy(&buf);
+                line.trim_end_matches(['\n', '\r']).to_owned()
+            };
+            if tx.blocking_send(line).is_err() {
                 return;
             }
         }
     });
+}
+
+/// Reads past the end of the current line, holding little of it at a time.
+fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if let Some(at) = chunk.iter().position(|&b| b == b'\n') {
+            input.consume(at + 1);
+            return Ok(());
+        }
+        let len = chunk.len();
+        input.consume(len);
+    }
 }
 
 #[cfg(test)]
@@ -434,12 +715,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_escapes_control_and_invisible_characters() {
+    fn sanitize_escapes_controls_and_bidi_but_keeps_joiners() {
         assert_eq!(sanitize("plain text\twith tab"), "plain text\twith tab");
         assert_eq!(sanitize("\x1b[31mred"), "\\u{1b}[31mred");
         assert_eq!(sanitize("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(sanitize("abc\u{202E}txt"), "abc\\u{202e}txt");
         assert_eq!(sanitize("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(sanitize("x\u{2066}y\u{2069}"), "x\\u{2066}y\\u{2069}");
+        // Joiners and variation selectors are part of the text, not tricks.
+        assert_eq!(sanitize("👨\u{200D}👩\u{200D}👧"), "👨\u{200D}👩\u{200D}👧");
+        assert_eq!(sanitize("می\u{200C}خواهم"), "می\u{200C}خواهم");
+        assert_eq!(sanitize("❤\u{FE0F}"), "❤\u{FE0F}");
     }
 
     #[test]
@@ -456,17 +742,17 @@ mod tests {
 
     #[test]
     fn chat_uri_adds_the_name() {
-        let uri = chat_uri("ws://127.0.0.1:8080", Some("zoë b"), None).unwrap();
+        let uri = chat_uri("ws://127.0.0.1:8080", Some("zoë b"), None, None).unwrap();
         assert_eq!(uri.to_string(), "ws://127.0.0.1:8080/?name=zo%C3%AB+b");
-        let uri = chat_uri("ws://h:1/rust?x=1", Some("a&b"), Some((7, "e"))).unwrap();
-        assert_eq!(uri.to_string(), "ws://h:1/rust?x=1&name=a%26b&since=7&epoch=e");
-        assert_eq!(chat_uri("ws://h/r", None, None).unwrap().to_string(), "ws://h/r");
+        let uri = chat_uri("ws://h:1/rust?x=1", Some("a&b"), Some((7, "e")), Some("5ec")).unwrap();
+        assert_eq!(uri.to_string(), "ws://h:1/rust?x=1&name=a%26b&since=7&epoch=e&session=5ec");
+        assert_eq!(chat_uri("ws://h/r", None, None, None).unwrap().to_string(), "ws://h/r");
     }
 
     #[test]
     fn chat_uri_refuses_unusable_urls() {
         for url in ["http://h/", "h:80", "ws:///x", "ws://h h/"] {
-            let error = chat_uri(url, None, None).unwrap_err();
+            let error = chat_uri(url, None, None, None).unwrap_err();
             assert!(matches!(error, Error::InvalidUrl { .. }), "{url}: {error}");
         }
     }

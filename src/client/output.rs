@@ -1,15 +1,24 @@
 //! Where the client's output goes: stdout in a pipe, above the prompt in a
 //! terminal, with what could drive a terminal escaped.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use crate::protocol::{Event, is_invisible_format};
+use crate::names::escape_for_display;
+use crate::protocol::{Event, is_line_break};
+
+/// How events are printed in a pipe.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Style {
+    /// Each event as its JSON object (`--json`).
+    pub json: bool,
+    /// Messages only (`--quiet`).
+    pub quiet: bool,
+}
 
 /// Where received lines go.
 pub(super) enum Output {
     /// Stdout as is: one event per line, in the server's text form.
-    Pipe,
+    Pipe(Style),
     /// Above the prompt, with local times, own messages highlighted.
     Terminal { printer: Box<dyn rustyline::ExternalPrinter + Send>, color: bool },
 }
@@ -17,23 +26,24 @@ pub(super) enum Output {
 impl Output {
     /// Prints an event; `own` is our name, to highlight our messages.
     pub(super) fn event(&mut self, event: &Event<'_>, own: Option<&str>) -> io::Result<()> {
-        let safe = sanitize(&event.to_string());
         match self {
-            Output::Pipe => match writeln!(io::stdout(), "{safe}") {
-                // A reader that went away (`| head`) is not a failure.
-                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
-                result => result,
-            },
-            Output::Terminal { printer, color } => {
-                let styled = match event {
-                    _ if !*color => safe,
-                    Event::Error { .. } | Event::Missed { .. } => format!("\x1b[31m{safe}\x1b[0m"),
-                    Event::Message { from, .. } if Some(from.as_ref()) == own => {
-                        format!("\x1b[1;32m{safe}\x1b[0m")
+            Output::Pipe(style) => {
+                if style.quiet && !matches!(event, Event::Message { .. }) {
+                    if let Event::Error { text, .. } = event {
+                        writeln!(io::stderr(), "error: {}", sanitize(text))?;
                     }
-                    Event::Message { .. } => safe,
-                    _ => dim(&safe, true),
-                };
+                    return Ok(());
+                }
+                let line = if style.json { json(event) } else { sanitize(&event.to_string()) };
+                match writeln!(io::stdout(), "{line}") {
+                    // A reader that went away (`| head`) is not a failure.
+                    Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                        std::process::exit(0)
+                    }
+                    result => result,
+                }
+            }
+            Output::Terminal { printer, color } => {
                 let time = match event {
                     Event::Message { ts, .. }
                     | Event::Join { ts, .. }
@@ -41,6 +51,32 @@ impl Output {
                         ts.with_timezone(&chrono::Local).format("%H:%M ").to_string()
                     }
                     _ => "      ".to_owned(),
+                };
+                let text = match event {
+                    // A message of several lines: its name once, its lines
+                    // under one another.
+                    Event::Message { from, text, .. } => {
+                        let indent = " ".repeat(6 + from.chars().count() + 2);
+                        let mut lines = split_lines(text).map(sanitize);
+                        let first = lines.next().unwrap_or_default();
+                        let mut shown = format!("{}: {first}", sanitize(from));
+                        for line in lines {
+                            shown.push('\n');
+                            shown.push_str(&indent);
+                            shown.push_str(&line);
+                        }
+                        shown
+                    }
+                    _ => sanitize(&event.to_string()),
+                };
+                let styled = match event {
+                    _ if !*color => text,
+                    Event::Error { .. } | Event::Missed { .. } => format!("\x1b[31m{text}\x1b[0m"),
+                    Event::Message { from, .. } if Some(from.as_ref()) == own => {
+                        format!("\x1b[1;32m{text}\x1b[0m")
+                    }
+                    Event::Message { .. } => text,
+                    _ => dim(&text, true),
                 };
                 printer.print(dim(&time, *color) + &styled + "\n").map_err(io::Error::other)
             }
@@ -50,36 +86,51 @@ impl Output {
     /// A message from the client itself, on stderr so stdout stays the server's.
     pub(super) fn notice(&mut self, text: &str) -> io::Result<()> {
         match self {
-            Output::Pipe => writeln!(io::stderr(), "{}", sanitize(text)),
+            Output::Pipe(_) => writeln!(io::stderr(), "{}", sanitize(text)),
             Output::Terminal { printer, color, .. } => {
                 printer.print(dim(&sanitize(text), *color) + "\n").map_err(io::Error::other)
             }
         }
     }
+
+    /// Says that line `number` of the input was not sent, and why.
+    pub(super) fn line_refused(&mut self, number: u64, why: &str) -> io::Result<()> {
+        let why = sanitize(why);
+        match self {
+            Output::Pipe(_) => writeln!(io::stderr(), "error: line {number} was not sent: {why}"),
+            Output::Terminal { printer, color } => {
+                let text = format!("! not sent: {why}");
+                let text = if *color { format!("\x1b[31m{text}\x1b[0m") } else { text };
+                printer.print(format!("      {text}\n")).map_err(io::Error::other)
+            }
+        }
+    }
+}
+
+/// The event's JSON line, without the session secret: output may be shared.
+fn json(event: &Event<'_>) -> String {
+    if let Event::Welcome { session: Some(_), .. } = event {
+        let mut event = event.clone();
+        if let Event::Welcome { session, .. } = &mut event {
+            *session = None;
+        }
+        return event.encode_json();
+    }
+    event.encode_json()
+}
+
+/// The lines of a message, split at every kind of line break.
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split("\r\n").flat_map(|part| part.split(is_line_break))
 }
 
 fn dim(text: &str, color: bool) -> String {
     if color { format!("\x1b[2m{text}\x1b[0m") } else { text.to_owned() }
 }
 
-/// Escapes control characters (tab excepted) and invisible formatting
-/// characters, so that received text cannot move the cursor, recolour the
-/// terminal, break a line or disguise itself.
+/// Escapes what could drive a terminal or reorder what it shows (see
+/// [`escape_for_display`]), so that received text cannot move the cursor,
+/// recolour the terminal, break a line or disguise itself.
 pub fn sanitize(text: &str) -> String {
-    if !text.chars().any(needs_escape) {
-        return text.to_owned();
-    }
-    let mut safe = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if needs_escape(c) {
-            let _ = write!(safe, "{}", c.escape_unicode());
-        } else {
-            safe.push(c);
-        }
-    }
-    safe
-}
-
-fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\t') || is_invisible_format(c)
+    escape_for_display(text).into_owned()
 }

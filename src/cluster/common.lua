@@ -1,6 +1,8 @@
 -- Shared by every script. KEYS: the room's meta hash (epoch, seq, presence
--- counters), its history stream, its names hash (name -> node) and its nodes
--- hash (node -> local members). ARGV: channel, room, node, timestamp,
+-- counters), its history stream, its names hash and its nodes hash (node ->
+-- local members). The names hash maps a name's key (its look-alike skeleton,
+-- computed in Rust) to 'NODE SESSION NAME': the node holding it, the
+-- holder's session secret and the name as written (names hold no spaces). ARGV: channel, room, node, timestamp,
 -- presence limit, then the script's own arguments.
 local meta, log, names, nodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local channel, room, node, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -23,14 +25,20 @@ local function forget_if_empty()
   end
 end
 
+-- The node, session and name of a names hash value.
+local function holder(value)
+  return string.match(value, '^(%S+) (%S+) (.+)$')
+end
+
 -- Names held by nodes whose heartbeat key expired leave the room.
 local function reap()
   for _, n in ipairs(redis.call('HKEYS', nodes)) do
     if redis.call('EXISTS', 'chat:node:' .. n) == 0 then
       local all = redis.call('HGETALL', names)
       for i = 1, #all, 2 do
-        if all[i + 1] == n then
-          presence('leave', all[i])
+        local owner, _, name = holder(all[i + 1])
+        if owner == n then
+          presence('leave', name)
           redis.call('HDEL', names, all[i])
         end
       end

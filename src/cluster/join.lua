@@ -1,21 +1,44 @@
--- ARGV[6]: the requested name ('' for none), ARGV[7]: the fallback name,
--- ARGV[8]: an epoch for a new room.
+-- ARGV[6]: the requested name ('' for none), ARGV[7]: its key, ARGV[8]: the
+-- session secret the client came back with ('' for none), ARGV[9]: its new
+-- session secret, ARGV[10]: an epoch for a new room, ARGV[11..]: fallback
+-- names and their keys, in pairs, in order of preference.
+-- A requested name held under the presented session is taken back: its old
+-- connection is retired by the node holding it, and nothing is announced.
 -- Returns {name, taken, online, epoch, seq, first held seq, history}.
 reap()
-local function claim(name)
-  return redis.call('HSETNX', names, name, node) == 1
+local session = ARGV[9]
+local function claim(name, key)
+  return redis.call('HSETNX', names, key, node .. ' ' .. session .. ' ' .. name) == 1
 end
-local name, taken = ARGV[6], 0
-if name == '' or not claim(name) then
-  if name ~= '' then taken = 1 end
-  local n = 1
-  name = ARGV[7]
-  while not claim(name) do
-    n = n + 1
-    name = ARGV[7] .. '~' .. n
+local name, taken, returning = ARGV[6], 0, false
+if name ~= '' and not claim(name, ARGV[7]) then
+  local owner, secret = holder(redis.call('HGET', names, ARGV[7]))
+  if ARGV[8] ~= '' and secret == ARGV[8] then
+    redis.call('HSET', names, ARGV[7], node .. ' ' .. session .. ' ' .. name)
+    if redis.call('HINCRBY', nodes, owner, -1) <= 0 then
+      redis.call('HDEL', nodes, owner)
+    end
+    redis.call('PUBLISH', channel, cjson.encode({type = 'retire', room = room, key = ARGV[7], node = node}))
+    returning = true
+  else
+    taken = 1
+  end
+end
+if name == '' or taken == 1 then
+  name = nil
+  for i = 11, #ARGV, 2 do
+    if claim(ARGV[i], ARGV[i + 1]) then
+      name = ARGV[i]
+      break
+    end
+  end
+  if not name then
+    return redis.error_reply('no free fallback name')
   end
 end
 redis.call('HINCRBY', nodes, node, 1)
-local epoch, seq, first, history = state(ARGV[8])
-presence('join', name)
+local epoch, seq, first, history = state(ARGV[10])
+if not returning then
+  presence('join', name)
+end
 return {name, taken, redis.call('HLEN', names), epoch, seq, first, history}

@@ -1,10 +1,15 @@
--- ARGV[6]: the name leaving. Only the node holding it may release it.
-if redis.call('HGET', names, ARGV[6]) == node then
-  presence('leave', ARGV[6])
-  redis.call('HDEL', names, ARGV[6])
-  if redis.call('HINCRBY', nodes, node, -1) <= 0 then
-    redis.call('HDEL', nodes, node)
+-- ARGV[6]: the key of the name leaving, ARGV[7]: its holder's session. Only
+-- that holder may release it: a retired connection's name is its successor's.
+local value = redis.call('HGET', names, ARGV[6])
+if value then
+  local owner, secret, name = holder(value)
+  if owner == node and secret == ARGV[7] then
+    presence('leave', name)
+    redis.call('HDEL', names, ARGV[6])
+    if redis.call('HINCRBY', nodes, node, -1) <= 0 then
+      redis.call('HDEL', nodes, node)
+    end
+    forget_if_empty()
   end
-  forget_if_empty()
 end
 return 0

@@ -1,24 +1,28 @@
 -- After the link comes back: ARGV[6] is an epoch in case the room is new,
--- ARGV[7..] the names this node's clients hold now. Names this node held but
--- whose clients left meanwhile leave; the others are claimed again.
+-- ARGV[7..] the keys, sessions and names of this node's clients now, in
+-- threes. Names this node held but whose clients left meanwhile leave; the
+-- others are claimed again.
 -- Returns {names held elsewhere meanwhile, epoch, seq, first held seq, history}.
 reap()
 local mine = {}
-for i = 7, #ARGV do mine[ARGV[i]] = true end
+for i = 7, #ARGV, 3 do
+  mine[ARGV[i]] = node .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2]
+end
 local all = redis.call('HGETALL', names)
 for i = 1, #all, 2 do
-  if all[i + 1] == node and not mine[all[i]] then
-    presence('leave', all[i])
+  local owner, _, name = holder(all[i + 1])
+  if owner == node and mine[all[i]] ~= all[i + 1] then
+    presence('leave', name)
     redis.call('HDEL', names, all[i])
   end
 end
 local held, clashes = 0, 0
-for name in pairs(mine) do
-  local owner = redis.call('HGET', names, name)
-  if not owner then
-    redis.call('HSET', names, name, node)
+for key, value in pairs(mine) do
+  local current = redis.call('HGET', names, key)
+  if not current then
+    redis.call('HSET', names, key, value)
     held = held + 1
-  elseif owner == node then
+  elseif current == value then
     held = held + 1
   else
     clashes = clashes + 1

@@ -1,11 +1,17 @@
--- ARGV[6]: the old name, ARGV[7]: the new one. Returns 1, or 0 if taken.
-if redis.call('HSETNX', names, ARGV[7], node) == 0 then
+-- ARGV[6]: the old name's key, ARGV[7]: the holder's session, ARGV[8]: the
+-- new name, ARGV[9]: its key, ARGV[10]: the old name. Returns 1, or 0 if the
+-- new key is held by someone else.
+local mine = node .. ' ' .. ARGV[7] .. ' '
+local held = redis.call('HGET', names, ARGV[9])
+if held and string.sub(held, 1, #mine) ~= mine then
   return 0
 end
-if redis.call('HGET', names, ARGV[6]) == node then
+local old = redis.call('HGET', names, ARGV[6])
+if old and string.sub(old, 1, #mine) == mine then
   redis.call('HDEL', names, ARGV[6])
 else
   redis.call('HINCRBY', nodes, node, 1)
 end
-redis.call('PUBLISH', channel, cjson.encode({type = 'nick', room = room, old = ARGV[6], new = ARGV[7]}))
+redis.call('HSET', names, ARGV[9], mine .. ARGV[8])
+redis.call('PUBLISH', channel, cjson.encode({type = 'nick', room = room, old = ARGV[10], new = ARGV[8]}))
 return 1

@@ -1,5 +1,9 @@
 -- ARGV[6]: how many names to list at most. Returns {count, names}.
-local all = redis.call('HKEYS', names)
+local all = {}
+for i, value in ipairs(redis.call('HVALS', names)) do
+  local _, _, name = holder(value)
+  all[i] = name
+end
 local count = #all
 local max = tonumber(ARGV[6])
 table.sort(all)
