@@ -211,8 +211,11 @@ async fn a_30_line_paste_without_bracketed_paste_is_30_messages_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_line_bracketed_paste_is_one_message_with_its_line_breaks() {
     let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
     let mut carol = connect_json(&server.url("/?name=carol")).await;
+    alice.expect("* carol joined").await;
     let mut bob = bob_joins(&server, &[]);
+    alice.expect("* bob joined").await;
 
     // The terminal wraps a paste in ESC[200~ … ESC[201~ and sends its line
     // breaks as carriage returns; Enter sends it.
@@ -220,9 +223,12 @@ async fn a_30_line_bracketed_paste_is_one_message_with_its_line_breaks() {
     bob.keys(&format!("\x1b[200~{}\r\x1b[201~\r", lines.join("\r")));
     bob.lines_read(1);
     assert_eq!(next_message(&mut carol).await, ("bob".into(), lines.join("\n")));
+    // The text protocol shows it on one line, each break as U+2424.
+    alice.expect(&format!("bob: {}", lines.join("\u{2424}"))).await;
     bob.keys("after the paste\r");
     bob.lines_read(1);
     assert_eq!(next_message(&mut carol).await, ("bob".into(), "after the paste".into()));
+    alice.expect("bob: after the paste").await;
     quits(bob);
     server.stop().await;
 }

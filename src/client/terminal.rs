@@ -44,6 +44,8 @@ pub(super) struct Editor {
     /// editor starts, so that rustyline restores our handler after each line.
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    /// Whether the user quit with a SIGINT, which the terminal echoed as `^C`.
+    interrupted: bool,
     /// The terminal's settings before rustyline first switched it to raw mode.
     #[cfg(unix)]
     saved: Option<nix::sys::termios::Termios>,
@@ -98,6 +100,7 @@ pub(super) fn spawn_editor(tx: mpsc::Sender<String>) -> Result<(Printer, Editor)
         holding,
         #[cfg(unix)]
         interrupt,
+        interrupted: false,
         #[cfg(unix)]
         saved,
     };
@@ -160,7 +163,7 @@ impl Editor {
         #[cfg(unix)]
         tokio::select! {
             _ = &mut self.ended => {}
-            _ = self.interrupt.recv() => {}
+            _ = self.interrupt.recv() => self.interrupted = true,
         }
         #[cfg(not(unix))]
         let _ = (&mut self.ended).await;
@@ -168,19 +171,24 @@ impl Editor {
 
     /// Puts the terminal back as it was before the editor started, if the
     /// editor still holds it in raw mode: the process is about to end without
-    /// waiting for the editor's thread, which never returns from a read.
+    /// waiting for the editor's thread, which never returns from a read. Ends
+    /// with the cursor at the start of a line.
     pub(super) fn restore(&self) {
         #[cfg(unix)]
         {
             use nix::sys::termios::{SetArg, tcgetattr, tcsetattr};
             let Some(saved) = &self.saved else { return };
             let Ok(now) = tcgetattr(io::stdin()) else { return };
+            let mut stdout = io::stdout();
             if now.local_flags == saved.local_flags && now.input_flags == saved.input_flags {
+                if self.interrupted {
+                    // Off the line where the terminal echoed `^C`.
+                    let _ = stdout.write_all(b"\n").and_then(|()| stdout.flush());
+                }
                 return;
             }
             // Bracketed paste off, as rustyline does when it ends a line, and
             // off the prompt's line so that what follows starts on its own.
-            let mut stdout = io::stdout();
             let _ = stdout.write_all(b"\x1b[?2004l\r\n").and_then(|()| stdout.flush());
             let _ = tcsetattr(io::stdin(), SetArg::TCSADRAIN, saved);
         }
