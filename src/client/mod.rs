@@ -168,9 +168,9 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let unsent = Arc::new(AtomicU64::new(0));
-    let (output, input) = if interactive {
-        let (printer, thread) = spawn_editor(tx)?;
-        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(thread))
+    let (output, editor) = if interactive {
+        let (printer, editor) = spawn_editor(tx)?;
+        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(editor))
     } else {
         spawn_pipe_reader(tx, unsent.clone());
         let style = Style { json: config.json, quiet: config.quiet };
@@ -180,14 +180,25 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let mut session = Session { name: config.name.clone(), ..Session::default() };
     let state = RefCell::new(Lines::default());
 
-    let result = chat(&config, &tls, &mut session, &mut lines, &state, &output).await;
-    drop(lines);
-    if let Some(thread) = input {
-        // The editor holds the terminal in raw mode: let it finish its line so
-        // it can restore the terminal before we exit.
-        let _ = output.borrow_mut().notice("connection closed; press Enter to exit");
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
+    let chatting = chat(&config, &tls, &mut session, &mut lines, &state, &output);
+    let result = match editor {
+        None => chatting.await,
+        Some(mut editor) => {
+            // Quitting is watched apart from the lines, so it works in every
+            // state: connecting, waiting to reconnect, or with lines queued.
+            let result = tokio::select! {
+                result = chatting => result,
+                () = editor.quit_requested() => Ok(()),
+            };
+            // The editor's thread may still hold the terminal in raw mode: it
+            // is left blocked in its read, and ends with the process.
+            editor.restore();
+            if let Some(line) = editor.not_sent(lines.len() + state.borrow().pending.len()) {
+                eprintln!("{line}");
+            }
+            result
+        }
+    };
     result?;
     let count = state.borrow().unsent + unsent.load(Ordering::Relaxed);
     if count > 0 {
