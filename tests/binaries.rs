@@ -222,3 +222,54 @@ async fn client_presents_its_token() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn server_listens_on_localhost_says_where_the_page_is_and_never_logs_a_session() {
+    let mut server = command(SERVER, &["--host", "localhost", "--port", "0"])
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
+    let listening = line(&mut stdout).await;
+    let url = listening.strip_prefix("listening on ").expect("the listening line").to_owned();
+    let addr: std::net::SocketAddr =
+        url.strip_prefix("ws://").expect("ws://").parse().expect("HOST:PORT");
+    assert!(addr.ip().is_loopback(), "{listening}");
+
+    // A session secret handed out, then presented again.
+    let mut first = common::connect_json(&format!("{url}?name=alice")).await;
+    let welcome = common::next_json(&mut first).await;
+    let secret = welcome["session"].as_str().expect("a session").to_owned();
+    let mut again = common::connect_json(&format!("{url}?name=alice&session={secret}")).await;
+    assert_eq!(common::next_json(&mut again).await["name"], "alice");
+    drop((first, again));
+
+    let pid = server.id().expect("pid").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(killed.success());
+    timeout(PATIENCE, server.wait()).await.expect("exits in time").expect("wait");
+    let mut stderr = String::new();
+    server.stderr.take().expect("stderr").read_to_string(&mut stderr).await.expect("read");
+    let page = format!("web page: open http://{addr}/ in a browser");
+    assert!(stderr.contains(&page), "{stderr}");
+    assert!(stderr.contains("alice"), "debug logs name the client: {stderr}");
+    assert!(!stderr.contains(&secret), "the session secret was logged: {stderr}");
+}
+
+#[tokio::test]
+async fn an_empty_token_is_refused_at_start_by_both_binaries() {
+    for program in [SERVER, CLIENT] {
+        let mut child = command(program, &["--port", "0"][..usize::from(program == SERVER) * 2])
+            .env("CHAT_TOKEN", "")
+            .spawn()
+            .expect("spawn");
+        drop(child.stdin.take());
+        let output =
+            timeout(PATIENCE, child.wait_with_output()).await.expect("in time").expect("wait");
+        assert_ne!(output.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            "error: --token (CHAT_TOKEN) is empty: give the secret, or unset it\n"
+        );
+    }
+}
