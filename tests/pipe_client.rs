@@ -113,3 +113,38 @@ async fn quiet_prints_messages_only_and_no_close_keeps_printing_after_input_ends
     child.kill().await.expect("kill");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_dropped_mid_pipe_loses_and_repeats_no_line() {
+    let server = TestServer::start().await;
+    let proxy = common::Proxy::start(server.addr).await;
+    let mut watcher = Peer::named(&server, "watcher").await;
+    let url = proxy.url("/?name=piper");
+    let mut child = command(CLIENT, &[&url]).spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = (1..=60).map(|n| format!("line {n}")).collect::<Vec<_>>().join("\n") + "\n";
+    stdin.write_all(input.as_bytes()).await.expect("write");
+    drop(stdin);
+    watcher.expect("* piper joined").await;
+    for n in 1..=10 {
+        watcher.expect(&format!("piper: line {n}")).await;
+    }
+    // Reset mid-stream, with lines in flight: the client comes back with its
+    // session, learns the last line carried out, and sends the rest once.
+    proxy.cut();
+    let mut n = 11;
+    while n <= 60 {
+        let line = watcher.next().await;
+        if line != "* piper left" && line != "* piper joined" {
+            assert_eq!(line, format!("piper: line {n}"));
+            n += 1;
+        }
+    }
+    let status = timeout(PATIENCE, child.wait()).await.expect("exits in time").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // Nothing came twice: after line 60, only the leave.
+    watcher.expect("* piper left").await;
+    watcher.send("done").await;
+    watcher.expect("watcher: done").await;
+    server.stop().await;
+}

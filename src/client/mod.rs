@@ -270,7 +270,8 @@ async fn chat(
         let wait = sleep(delay);
         tokio::pin!(wait);
         loop {
-            if state.borrow().ended {
+            // With --no-close, the end of stdin ends nothing: keep coming back.
+            if state.borrow().ended && !config.no_close {
                 let deadline = *give_up.get_or_insert_with(|| Instant::now() + config.linger);
                 if state.borrow().pending.is_empty() {
                     return Ok(());
@@ -350,6 +351,9 @@ async fn converse(
     output: &RefCell<Output>,
 ) -> Ended {
     let (mut sink, mut stream) = ws.split();
+    // This connection's welcome tells the limits; until then nothing is sent,
+    // so that what is in flight at the welcome is the last connection's.
+    session.limits = None;
     // Wakes the sender when an answer frees room in the window, or the
     // welcome tells the limits.
     let answered = Notify::new();
@@ -385,6 +389,10 @@ async fn converse(
                 answered.notified().await;
                 continue;
             }
+            // Paced before the line leaves the queue: this future may be
+            // dropped while it waits (the connection lost), and the line
+            // must then still be there.
+            pacer.ready().await;
             let Some((number, line)) = state.borrow_mut().pending.pop_front() else { continue };
             if line.len() > limits.max_bytes {
                 let why = format!(
@@ -396,7 +404,6 @@ async fn converse(
                 continue;
             }
             let Some(request) = request(number, &line, output) else { continue };
-            pacer.ready().await;
             // A line stays in flight until answered: a `slow down` sends it again.
             state.borrow_mut().in_flight.push_back((number, line));
             sink.send(request).await?;
@@ -553,10 +560,18 @@ fn on_event(
 ) -> io::Result<()> {
     session.borrow_mut().update(event);
     let id = match event {
-        Event::Welcome { .. } => {
-            // Lines sent on a lost connection and never answered are taken
-            // as sent: the server may well have relayed them.
-            state.borrow_mut().in_flight.clear();
+        Event::Welcome { last_id, .. } => {
+            // Lines sent on a lost connection and never answered go again,
+            // first: a returning session is told the last one carried out,
+            // and only those after it go. (Without that, after a server
+            // restart, a line may come twice, never not at all.)
+            let last = last_id.as_ref().and_then(|id| id.parse::<u64>().ok());
+            let mut state = state.borrow_mut();
+            let mut unanswered = std::mem::take(&mut state.in_flight);
+            unanswered.retain(|(number, _)| last.is_none_or(|last| *number > last));
+            while let Some(line) = unanswered.pop_back() {
+                state.pending.push_front(line);
+            }
             answered.notify_one();
             None
         }
