@@ -53,7 +53,7 @@ use crate::protocol::{
     ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
 };
 use connect::{Socket, connect, describe, describe_code, tls_connector};
-use output::{Output, Style};
+use output::{Output, Refusal, Style};
 use terminal::spawn_editor;
 
 /// Why the client stopped with a failure.
@@ -435,7 +435,7 @@ async fn converse(
 /// Reports a line that was not sent, and counts it.
 fn unsent(state: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &str) {
     state.borrow_mut().unsent += 1;
-    if let Err(error) = output.borrow_mut().line_refused(number, why) {
+    if let Err(error) = output.borrow_mut().line_refused(number, why, Refusal::Local) {
         debug!(%error, "cannot print");
     }
 }
@@ -595,7 +595,7 @@ fn on_event(
                 return Ok(());
             }
             state.borrow_mut().unsent += 1;
-            return output.borrow_mut().line_refused(number, why);
+            return output.borrow_mut().line_refused(number, why, Refusal::Server);
         }
         if matches!(event, Event::Ack { .. }) {
             return Ok(());
