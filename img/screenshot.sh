@@ -52,7 +52,13 @@ say carol "/nick caro"
 wait_for alice "carol is now caro"
 say carol "nice, names are unique per room"
 wait_for alice "caro: nice"
-say bob "/nick alice"
+# A bracketed paste of two lines is one message, shown under one name.
+printf 'the rooms: /rust, /ops\nand /lobby for the rest' | tmux load-buffer -
+tmux paste-buffer -p -t "$session:alice"
+tmux send-keys -t "$session:alice" Enter
+wait_for bob "and /lobby"
+# A look-alike of a name in the room is taken too.
+say bob "/nick ALICE"
 wait_for bob "is taken"
 wait_for alice "caro: nice"
 

@@ -3,7 +3,6 @@
 //!
 //! Flags are parsed and checked once here; the rest of the crate trusts them.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +11,8 @@ use clap::Args;
 use crate::limit::RateLimit;
 use clap::builder::TypedValueParser as _;
 
+/// Default `--host`.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
 pub const DEFAULT_MAX_LAG: usize = 1024;
 /// Default `--history`: messages a room keeps for those who join later.
@@ -72,9 +73,11 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Server flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
-    /// Address to listen on.
-    #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    /// Address or host name to listen on (`localhost` binds its first
+    /// address).
+    #[arg(long, env = "CHAT_HOST", default_value = DEFAULT_HOST,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub host: String,
 
     /// Port to listen on; 0 picks a free one.
     #[arg(long, env = "CHAT_PORT", default_value_t = 8080)]
@@ -149,7 +152,8 @@ pub struct ServerConfig {
     pub allow_origin: Vec<String>,
 
     /// A shared secret every client must present (`Authorization: Bearer`, or
-    /// `?token=` from a browser); others get HTTP 401. Never logged.
+    /// `?token=` from a browser); others get HTTP 401. Never logged. An
+    /// empty one is refused: it would lock everyone out.
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
@@ -195,6 +199,15 @@ pub struct ConnectionLimits {
     pub max_message_bytes: usize,
 }
 
+/// An empty `--token` (often `CHAT_TOKEN=` left in an environment file)
+/// would make every client need an empty token: refused, not obeyed.
+pub fn check_token(token: Option<&str>) -> Result<(), &'static str> {
+    match token {
+        Some("") => Err("--token (CHAT_TOKEN) is empty: give the secret, or unset it"),
+        _ => Ok(()),
+    }
+}
+
 impl ServerConfig {
     /// The flood control settings.
     pub fn rate_limit(&self) -> RateLimit {
@@ -233,7 +246,7 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            host: IpAddr::from([127, 0, 0, 1]),
+            host: DEFAULT_HOST.to_owned(),
             port: 8080,
             max_lag: DEFAULT_MAX_LAG,
             presence_limit: DEFAULT_PRESENCE_LIMIT,
@@ -276,6 +289,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
 /// The longest wait between two reconnection attempts.
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` the client obeys before reconnecting.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 
 /// Client flags.
 #[derive(Debug, Clone, Args)]

@@ -121,13 +121,13 @@ where
         last_heard: AtomicU64::new(0),
     };
     let (mut sink, mut stream) = ws.split();
-    let retirement = joined.member.retirement();
+    let tenure = joined.member.tenure();
 
     let end = tokio::select! {
         end = read(&shared, &mut joined.member, &mut stream) => end,
         end = write(&shared, &mut joined.rx, &mut sink) => end,
         end = ping(&shared) => end,
-        () = retirement.notified() => End::Replaced,
+        () = tenure.retired() => End::Replaced,
         () = setup.shutdown.cancelled() => End::Shutdown,
     };
 
@@ -512,7 +512,14 @@ async fn act(
                 return refuse(refusal);
             }
             match member.say(message).await {
-                Ok((wait, seq)) => Done { wait, then: ack(seq) },
+                Ok((wait, seq)) => {
+                    // Told to this session's next connection, so that it
+                    // sends again only what did not get through.
+                    if let Some(id) = id {
+                        member.done(id);
+                    }
+                    Done { wait, then: ack(seq) }
+                }
                 Err(refusal) => refuse(refusal),
             }
         }

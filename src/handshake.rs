@@ -217,8 +217,12 @@ impl Access {
     /// open a chat connection with its visitors' access (cross-site WebSocket
     /// hijacking). Terminal tools send no Origin and are not affected.
     fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        // Compared as bytes: a split inside a multi-byte character must not
+        // panic (`Origin: http:/éab` once did).
         let own = host.is_some_and(|host| {
+            let (origin, host) = (origin.as_bytes(), host.as_bytes());
             ["http://", "https://"].iter().any(|scheme| {
+                let scheme = scheme.as_bytes();
                 origin.len() == scheme.len() + host.len()
                     && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
                     && origin[scheme.len()..].eq_ignore_ascii_case(host)

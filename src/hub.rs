@@ -152,7 +152,15 @@ struct RoomState {
     left: u64,
     /// The last messages, oldest first, numbered without gaps.
     history: VecDeque<(u64, Frames)>,
+    /// Sessions that left lately, with the id of their last message request
+    /// carried out: one that comes back learns where it got to. At most
+    /// [`DEPARTED_SESSIONS`], the oldest forgotten first.
+    departed: VecDeque<(String, Box<str>)>,
 }
+
+/// Sessions a room remembers after they leave, so that one coming back
+/// (its connection reset) learns which of its requests were carried out.
+pub const DEPARTED_SESSIONS: usize = 64;
 
 /// Who holds a name in a room.
 #[derive(Debug)]
@@ -161,8 +169,8 @@ struct Holder {
     name: String,
     /// The secret that proves a reconnecting client is this one.
     session: String,
-    /// The holder's [`Member::retire`].
-    retire: Arc<Notify>,
+    /// The holder's [`Member::tenure`].
+    tenure: Arc<Tenure>,
 }
 
 impl Holder {
@@ -170,6 +178,32 @@ impl Holder {
     fn owned_by(&self, presented: Option<&str>) -> bool {
         use subtle::ConstantTimeEq as _;
         presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(self.session.as_bytes())))
+    }
+}
+
+/// What a connection shares with the name it holds: the signal that retires
+/// it, and how far its requests got, for its session's next connection.
+#[derive(Debug, Default)]
+pub struct Tenure {
+    retire: Notify,
+    /// The id of the last message request carried out.
+    last_id: Mutex<Option<Box<str>>>,
+}
+
+impl Tenure {
+    /// Completes when the same session joined again from a new connection,
+    /// which now holds the name: this connection must close.
+    pub async fn retired(&self) {
+        self.retire.notified().await;
+    }
+
+    /// Notes that the message request `id` was carried out.
+    pub fn done(&self, id: &str) {
+        *lock(&self.last_id) = Some(id.into());
+    }
+
+    fn last_id(&self) -> Option<Box<str>> {
+        lock(&self.last_id).clone()
     }
 }
 
@@ -222,9 +256,8 @@ pub struct Member {
     registered: bool,
     /// This client's session secret.
     session: String,
-    /// Notified when the same session joins again from a new connection:
-    /// this one is then closed, and its name is the new one's.
-    retire: Arc<Notify>,
+    /// Shared with the name it holds.
+    tenure: Arc<Tenure>,
 }
 
 impl Hub {
@@ -337,13 +370,14 @@ impl Hub {
     fn join_here(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
         let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let (requested, protocol) = (requested.as_deref(), *protocol);
-        let retire = Arc::new(Notify::new());
+        let tenure = Arc::new(Tenure::default());
         let secret = new_session();
         let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
             let mut notices = Vec::new();
             // A client coming back with its session takes its name back from
             // its own dead connection, which is retired without a word.
             let mut returning = false;
+            let mut last_id = None;
             let refusal = requested.and_then(|name| {
                 if let Err(reason) = validate_name(name) {
                     return Some(ClientError::InvalidName { name, reason });
@@ -352,7 +386,8 @@ impl Hub {
                 match state.names.get(&key) {
                     None => None,
                     Some(holder) if holder.owned_by(session.as_deref()) => {
-                        holder.retire.notify_one();
+                        holder.tenure.retire.notify_one();
+                        last_id = holder.tenure.last_id();
                         state.names.remove(&key);
                         returning = true;
                         None
@@ -369,15 +404,20 @@ impl Hub {
                     fallback_name(fallback, |name| state.names.contains_key(&name_key(name)))
                 }
             };
+            if last_id.is_none()
+                && let Some(presented) = session.as_deref()
+            {
+                last_id = take_departed(&mut state.departed, presented);
+            }
             let holder =
-                Holder { name: name.clone(), session: secret.clone(), retire: retire.clone() };
+                Holder { name: name.clone(), session: secret.clone(), tenure: tenure.clone() };
             state.names.insert(name_key(&name), holder);
             notices.push(self.welcome(
                 room,
                 &name,
                 state.names.len(),
                 (&state.epoch, state.seq),
-                &secret,
+                (&secret, last_id.as_deref()),
                 protocol,
             ));
             // What was said before, then live frames: both under the room's lock,
@@ -413,7 +453,7 @@ impl Hub {
             protocol,
             registered: true,
             session: secret,
-            retire,
+            tenure,
         };
         Joined { member, rx, notices, skip_through: 0 }
     }
@@ -426,7 +466,7 @@ impl Hub {
         name: &str,
         online: usize,
         (epoch, seq): (&str, u64),
-        session: &str,
+        (session, last_id): (&str, Option<&str>),
         protocol: Protocol,
     ) -> Frame {
         let json = protocol == Protocol::Json;
@@ -438,6 +478,7 @@ impl Hub {
             seq,
             limits: json.then_some(self.limits),
             session: json.then(|| session.into()),
+            last_id: last_id.filter(|_| json).map(Into::into),
         }
         .encode(protocol)
     }
@@ -463,7 +504,7 @@ impl Hub {
             protocol,
             registered: false,
             session: new_session(),
-            retire: Arc::new(Notify::new()),
+            tenure: Arc::default(),
         };
         let room = &member.room;
         room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;
@@ -503,11 +544,11 @@ impl Hub {
             let holder = Holder {
                 name: reply.name.clone(),
                 session: member.session.clone(),
-                retire: member.retire.clone(),
+                tenure: member.tenure.clone(),
             };
             // A returning session's old connection, if it is on this node.
             if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
-                old.retire.notify_one();
+                old.tenure.retire.notify_one();
             }
         }
         notices.push(self.welcome(
@@ -515,7 +556,7 @@ impl Hub {
             &reply.name,
             reply.online,
             (&state.epoch, state.seq),
-            &member.session,
+            (&member.session, None),
             protocol,
         ));
         let held = state.history.len();
@@ -572,7 +613,7 @@ impl Hub {
                     if retire.node != self.cluster.as_ref().map_or("", |c| c.node())
                         && let Some(old) = state.names.remove(retire.key.as_ref())
                     {
-                        old.retire.notify_one();
+                        old.tenure.retire.notify_one();
                     }
                     return;
                 }
@@ -625,6 +666,15 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
+}
+
+/// The last id of the departed session `presented`, forgotten once told.
+fn take_departed(departed: &mut VecDeque<(String, Box<str>)>, presented: &str) -> Option<Box<str>> {
+    use subtle::ConstantTimeEq as _;
+    let at = departed
+        .iter()
+        .position(|(session, _)| bool::from(session.as_bytes().ct_eq(presented.as_bytes())))?;
+    departed.remove(at).map(|(_, last_id)| last_id)
 }
 
 /// `fallback`, or `fallback~2`, `~3`… : the first that `taken` says is free.
@@ -694,13 +744,18 @@ impl Member {
 
     /// Notified when the same session joined again from a new connection,
     /// which now holds the name: this one must close.
-    pub fn retirement(&self) -> Arc<Notify> {
-        self.retire.clone()
+    pub fn tenure(&self) -> Arc<Tenure> {
+        self.tenure.clone()
+    }
+
+    /// Notes that this client's message request `id` was carried out.
+    pub fn done(&self, id: &str) {
+        self.tenure.done(id);
     }
 
     /// Whether `holder` is this client.
     fn holds(&self, holder: &Holder) -> bool {
-        Arc::ptr_eq(&holder.retire, &self.retire)
+        Arc::ptr_eq(&holder.tenure, &self.tenure)
     }
 
     /// The link to use, if the room is shared with other nodes and the link is up.
@@ -887,6 +942,12 @@ impl Drop for Member {
                 None => state.left += 1,
             }
             state.names.remove(&key);
+            if let Some(last_id) = self.tenure.last_id() {
+                if state.departed.len() == DEPARTED_SESSIONS {
+                    state.departed.pop_front();
+                }
+                state.departed.push_back((self.session.clone(), last_id));
+            }
         }
         state.members -= 1;
         *state.speakers.count(self.protocol) -= 1;

@@ -193,6 +193,10 @@ pub enum Event<'a> {
         /// with `?session=` (JSON only; never printed or logged).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<Str<'a>>,
+        /// For a returning session: the id of the last message request its
+        /// old connection carried out, so that it sends again only the rest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_id: Option<Str<'a>>,
     },
     /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
     /// [`MAX_WHO_NAMES`]).
@@ -723,6 +727,7 @@ mod tests {
                     seq: 9,
                     limits: Some(Limits { per_second: 20, burst: 50, max_bytes: 65536 }),
                     session: Some("5ec".into()),
+                    last_id: None,
                 },
                 r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9,"limits":{"per_second":20,"burst":50,"max_bytes":65536},"session":"5ec"}"#,
                 "* you are bob in room lobby, 2 online; /help lists the commands",
@@ -798,6 +803,7 @@ mod tests {
             seq: 0,
             limits: None,
             session: None,
+            last_id: None,
         };
         assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
     }

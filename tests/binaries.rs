@@ -50,7 +50,10 @@ async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 404\n")
+        format!(
+            "error: cannot connect to {url}: the server refused the upgrade with HTTP 404: \
+             no such room \"/no/such/room\": room names use only letters, digits, '-', '_' and '.'\n"
+        )
     );
 
     let (code, _, stderr) = run(CLIENT, &["http://example.com/"], "").await;
@@ -63,7 +66,7 @@ async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
 }
 
 #[tokio::test]
-async fn client_escapes_control_characters_and_reports_the_server_closing() {
+async fn client_escapes_bidi_controls_keeps_one_line_and_reports_the_server_closing() {
     let mut server = TestServer::start().await;
     let mut alice = Peer::named(&server, "alice").await;
     let url = server.url("/?name=bob");
@@ -73,10 +76,12 @@ async fn client_escapes_control_characters_and_reports_the_server_closing() {
     assert_eq!(line(&mut stdout).await, "* bob joined");
     alice.expect("* bob joined").await;
 
-    alice.send("\x1b]0;pwned\x07\x1b[2J\u{202E}olleh\nfake: line").await;
+    // The server refuses control characters; what remains to disguise text
+    // (bidirectional controls) is escaped, and a line break stays in the line.
+    alice.send("\u{202E}olleh\u{2066}x\nfake: line 👨\u{200d}👩\u{200d}👧").await;
     assert_eq!(
         line(&mut stdout).await,
-        "alice: \\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{202e}olleh\\u{a}fake: line"
+        "alice: \\u{202e}olleh\\u{2066}x\u{2424}fake: line 👨\u{200d}👩\u{200d}👧"
     );
 
     // Keep stdin open: `wait` would close it, and the client would then be
@@ -210,7 +215,61 @@ async fn client_presents_its_token() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        format!("error: cannot connect to {url}: the server refused the upgrade with HTTP 401\n")
+        format!(
+            "error: cannot connect to {url}: the server refused the upgrade with HTTP 401: \
+             a valid token is required: Authorization: Bearer TOKEN, or ?token=\n"
+        )
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn server_listens_on_localhost_says_where_the_page_is_and_never_logs_a_session() {
+    let mut server = command(SERVER, &["--host", "localhost", "--port", "0"])
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(server.stdout.take().expect("stdout"));
+    let listening = line(&mut stdout).await;
+    let url = listening.strip_prefix("listening on ").expect("the listening line").to_owned();
+    let addr: std::net::SocketAddr =
+        url.strip_prefix("ws://").expect("ws://").parse().expect("HOST:PORT");
+    assert!(addr.ip().is_loopback(), "{listening}");
+
+    // A session secret handed out, then presented again.
+    let mut first = common::connect_json(&format!("{url}?name=alice")).await;
+    let welcome = common::next_json(&mut first).await;
+    let secret = welcome["session"].as_str().expect("a session").to_owned();
+    let mut again = common::connect_json(&format!("{url}?name=alice&session={secret}")).await;
+    assert_eq!(common::next_json(&mut again).await["name"], "alice");
+    drop((first, again));
+
+    let pid = server.id().expect("pid").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(killed.success());
+    timeout(PATIENCE, server.wait()).await.expect("exits in time").expect("wait");
+    let mut stderr = String::new();
+    server.stderr.take().expect("stderr").read_to_string(&mut stderr).await.expect("read");
+    let page = format!("web page: open http://{addr}/ in a browser");
+    assert!(stderr.contains(&page), "{stderr}");
+    assert!(stderr.contains("alice"), "debug logs name the client: {stderr}");
+    assert!(!stderr.contains(&secret), "the session secret was logged: {stderr}");
+}
+
+#[tokio::test]
+async fn an_empty_token_is_refused_at_start_by_both_binaries() {
+    for program in [SERVER, CLIENT] {
+        let mut child = command(program, &["--port", "0"][..usize::from(program == SERVER) * 2])
+            .env("CHAT_TOKEN", "")
+            .spawn()
+            .expect("spawn");
+        drop(child.stdin.take());
+        let output =
+            timeout(PATIENCE, child.wait_with_output()).await.expect("in time").expect("wait");
+        assert_ne!(output.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            "error: --token (CHAT_TOKEN) is empty: give the secret, or unset it\n"
+        );
+    }
 }

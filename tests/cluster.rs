@@ -400,3 +400,63 @@ async fn a_redis_outage_degrades_then_recovers() {
     assert!(metrics.contains("chat_cluster_link_up 1\n"), "{metrics}");
     assert!(metrics.contains("reason=\"cluster_down\"} 1\n"), "{metrics}");
 }
+
+#[tokio::test]
+async fn look_alike_names_clash_across_nodes() {
+    let Some(redis) = Redis::start("look-alikes").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (mut alice, _) = join(&one, "/alike?name=alice").await;
+    until(&mut alice, |e| e["type"] == "join").await;
+    // Cyrillic а, then capitals: the key is computed in Rust, the claim in Lua.
+    for name in ["%D0%B0lice", "ALICE"] {
+        let mut ws = connect_json(&two.url(&format!("/alike?name={name}"))).await;
+        assert_eq!(next_json(&mut ws).await["code"], "name_taken");
+        let welcome = next_json(&mut ws).await;
+        assert!(welcome["name"].as_str().is_some_and(|n| n.starts_with("127.0.0.1:")));
+    }
+    let (mut bob, _) = join(&two, "/alike?name=bob").await;
+    let request = json!({"type": "nick", "name": "\u{430}lice", "id": "1"});
+    bob.send(Message::text(request.to_string())).await.expect("send");
+    let refused = until(&mut bob, |e| e["type"] == "error").await;
+    assert_eq!((refused["code"].as_str(), refused["id"].as_str()), (Some("name_taken"), Some("1")));
+    // Changing one's own case is not a clash with oneself.
+    let request = json!({"type": "nick", "name": "Bob", "id": "2"});
+    bob.send(Message::text(request.to_string())).await.expect("send");
+    let renamed = until(&mut alice, |e| e["type"] == "nick").await;
+    assert_eq!((renamed["old"].as_str(), renamed["new"].as_str()), (Some("bob"), Some("Bob")));
+}
+
+#[tokio::test]
+async fn a_returning_session_takes_its_name_back_on_another_node() {
+    let Some(redis) = Redis::start("returning").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (mut watcher, _) = join(&one, "/back?name=watcher").await;
+    let (mut old, welcome) = join(&one, "/back?name=alice").await;
+    let secret = welcome["session"].as_str().expect("a session").to_owned();
+    until(&mut watcher, |e| e["type"] == "join" && e["name"] == "alice").await;
+
+    let (mut new, welcome) = join(&two, &format!("/back?name=alice&session={secret}")).await;
+    assert_eq!(welcome["name"], "alice");
+    // The node holding the old connection retires it.
+    let closed = timeout(PATIENCE, async {
+        loop {
+            match old.next().await {
+                Some(Ok(frame)) if frame.is_close() => {
+                    return frame.as_close().map(|(code, _)| u16::from(code));
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(closed, Some(4001));
+    // No leave, no join: the next event the room sees is alice talking.
+    say(&mut new, "back").await;
+    let next = until(&mut watcher, |e| e["type"] != "presence").await;
+    assert_eq!((next["type"].as_str(), next["text"].as_str()), (Some("message"), Some("back")));
+    // And the name stays hers after the old connection is gone.
+    let mut thief = connect_json(&one.url("/back?name=alice")).await;
+    assert_eq!(next_json(&mut thief).await["code"], "name_taken");
+}

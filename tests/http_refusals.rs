@@ -236,3 +236,23 @@ async fn metrics_count_connections_messages_and_refusals() {
     assert!(body.ends_with("# EOF\n"), "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_origin_split_inside_a_character_gets_403_not_a_panic() {
+    let server = TestServer::start().await;
+    // "http:/é" is as long as "http://" plus one byte: slicing the origin at
+    // the scheme's length lands inside the é.
+    for origin in ["http:/\u{e9}ab", "https:/\u{e9}ab", "\u{e9}", "http://\u{e9}"] {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: abc\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let response = exchange(&server, request.as_bytes()).await;
+        assert_eq!(status(&response), "403", "{origin}: {response}");
+    }
+    let mut alice = Peer::named(&server, "alice").await;
+    alice.send("still up").await;
+    alice.expect("alice: still up").await;
+    server.stop().await;
+}

@@ -36,9 +36,13 @@ async fn a_json_client_gets_every_event_as_json_and_chats_with_text_clients() {
 
     let welcome = next_json(&mut bob).await;
     let epoch = welcome["epoch"].as_str().expect("an epoch").to_owned();
+    // JSON clients also learn their limits and a session secret.
+    let session = welcome["session"].as_str().expect("a session secret").to_owned();
+    assert!(session.len() == 32 && session.bytes().all(|b| b.is_ascii_hexdigit()), "{session}");
     assert_eq!(
         welcome,
-        json!({"type": "welcome", "room": "lobby", "name": "bob", "online": 2, "epoch": epoch, "seq": 0})
+        json!({"type": "welcome", "room": "lobby", "name": "bob", "online": 2, "epoch": epoch, "seq": 0,
+               "limits": {"per_second": 20, "burst": 50, "max_bytes": 65536}, "session": session})
     );
     assert_eq!(
         untimed(next_json(&mut bob).await),
@@ -72,7 +76,7 @@ async fn a_json_client_gets_every_event_as_json_and_chats_with_text_clients() {
     send_json(&mut bob, json!({"type": "nick", "name": "alice"})).await;
     assert_eq!(
         next_json(&mut bob).await,
-        json!({"type": "error", "text": "name \"alice\" is taken"})
+        json!({"type": "error", "text": "name \"alice\" is taken", "code": "name_taken"})
     );
 
     alice.close().await;
@@ -191,7 +195,7 @@ async fn resuming_replays_only_what_came_after_and_counts_what_is_gone() {
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
     assert_eq!(
         next_json(&mut ws).await,
-        json!({"type": "error", "text": "cannot resume after message 99: the room's last message is 10"})
+        json!({"type": "error", "text": "cannot resume after message 99: the room's last message is 10", "code": "resume_ahead"})
     );
     assert_eq!(next_json(&mut ws).await["type"], "join");
     server.stop().await;

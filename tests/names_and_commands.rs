@@ -116,14 +116,18 @@ async fn a_binary_frame_gets_an_error_and_is_not_relayed() {
 }
 
 #[tokio::test]
-async fn an_oversized_message_closes_that_connection_with_1009_and_is_not_relayed() {
+async fn an_oversized_frame_closes_that_connection_with_1009_and_is_not_relayed() {
     let config = chat::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
     alice.expect("* bob joined").await;
 
+    // Over the text limit: refused, and the connection stays.
     bob.send(&"x".repeat(1025)).await;
+    bob.expect("! message too long: at most 1024 bytes; nothing was sent").await;
+    // Over the frame limit (twice the text limit and 1 KiB for JSON): closed.
+    bob.send(&"x".repeat(3 * 1024 + 1)).await;
     assert_eq!(bob.closed().await.0, 1009);
     alice.expect("* bob left").await;
     alice.send(&"y".repeat(1024)).await;

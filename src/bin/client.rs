@@ -15,6 +15,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Quiet by default: stdout is the chat, stderr is for errors.
     chat::logging::init("warn");
+    if let Err(error) = chat::config::check_token(cli.config.token.as_deref()) {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::from(2);
+    }
     match chat::client::run(cli.config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -27,6 +27,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
+    chat::config::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,
@@ -40,14 +41,17 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let addr = std::net::SocketAddr::new(config.host, config.port);
-    let listener =
-        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = (config.host.as_str(), config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let local = listener.local_addr().context("cannot read the bound address")?;
     // The one line of stdout: scripts read the real port from it.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {scheme}://{local}")?;
     stdout.flush()?;
+    let web = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("web page: open {web}://{local}/ in a browser (a path names a room: /rust)");
     chat::server::run(listener, config, tls, cluster, shutdown_signal()).await;
     Ok(())
 }

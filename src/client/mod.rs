@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::Uri;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tokio_websockets::{CloseCode, Connector, MaybeTlsStream, Message, WebSocketStream};
+use tokio_rustls::TlsConnector;
+use tokio_websockets::{CloseCode, Message};
 use tracing::debug;
 
 mod connect;
@@ -46,14 +46,14 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::config::{
-    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, RECONNECT_FIRST_DELAY,
-    RECONNECT_MAX_DELAY,
+    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
+    RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
 use crate::protocol::{
     ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
 };
-use connect::{connect, describe, describe_code};
-use output::{Output, Style};
+use connect::{Socket, connect, describe, describe_code, tls_connector};
+use output::{Output, Refusal, Style};
 use terminal::spawn_editor;
 
 /// Why the client stopped with a failure.
@@ -77,6 +77,9 @@ pub enum Error {
         /// Whether trying again later may work: the server is down,
         /// restarting or full.
         temporary: bool,
+        /// How long the server asked us to wait (`Retry-After` of a 429 or
+        /// 503), as given: not capped.
+        retry_after: Option<Duration>,
     },
     /// The connection broke without a Close frame.
     #[error("connection to {url} lost: {cause}")]
@@ -124,8 +127,6 @@ impl Error {
 /// Exit code when some lines were not sent.
 pub const EXIT_UNSENT: u8 = 3;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// What the client knows of its place in the room, to come back to it.
 #[derive(Debug, Default)]
 struct Session {
@@ -163,16 +164,13 @@ struct Lines {
 pub async fn run(config: ClientConfig) -> Result<(), Error> {
     // Checked once, before anything else.
     chat_uri(&config.url, config.name.as_deref(), None, None)?;
-    if config.insecure {
-        eprintln!("warning: --insecure: the server's certificate is not checked");
-    }
-    let tls = Connector::Rustls(crate::tls::connector(config.ca_cert.as_deref())?);
+    let tls = tls_connector(&config)?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
     let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let unsent = Arc::new(AtomicU64::new(0));
-    let (output, input) = if interactive {
-        let (printer, thread) = spawn_editor(tx)?;
-        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(thread))
+    let (output, editor) = if interactive {
+        let (printer, editor) = spawn_editor(tx)?;
+        (Output::Terminal { printer, color: std::env::var_os("NO_COLOR").is_none() }, Some(editor))
     } else {
         spawn_pipe_reader(tx, unsent.clone());
         let style = Style { json: config.json, quiet: config.quiet };
@@ -182,14 +180,25 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let mut session = Session { name: config.name.clone(), ..Session::default() };
     let state = RefCell::new(Lines::default());
 
-    let result = chat(&config, &tls, &mut session, &mut lines, &state, &output).await;
-    drop(lines);
-    if let Some(thread) = input {
-        // The editor holds the terminal in raw mode: let it finish its line so
-        // it can restore the terminal before we exit.
-        let _ = output.borrow_mut().notice("connection closed; press Enter to exit");
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
+    let chatting = chat(&config, &tls, &mut session, &mut lines, &state, &output);
+    let result = match editor {
+        None => chatting.await,
+        Some(mut editor) => {
+            // Quitting is watched apart from the lines, so it works in every
+            // state: connecting, waiting to reconnect, or with lines queued.
+            let result = tokio::select! {
+                result = chatting => result,
+                () = editor.quit_requested() => Ok(()),
+            };
+            // The editor's thread may still hold the terminal in raw mode: it
+            // is left blocked in its read, and ends with the process.
+            editor.restore();
+            if let Some(line) = editor.not_sent(lines.len() + state.borrow().pending.len()) {
+                eprintln!("{line}");
+            }
+            result
+        }
+    };
     result?;
     let count = state.borrow().unsent + unsent.load(Ordering::Relaxed);
     if count > 0 {
@@ -201,7 +210,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 /// Connects, and reconnects while the connection is lost, until the end.
 async fn chat(
     config: &ClientConfig,
-    tls: &Connector,
+    tls: &TlsConnector,
     session: &mut Session,
     lines: &mut mpsc::Receiver<String>,
     state: &RefCell<Lines>,
@@ -246,7 +255,13 @@ async fn chat(
             return Err(failure);
         }
         failures += 1;
-        let delay = backoff(failures);
+        // A server that says when to come back is believed, within reason.
+        let delay = match &failure {
+            Error::Connect { retry_after: Some(after), .. } => {
+                backoff(failures).max((*after).min(MAX_RETRY_AFTER))
+            }
+            _ => backoff(failures),
+        };
         output
             .borrow_mut()
             .notice(&format!("{failure}; reconnecting in {:.1} s", delay.as_secs_f64()))?;
@@ -255,7 +270,8 @@ async fn chat(
         let wait = sleep(delay);
         tokio::pin!(wait);
         loop {
-            if state.borrow().ended {
+            // With --no-close, the end of stdin ends nothing: keep coming back.
+            if state.borrow().ended && !config.no_close {
                 let deadline = *give_up.get_or_insert_with(|| Instant::now() + config.linger);
                 if state.borrow().pending.is_empty() {
                     return Ok(());
@@ -335,6 +351,9 @@ async fn converse(
     output: &RefCell<Output>,
 ) -> Ended {
     let (mut sink, mut stream) = ws.split();
+    // This connection's welcome tells the limits; until then nothing is sent,
+    // so that what is in flight at the welcome is the last connection's.
+    session.limits = None;
     // Wakes the sender when an answer frees room in the window, or the
     // welcome tells the limits.
     let answered = Notify::new();
@@ -370,6 +389,10 @@ async fn converse(
                 answered.notified().await;
                 continue;
             }
+            // Paced before the line leaves the queue: this future may be
+            // dropped while it waits (the connection lost), and the line
+            // must then still be there.
+            pacer.ready().await;
             let Some((number, line)) = state.borrow_mut().pending.pop_front() else { continue };
             if line.len() > limits.max_bytes {
                 let why = format!(
@@ -381,7 +404,6 @@ async fn converse(
                 continue;
             }
             let Some(request) = request(number, &line, output) else { continue };
-            pacer.ready().await;
             // A line stays in flight until answered: a `slow down` sends it again.
             state.borrow_mut().in_flight.push_back((number, line));
             sink.send(request).await?;
@@ -413,7 +435,7 @@ async fn converse(
 /// Reports a line that was not sent, and counts it.
 fn unsent(state: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &str) {
     state.borrow_mut().unsent += 1;
-    if let Err(error) = output.borrow_mut().line_refused(number, why) {
+    if let Err(error) = output.borrow_mut().line_refused(number, why, Refusal::Local) {
         debug!(%error, "cannot print");
     }
 }
@@ -538,10 +560,18 @@ fn on_event(
 ) -> io::Result<()> {
     session.borrow_mut().update(event);
     let id = match event {
-        Event::Welcome { .. } => {
-            // Lines sent on a lost connection and never answered are taken
-            // as sent: the server may well have relayed them.
-            state.borrow_mut().in_flight.clear();
+        Event::Welcome { last_id, .. } => {
+            // Lines sent on a lost connection and never answered go again,
+            // first: a returning session is told the last one carried out,
+            // and only those after it go. (Without that, after a server
+            // restart, a line may come twice, never not at all.)
+            let last = last_id.as_ref().and_then(|id| id.parse::<u64>().ok());
+            let mut state = state.borrow_mut();
+            let mut unanswered = std::mem::take(&mut state.in_flight);
+            unanswered.retain(|(number, _)| last.is_none_or(|last| *number > last));
+            while let Some(line) = unanswered.pop_back() {
+                state.pending.push_front(line);
+            }
             answered.notify_one();
             None
         }
@@ -565,7 +595,7 @@ fn on_event(
                 return Ok(());
             }
             state.borrow_mut().unsent += 1;
-            return output.borrow_mut().line_refused(number, why);
+            return output.borrow_mut().line_refused(number, why, Refusal::Server);
         }
         if matches!(event, Event::Ack { .. }) {
             return Ok(());

@@ -93,18 +93,33 @@ impl Output {
         }
     }
 
-    /// Says that line `number` of the input was not sent, and why.
-    pub(super) fn line_refused(&mut self, number: u64, why: &str) -> io::Result<()> {
+    /// Says that line `number` of the input was not sent, or not carried
+    /// out, and why.
+    pub(super) fn line_refused(&mut self, number: u64, why: &str, by: Refusal) -> io::Result<()> {
         let why = sanitize(why);
         match self {
             Output::Pipe(_) => writeln!(io::stderr(), "error: line {number} was not sent: {why}"),
             Output::Terminal { printer, color } => {
-                let text = format!("! not sent: {why}");
+                // In a terminal the line was just typed: the server's own
+                // words say what happened to it.
+                let text = match by {
+                    Refusal::Local => format!("! not sent: {why}"),
+                    Refusal::Server => format!("! {why}"),
+                };
                 let text = if *color { format!("\x1b[31m{text}\x1b[0m") } else { text };
                 printer.print(format!("      {text}\n")).map_err(io::Error::other)
             }
         }
     }
+}
+
+/// Who refused a line.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    /// The client, before sending it.
+    Local,
+    /// The server, in its answer.
+    Server,
 }
 
 /// The event's JSON line, without the session secret: output may be shared.

@@ -74,6 +74,9 @@ impl TestServer {
     }
 }
 
+/// A client socket.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 /// A raw WebSocket client, speaking the text protocol.
 pub struct Peer {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -295,6 +298,11 @@ pub fn command(program: &str, args: &[&str]) -> tokio::process::Command {
         "CHAT_TLS_CERT",
         "CHAT_TLS_KEY",
         "CHAT_REDIS_URL",
+        "CHAT_LINGER",
+        "CHAT_JSON",
+        "CHAT_QUIET",
+        "CHAT_NO_CLOSE",
+        "CHAT_INSECURE",
         "RUST_LOG",
     ] {
         command.env_remove(var);
