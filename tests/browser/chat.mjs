@@ -361,22 +361,35 @@ try {
   // SPEC: a page whose connection died without the server noticing (cut
   // here between page and server) comes back with its session secret and
   // gets its name at once; the server retires the old connection with 4001
-  // and the room sees no leave or join.
+  // and the room sees no leave or join. Of two lines left unanswered, the
+  // one the server carried out (the welcome's last_id says so) is not sent
+  // again, the one it never got is.
   const eveContext = await browser.newContext({ viewport: { width: 900, height: 560 } });
   const eve = await eveContext.newPage();
   eve.on("pageerror", (error) => fail(`page error: ${error}`));
   const routes = [];
   await eve.routeWebSocket(/\/garden\?/, (route) => {
     const server = route.connectToServer();
+    const link = { route, server, toPage: true, toServer: true };
+    route.onMessage((frame) => link.toServer && server.send(frame));
+    server.onMessage((frame) => link.toPage && route.send(frame));
     // Either side's close stays on its side: the cut below leaves the
     // server's end open, as a dead network does.
     route.onClose(() => {});
-    const closed = new Promise((resolve) => server.onClose((code, reason) => resolve({ code, reason })));
-    routes.push({ route, server, closed });
+    link.closed = new Promise((resolve) => server.onClose((code, reason) => resolve({ code, reason })));
+    routes.push(link);
   });
   await eve.goto(`${base}?name=eve`);
   await connected(eve, "eve");
   await ann.locator("#messages li.notice", { hasText: "eve joined" }).waitFor({ timeout: PATIENCE });
+  // Nothing more reaches the page: the server carries out this line, but
+  // its answer is lost.
+  routes[0].toPage = false;
+  await say(eve, "carried out");
+  await sees(ann, "eve: carried out");
+  // Nor the server: this line is lost on the way.
+  routes[0].toServer = false;
+  await say(eve, "never arrived");
   await routes[0].route.close({ code: 4000, reason: "cut" });
   await spec("a page that lost its connection gets its name back at once", async () => {
     await eve.locator("#state.offline").waitFor({ timeout: PATIENCE });
@@ -388,6 +401,11 @@ try {
     const notices = await ann.locator("#messages li.notice").allTextContents();
     must(notices.filter((n) => n.endsWith("eve joined")).length === 1 && !notices.some((n) => n.endsWith("eve left")),
       `the room saw ${JSON.stringify(notices.filter((n) => n.includes("eve")))}`);
+    const said = (await messages(ann).allTextContents()).filter((t) => t.includes("eve: "));
+    must(said.length === 3 && said[0].endsWith("eve: carried out") && said[1].endsWith("eve: never arrived"),
+      `the room got from eve: ${JSON.stringify(said)}`);
+    await eve.waitForFunction(() => !document.querySelector("#messages li.pending"), null, { timeout: PATIENCE });
+    await sees(eve, "eve: carried out");
   });
   for (const { server } of routes) await server.close();
   await ann.locator("#messages li.notice", { hasText: "eve left" }).waitFor({ timeout: PATIENCE });
