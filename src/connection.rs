@@ -188,6 +188,10 @@ where
             Some(Err(error)) => return End::Error(error),
             Some(Ok(frame)) => frame,
         };
+        // Its session went on in a new connection: nothing more is done here.
+        if shared.tenure.is_retired() {
+            return End::Replaced;
+        }
         let now = Instant::now();
         shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
         if frame.is_ping() {

@@ -421,6 +421,8 @@ impl Hub {
             // its own dead connection, which is retired without a word.
             let mut returning = false;
             let mut last_id = None;
+            // How the name was spelled by the connection it returns from.
+            let mut was = None;
             let refusal = requested.and_then(|name| {
                 if let Err(reason) = validate_name(name) {
                     return Some(ClientError::InvalidName { name, reason });
@@ -431,7 +433,7 @@ impl Hub {
                     Some(holder) if holder.owned_by(session.as_deref()) => {
                         holder.tenure.retire();
                         last_id = holder.tenure.last_id();
-                        state.names.remove(&key);
+                        was = state.names.remove(&key).map(|holder| holder.name);
                         returning = true;
                         None
                     }
@@ -475,7 +477,16 @@ impl Hub {
             // Subscribe before announcing, so the joiner sees its own join notice.
             let rx = room.tx.subscribe();
             if returning {
-                // The room saw this name all along: nothing to announce.
+                // The room saw this name all along: nothing to announce,
+                // unless it comes back spelled otherwise (`Alice` for `alice`).
+                if let Some(was) = was.filter(|was| *was != name) {
+                    let event = Event::Nick {
+                        room: room.name.as_str().into(),
+                        old: was.into(),
+                        new: name.as_str().into(),
+                    };
+                    room.broadcast(state, &event);
+                }
             } else if state.names.len() <= self.presence_limit {
                 let event = Event::Join {
                     room: room.name.as_str().into(),
@@ -488,14 +499,7 @@ impl Hub {
             }
             (name, notices, rx)
         });
-        let member = Member {
-            hub: self.clone(),
-            room,
-            name,
-            protocol,
-            registered: true,
-            tenure,
-        };
+        let member = Member { hub: self.clone(), room, name, protocol, registered: true, tenure };
         Joined { member, rx, notices, skip_through: 0 }
     }
 
@@ -809,6 +813,10 @@ impl Member {
             return Box::pin(self.say_cluster(cluster, message, ts)).await;
         }
         let mut state = lock(&self.room.state);
+        if self.tenure.is_retired() {
+            // Its successor speaks for it now; this connection is closing.
+            return Ok((Ack::None, None));
+        }
         if self.hub.cluster.is_some() {
             // Degraded mode: this node's clients only, not kept, numbered
             // after the last message Redis numbered.
@@ -871,6 +879,10 @@ impl Member {
             return Box::pin(self.rename_cluster(new)).await;
         }
         let mut state = lock(&self.room.state);
+        // Retired under this lock: its name is its successor's to change.
+        if self.tenure.is_retired() {
+            return Ok(Ack::None);
+        }
         let key = name_key(new);
         if state.names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
@@ -903,6 +915,9 @@ impl Member {
             }
         }
         let mut state = lock(&self.room.state);
+        if self.tenure.is_retired() {
+            return Ok(Ack::None);
+        }
         let holder = state.names.remove(&name_key(&self.name));
         let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
