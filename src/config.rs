@@ -46,7 +46,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Connections past `--max-connections` that are read to be answered 503 at
 /// the same time; further ones are closed without an answer.
 pub const MAX_PENDING_REFUSALS: usize = 64;
-/// Bytes a frame may hold beyond twice `--max-message-bytes`: the JSON
+/// Bytes a frame may hold beyond three times `--max-message-bytes`: the JSON
 /// request around the text.
 pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
@@ -159,8 +159,8 @@ pub struct ServerConfig {
 
     /// Largest message a client may send, in UTF-8 bytes of its text; a
     /// longer one is refused with an error and the connection stays up.
-    /// Frames over twice this plus 1 KiB (room for JSON escapes) close the
-    /// connection with code 1009.
+    /// Frames over three times this plus 1 KiB (room for JSON escapes) close
+    /// the connection with code 1009.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
           value_parser = clap::value_parser!(u32).range(1..=MAX_MESSAGE_BYTES_LIMIT as i64).map(|v| v as usize))]
     pub max_message_bytes: usize,
@@ -236,10 +236,12 @@ impl ServerConfig {
     }
 
     /// Largest frame read: a message's text at its largest, with room for
-    /// JSON's escapes of quotes and backslashes (control characters, which
-    /// JSON escapes to six bytes, are refused anyway).
+    /// JSON's escapes. An encoder that writes every non-ASCII character as
+    /// `\uXXXX` (Python's `json.dumps`, for one) makes a 2-byte `é` 6 bytes,
+    /// and a 4-byte emoji 12: three times the text at most. Control
+    /// characters, which would make 1 byte 6, are refused anyway.
     pub fn max_frame_bytes(&self) -> usize {
-        self.max_message_bytes * 2 + FRAME_OVERHEAD
+        self.max_message_bytes * 3 + FRAME_OVERHEAD
     }
 }
 

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ECHO_TIMEOUT;
 use crate::config::{BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
-use crate::hub::{Ack, Joined, Member, Outbound, lock};
+use crate::hub::{Ack, Joined, Member, Outbound, Tenure, lock};
 use crate::limit::{Bucket, Verdict};
 use crate::metrics::{Metrics, Reason};
 use crate::protocol::{
@@ -86,7 +86,8 @@ struct Shared<'a> {
     outbox: Outbox,
     /// How far the writer has fed the client.
     fed: Fed,
-    wake_writer: Notify,
+    /// Wakes the writer, and says whether the connection was retired.
+    tenure: Arc<Tenure>,
     wake_reader: Notify,
     started: Instant,
     /// When the client was last heard from, in milliseconds since `started`.
@@ -115,19 +116,17 @@ where
             flush_wanted: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
         },
-        wake_writer: Notify::new(),
+        tenure: joined.member.tenure(),
         wake_reader: Notify::new(),
         started: Instant::now(),
         last_heard: AtomicU64::new(0),
     };
     let (mut sink, mut stream) = ws.split();
-    let tenure = joined.member.tenure();
 
     let end = tokio::select! {
         end = read(&shared, &mut joined.member, &mut stream) => end,
         end = write(&shared, &mut joined.rx, &mut sink) => end,
         end = ping(&shared) => end,
-        () = tenure.retired() => End::Replaced,
         () = setup.shutdown.cancelled() => End::Shutdown,
     };
 
@@ -189,6 +188,10 @@ where
             Some(Err(error)) => return End::Error(error),
             Some(Ok(frame)) => frame,
         };
+        // Its session went on in a new connection: nothing more is done here.
+        if shared.tenure.is_retired() {
+            return End::Replaced;
+        }
         let now = Instant::now();
         shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
         if frame.is_ping() {
@@ -210,11 +213,11 @@ where
         };
         // Whatever this frame caused is queued before the next is read, so
         // a client that does not read its answers is not read either.
-        shared.wake_writer.notify_one();
+        shared.tenure.wake().notify_one();
         fed_up_to(done.wait, shared).await;
         if let Some(ack) = done.then {
             push(&shared.outbox, ack);
-            shared.wake_writer.notify_one();
+            shared.tenure.wake().notify_one();
         }
     }
 }
@@ -235,6 +238,9 @@ where
     // When the last batch was written.
     let mut last_write: Option<Instant> = None;
     loop {
+        if shared.tenure.is_retired() {
+            return End::Replaced;
+        }
         // Queuing never waits; only the write does, within the
         // slow-client limit (one timer per write, not per frame).
         let fed = queue(shared, first.take(), rx);
@@ -260,7 +266,7 @@ where
         }
         // Nothing pending: sleep until the room or the reader has something.
         let from_room = tokio::select! {
-            () = shared.wake_writer.notified() => false,
+            () = shared.tenure.wake().notified() => false,
             event = rx.recv() => {
                 first = match event {
                     Ok(outbound) => received(outbound, protocol, &shared.fed),
@@ -278,7 +284,7 @@ where
             if Instant::now() < due {
                 tokio::select! {
                     () = tokio::time::sleep_until(due) => {}
-                    () = shared.wake_writer.notified() => {}
+                    () = shared.tenure.wake().notified() => {}
                 }
             }
         }
@@ -354,7 +360,7 @@ async fn fed_up_to(ack: Ack, shared: &Shared<'_>) {
 async fn flushed(shared: &Shared<'_>) {
     let wanted = shared.fed.flushes.load(Ordering::Acquire) + 1;
     shared.fed.flush_wanted.store(true, Ordering::Release);
-    shared.wake_writer.notify_one();
+    shared.tenure.wake().notify_one();
     while shared.fed.flushes.load(Ordering::Acquire) < wanted {
         shared.wake_reader.notified().await;
     }
@@ -374,7 +380,7 @@ async fn ping(shared: &Shared<'_>) -> End {
             return End::Silent;
         }
         push(&shared.outbox, Frame::ping());
-        shared.wake_writer.notify_one();
+        shared.tenure.wake().notify_one();
     }
 }
 

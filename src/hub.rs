@@ -14,6 +14,7 @@
 //! relays its own clients' messages among themselves (degraded mode).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, broadcast};
@@ -155,7 +156,7 @@ struct RoomState {
     /// Sessions that left lately, with the id of their last message request
     /// carried out: one that comes back learns where it got to. At most
     /// [`DEPARTED_SESSIONS`], the oldest forgotten first.
-    departed: VecDeque<(String, Box<str>)>,
+    departed: VecDeque<(Secret, Box<str>)>,
 }
 
 /// Sessions a room remembers after they leave, so that one coming back
@@ -167,34 +168,56 @@ pub const DEPARTED_SESSIONS: usize = 64;
 struct Holder {
     /// The name as its holder wrote it.
     name: String,
-    /// The secret that proves a reconnecting client is this one.
-    session: String,
-    /// The holder's [`Member::tenure`].
+    /// The holder's [`Member::tenure`], with its session secret.
     tenure: Arc<Tenure>,
 }
 
 impl Holder {
     /// Whether `presented` is this holder's session secret.
     fn owned_by(&self, presented: Option<&str>) -> bool {
-        use subtle::ConstantTimeEq as _;
-        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(self.session.as_bytes())))
+        presented.is_some_and(|p| self.tenure.session.proven_by(p))
     }
 }
 
-/// What a connection shares with the name it holds: the signal that retires
-/// it, and how far its requests got, for its session's next connection.
-#[derive(Debug, Default)]
+/// What a connection shares with the name it holds: its session secret,
+/// the wake-up of its writer (which also retires it), and how far its
+/// requests got, for its session's next connection. One allocation per
+/// connection, and no future of its own in the connection's task.
+#[derive(Debug)]
 pub struct Tenure {
-    retire: Notify,
+    session: Secret,
+    /// Wakes the connection's writer: something is queued for it, or it
+    /// was retired.
+    wake: Notify,
+    retired: AtomicBool,
     /// The id of the last message request carried out.
     last_id: Mutex<Option<Box<str>>>,
 }
 
 impl Tenure {
-    /// Completes when the same session joined again from a new connection,
-    /// which now holds the name: this connection must close.
-    pub async fn retired(&self) {
-        self.retire.notified().await;
+    fn new() -> Self {
+        Self {
+            session: Secret::new(),
+            wake: Notify::new(),
+            retired: AtomicBool::new(false),
+            last_id: Mutex::new(None),
+        }
+    }
+
+    /// The writer's wake-up.
+    pub fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Whether the same session joined again from a new connection, which
+    /// now holds the name: this connection must close.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Notes that the message request `id` was carried out.
@@ -207,17 +230,39 @@ impl Tenure {
     }
 }
 
-/// A new session secret: 128 random bits from the operating system, in hex.
-fn new_session() -> String {
-    let mut bytes = [0u8; 16];
-    // Without the OS's randomness no secret can be made safely; it is there
-    // on every platform tokio runs on.
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
-    bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
-        use std::fmt::Write as _;
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
+/// A session secret: 128 random bits from the operating system, shown in hex.
+#[derive(Clone, Copy)]
+struct Secret([u8; 16]);
+
+impl Secret {
+    fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        // Without the OS's randomness no secret can be made safely; it is
+        // there on every platform tokio runs on.
+        getrandom::fill(&mut bytes).expect("the operating system's random source");
+        Self(bytes)
+    }
+
+    fn hex(self) -> String {
+        self.0.iter().fold(String::with_capacity(32), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+    }
+
+    /// Whether `presented` is this secret in hex, compared in constant time.
+    fn proven_by(self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(presented.as_bytes().ct_eq(self.hex().as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never in a log.
+        f.write_str("Secret(..)")
+    }
 }
 
 /// What [`Hub::join`] gives a new client.
@@ -254,8 +299,6 @@ pub struct Member {
     protocol: Protocol,
     /// Whether `name` is held, in Redis with `--redis`.
     registered: bool,
-    /// This client's session secret.
-    session: String,
     /// Shared with the name it holds.
     tenure: Arc<Tenure>,
 }
@@ -370,14 +413,16 @@ impl Hub {
     fn join_here(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
         let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let (requested, protocol) = (requested.as_deref(), *protocol);
-        let tenure = Arc::new(Tenure::default());
-        let secret = new_session();
+        let tenure = Arc::new(Tenure::new());
+        let secret = tenure.session.hex();
         let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
             let mut notices = Vec::new();
             // A client coming back with its session takes its name back from
             // its own dead connection, which is retired without a word.
             let mut returning = false;
             let mut last_id = None;
+            // How the name was spelled by the connection it returns from.
+            let mut was = None;
             let refusal = requested.and_then(|name| {
                 if let Err(reason) = validate_name(name) {
                     return Some(ClientError::InvalidName { name, reason });
@@ -386,9 +431,9 @@ impl Hub {
                 match state.names.get(&key) {
                     None => None,
                     Some(holder) if holder.owned_by(session.as_deref()) => {
-                        holder.tenure.retire.notify_one();
+                        holder.tenure.retire();
                         last_id = holder.tenure.last_id();
-                        state.names.remove(&key);
+                        was = state.names.remove(&key).map(|holder| holder.name);
                         returning = true;
                         None
                     }
@@ -409,8 +454,7 @@ impl Hub {
             {
                 last_id = take_departed(&mut state.departed, presented);
             }
-            let holder =
-                Holder { name: name.clone(), session: secret.clone(), tenure: tenure.clone() };
+            let holder = Holder { name: name.clone(), tenure: tenure.clone() };
             state.names.insert(name_key(&name), holder);
             notices.push(self.welcome(
                 room,
@@ -433,7 +477,16 @@ impl Hub {
             // Subscribe before announcing, so the joiner sees its own join notice.
             let rx = room.tx.subscribe();
             if returning {
-                // The room saw this name all along: nothing to announce.
+                // The room saw this name all along: nothing to announce,
+                // unless it comes back spelled otherwise (`Alice` for `alice`).
+                if let Some(was) = was.filter(|was| *was != name) {
+                    let event = Event::Nick {
+                        room: room.name.as_str().into(),
+                        old: was.into(),
+                        new: name.as_str().into(),
+                    };
+                    room.broadcast(state, &event);
+                }
             } else if state.names.len() <= self.presence_limit {
                 let event = Event::Join {
                     room: room.name.as_str().into(),
@@ -446,15 +499,7 @@ impl Hub {
             }
             (name, notices, rx)
         });
-        let member = Member {
-            hub: self.clone(),
-            room,
-            name,
-            protocol,
-            registered: true,
-            session: secret,
-            tenure,
-        };
+        let member = Member { hub: self.clone(), room, name, protocol, registered: true, tenure };
         Joined { member, rx, notices, skip_through: 0 }
     }
 
@@ -503,8 +548,7 @@ impl Hub {
             name: String::new(),
             protocol,
             registered: false,
-            session: new_session(),
-            tenure: Arc::default(),
+            tenure: Arc::new(Tenure::new()),
         };
         let room = &member.room;
         room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;
@@ -530,7 +574,7 @@ impl Hub {
         let join = cluster::Join {
             requested: requested.map(|name| (name, name_key(name))),
             presented: session.as_deref(),
-            session: &member.session,
+            session: &member.tenure.session.hex(),
             candidates: &candidates,
         };
         let reply = cluster.join(&room.name, &join, self.presence_limit).await?;
@@ -541,14 +585,10 @@ impl Hub {
         let state = reply.room;
         {
             let mut local = lock(&room.state);
-            let holder = Holder {
-                name: reply.name.clone(),
-                session: member.session.clone(),
-                tenure: member.tenure.clone(),
-            };
+            let holder = Holder { name: reply.name.clone(), tenure: member.tenure.clone() };
             // A returning session's old connection, if it is on this node.
             if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
-                old.tenure.retire.notify_one();
+                old.tenure.retire();
             }
         }
         notices.push(self.welcome(
@@ -556,7 +596,7 @@ impl Hub {
             &reply.name,
             reply.online,
             (&state.epoch, state.seq),
-            (&member.session, None),
+            (&member.tenure.session.hex(), None),
             protocol,
         ));
         let held = state.history.len();
@@ -594,7 +634,7 @@ impl Hub {
         let names = |room: &Room| {
             let state = lock(&room.state);
             let holders = state.names.iter();
-            holders.map(|(key, h)| [key.clone(), h.session.clone(), h.name.clone()]).collect()
+            holders.map(|(key, h)| [key.clone(), h.tenure.session.hex(), h.name.clone()]).collect()
         };
         rooms.iter().map(|room| (room.name.clone(), names(room))).collect()
     }
@@ -613,7 +653,7 @@ impl Hub {
                     if retire.node != self.cluster.as_ref().map_or("", |c| c.node())
                         && let Some(old) = state.names.remove(retire.key.as_ref())
                     {
-                        old.tenure.retire.notify_one();
+                        old.tenure.retire();
                     }
                     return;
                 }
@@ -669,11 +709,8 @@ fn new_epoch() -> String {
 }
 
 /// The last id of the departed session `presented`, forgotten once told.
-fn take_departed(departed: &mut VecDeque<(String, Box<str>)>, presented: &str) -> Option<Box<str>> {
-    use subtle::ConstantTimeEq as _;
-    let at = departed
-        .iter()
-        .position(|(session, _)| bool::from(session.as_bytes().ct_eq(presented.as_bytes())))?;
+fn take_departed(departed: &mut VecDeque<(Secret, Box<str>)>, presented: &str) -> Option<Box<str>> {
+    let at = departed.iter().position(|(session, _)| session.proven_by(presented))?;
     departed.remove(at).map(|(_, last_id)| last_id)
 }
 
@@ -742,8 +779,8 @@ impl Member {
         &self.name
     }
 
-    /// Notified when the same session joined again from a new connection,
-    /// which now holds the name: this one must close.
+    /// What this connection shares with its name: its writer's wake-up, and
+    /// whether it was retired.
     pub fn tenure(&self) -> Arc<Tenure> {
         self.tenure.clone()
     }
@@ -776,6 +813,10 @@ impl Member {
             return Box::pin(self.say_cluster(cluster, message, ts)).await;
         }
         let mut state = lock(&self.room.state);
+        if self.tenure.is_retired() {
+            // Its successor speaks for it now; this connection is closing.
+            return Ok((Ack::None, None));
+        }
         if self.hub.cluster.is_some() {
             // Degraded mode: this node's clients only, not kept, numbered
             // after the last message Redis numbered.
@@ -838,6 +879,10 @@ impl Member {
             return Box::pin(self.rename_cluster(new)).await;
         }
         let mut state = lock(&self.room.state);
+        // Retired under this lock: its name is its successor's to change.
+        if self.tenure.is_retired() {
+            return Ok(Ack::None);
+        }
         let key = name_key(new);
         if state.names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
@@ -859,7 +904,8 @@ impl Member {
         }
         // Names are the cluster's: no renaming while it cannot be asked.
         let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
-        let renamed = cluster.rename(&self.room.name, &self.name, new, &self.session).await;
+        let session = self.tenure.session.hex();
+        let renamed = cluster.rename(&self.room.name, &self.name, new, &session).await;
         match renamed {
             Ok(true) => {}
             Ok(false) => return Err(ClientError::NameTaken { name: new }),
@@ -869,6 +915,9 @@ impl Member {
             }
         }
         let mut state = lock(&self.room.state);
+        if self.tenure.is_retired() {
+            return Ok(Ack::None);
+        }
         let holder = state.names.remove(&name_key(&self.name));
         let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
@@ -921,7 +970,7 @@ impl Drop for Member {
                     let (cluster, room, name) =
                         (cluster.clone(), self.room.name.clone(), self.name.clone());
                     let (limit, session, key) =
-                        (self.hub.presence_limit, self.session.clone(), key.clone());
+                        (self.hub.presence_limit, self.tenure.session.hex(), key.clone());
                     spawn(async move {
                         if let Err(error) = cluster.leave(&room, &key, &session, limit).await {
                             // The link is down: its recovery releases the name.
@@ -946,7 +995,7 @@ impl Drop for Member {
                 if state.departed.len() == DEPARTED_SESSIONS {
                     state.departed.pop_front();
                 }
-                state.departed.push_back((self.session.clone(), last_id));
+                state.departed.push_back((self.tenure.session, last_id));
             }
         }
         state.members -= 1;

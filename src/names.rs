@@ -65,15 +65,24 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.chars().any(char::is_control) {
         return Err(NameError::Control);
     }
-    // Bidirectional controls are default-ignorable too; named so that names
-    // stay display-safe whatever the table says.
-    if name
-        .chars()
-        .any(|c| is_default_ignorable(c) || is_bidi_control(c) || BLANK_FILLERS.contains(&c))
-    {
+    if name.chars().any(is_invisible) {
         return Err(NameError::Invisible);
     }
     Ok(())
+}
+
+/// Whether `c` shows as nothing, or as something it is not: a
+/// `Default_Ignorable_Code_Point`, a format character (`General_Category` Cf,
+/// which also holds the few that are not default-ignorable, such as the
+/// Arabic number signs U+0600..U+0605), or a blank filler.
+pub fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    // Bidirectional controls are default-ignorable too; named so that names
+    // stay display-safe whatever the table says.
+    is_default_ignorable(c)
+        || is_bidi_control(c)
+        || BLANK_FILLERS.contains(&c)
+        || c.general_category() == GeneralCategory::Format
 }
 
 /// Whether `c` is a `Default_Ignorable_Code_Point`. unicode-security keeps that
@@ -217,6 +226,13 @@ mod tests {
         assert_eq!(name_key("|"), name_key("l"));
         assert_ne!(name_key("bob"), name_key("bab"));
         assert_eq!(name_key("b0b"), name_key("bob"));
+    }
+
+    #[test]
+    fn format_characters_are_refused_even_when_not_default_ignorable() {
+        for c in ['\u{600}', '\u{605}', '\u{6DD}', '\u{70F}', '\u{8E2}', '\u{FFF9}', '\u{110BD}'] {
+            assert_eq!(validate_name(&format!("alice{c}")), Err(NameError::Invisible), "{c:?}");
+        }
     }
 
     #[test]

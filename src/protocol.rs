@@ -296,7 +296,8 @@ pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'stati
     if text.len() > max_bytes {
         return Err(ClientError::TooLong { max_bytes });
     }
-    if text.chars().all(char::is_whitespace) {
+    // Zero-width spaces or Hangul fillers alone show as nothing: blank too.
+    if text.chars().all(|c| c.is_whitespace() || crate::names::is_invisible(c)) {
         return Err(ClientError::EmptyMessage);
     }
     if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
@@ -847,7 +848,7 @@ mod tests {
         for bad in ["\u{1b}[2J", "a\u{0}", "del\u{7f}", "c1\u{9b}", "bell\u{7}"] {
             assert_eq!(check_text(bad, 100), Err(ClientError::ControlCharacter), "{bad:?}");
         }
-        for blank in ["", " ", "\t\n", "\u{3000}"] {
+        for blank in ["", " ", "\t\n", "\u{3000}", "\u{200b}", "\u{3164}\u{2800}", " \u{feff}"] {
             assert_eq!(check_text(blank, 100), Err(ClientError::EmptyMessage), "{blank:?}");
         }
     }

@@ -75,15 +75,15 @@ async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
     let mut raw = raw_client(&server).await;
     alice.expect("* raw joined").await;
 
-    // Two masked fragments of 1,600 bytes (0x7e: 16-bit length 0x0640; zero
-    // mask key): each under the frame limit (2 × 1,024 + 1,024 bytes), together
+    // Two masked fragments of 2,100 bytes (0x7e: 16-bit length 0x0834; zero
+    // mask key): each under the frame limit (3 × 1,024 + 1,024 bytes), together
     // over it.
     let fragment = |first: bool, last: bool| {
         // Text for the first fragment, continuation after.
         let opcode = u8::from(first);
         let fin = if last { 0x80 } else { 0x00 };
-        let mut frame = vec![fin | opcode, 0x80 | 0x7e, 0x06, 0x40, 0, 0, 0, 0];
-        frame.extend(std::iter::repeat_n(b'a', 1600));
+        let mut frame = vec![fin | opcode, 0x80 | 0x7e, 0x08, 0x34, 0, 0, 0, 0];
+        frame.extend(std::iter::repeat_n(b'a', 2100));
         frame
     };
     raw.write_all(&fragment(true, false)).await.expect("write");

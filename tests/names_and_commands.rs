@@ -126,8 +126,8 @@ async fn an_oversized_frame_closes_that_connection_with_1009_and_is_not_relayed(
     // Over the text limit: refused, and the connection stays.
     bob.send(&"x".repeat(1025)).await;
     bob.expect("! message too long: at most 1024 bytes; nothing was sent").await;
-    // Over the frame limit (twice the text limit and 1 KiB for JSON): closed.
-    bob.send(&"x".repeat(3 * 1024 + 1)).await;
+    // Over the frame limit (three times the text limit and 1 KiB for JSON): closed.
+    bob.send(&"x".repeat(4 * 1024 + 1)).await;
     assert_eq!(bob.closed().await.0, 1009);
     alice.expect("* bob left").await;
     alice.send(&"y".repeat(1024)).await;

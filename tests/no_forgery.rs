@@ -54,8 +54,10 @@ async fn control_characters_are_refused_and_tab_is_kept() {
     }
     alice.send("a\tb").await;
     alice.expect("alice: a\tb").await;
-    alice.send("   ").await;
-    alice.expect("! empty message: nothing was sent").await;
+    for blank in ["   ", "\u{200b}", "\u{3164}\u{2800}"] {
+        alice.send(blank).await;
+        alice.expect("! empty message: nothing was sent").await;
+    }
     server.stop().await;
 }
 
@@ -87,7 +89,10 @@ async fn look_alike_names_cannot_be_held_together() {
 #[tokio::test]
 async fn invisible_and_blank_names_are_refused() {
     let server = TestServer::start().await;
-    for name in ["al%C2%ADice", "alice%D8%9C", "%E3%85%A4", "%E2%A0%80", "a%E2%80%8Db"] {
+    // Soft hyphen, ALM, Hangul filler, braille blank, ZWJ, Arabic number sign.
+    for name in
+        ["al%C2%ADice", "alice%D8%9C", "%E3%85%A4", "%E2%A0%80", "a%E2%80%8Db", "alice%D8%80"]
+    {
         let mut ws = connect(&server.url(&format!("/?name={name}"))).await;
         let refused = next_text(&mut ws).await;
         assert!(refused.ends_with("it contains invisible or blank characters"), "{refused}");
@@ -105,11 +110,15 @@ async fn text_over_the_largest_size_gets_an_error_and_the_connection_stays() {
     alice.expect("alice: ééééé").await;
     alice.send("éééééa").await;
     alice.expect("! message too long: at most 10 bytes; nothing was sent").await;
-    // In JSON, quotes escaped to twice their size still fit.
+    // In JSON, quotes escaped to twice their size still fit, and so does
+    // text whose every character is written as \uXXXX (three times its size).
     let mut bob = connect_json(&server.url("/?name=bob")).await;
     alice.expect("* bob joined").await;
     let request = json!({"type": "message", "text": "\"\"\"\"\"\"\"\"\"\"", "id": "q"});
     bob.send(Message::text(request.to_string())).await.expect("send");
     alice.expect("bob: \"\"\"\"\"\"\"\"\"\"").await;
+    let escaped = r#"{"type":"message","text":"\u00e9\u00e9\u00e9\u00e9\u00e9"}"#;
+    bob.send(Message::text(escaped.to_owned())).await.expect("send");
+    alice.expect("bob: ééééé").await;
     server.stop().await;
 }

@@ -52,3 +52,25 @@ async fn a_returning_session_takes_its_name_back_and_retires_the_old_connection(
     bob.expect("* 2 in lobby: alice, bob").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_retired_connection_cannot_rename_and_another_spelling_is_announced() {
+    let server = TestServer::start().await;
+    let mut bob = Peer::named(&server, "bob").await;
+    let mut old = connect_json(&server.url("/?name=alice")).await;
+    let secret = next_json(&mut old).await["session"].as_str().expect("a session").to_owned();
+    bob.expect("* alice joined").await;
+
+    // Back under another spelling of the same name: the room is told.
+    let mut new = connect_json(&server.url(&format!("/?name=Alice&session={secret}"))).await;
+    assert_eq!(next_json(&mut new).await["name"], "Alice");
+    bob.expect("* alice is now Alice").await;
+    // The old connection, retired, renames no one, whenever its frame is read.
+    let rename = json!({"type": "nick", "name": "zed"});
+    let _ = old.send(Message::text(rename.to_string())).await;
+    let mut thief = connect_json(&server.url("/?name=alice")).await;
+    assert_eq!(next_json(&mut thief).await["code"], "name_taken");
+    let mut zed = connect_json(&server.url("/?name=zed")).await;
+    assert_eq!(next_json(&mut zed).await["name"], "zed");
+    server.stop().await;
+}

@@ -11,8 +11,10 @@ local function claim(name, key)
   return redis.call('HSETNX', names, key, node .. ' ' .. session .. ' ' .. name) == 1
 end
 local name, taken, returning = ARGV[6], 0, false
+local was
 if name ~= '' and not claim(name, ARGV[7]) then
-  local owner, secret = holder(redis.call('HGET', names, ARGV[7]))
+  local owner, secret
+  owner, secret, was = holder(redis.call('HGET', names, ARGV[7]))
   if ARGV[8] ~= '' and secret == ARGV[8] then
     redis.call('HSET', names, ARGV[7], node .. ' ' .. session .. ' ' .. name)
     if redis.call('HINCRBY', nodes, owner, -1) <= 0 then
@@ -40,5 +42,8 @@ redis.call('HINCRBY', nodes, node, 1)
 local epoch, seq, first, history = state(ARGV[10])
 if not returning then
   presence('join', name)
+elseif was ~= name then
+  -- Back under another spelling of the same name (`Alice` for `alice`).
+  redis.call('PUBLISH', channel, cjson.encode({type = 'nick', room = room, old = was, new = name}))
 end
 return {name, taken, redis.call('HLEN', names), epoch, seq, first, history}

@@ -1,8 +1,9 @@
 -- ARGV[6]: how many names to list at most. Returns {count, names}.
 local all = {}
-for i, value in ipairs(redis.call('HVALS', names)) do
+for _, value in ipairs(redis.call('HVALS', names)) do
   local _, _, name = holder(value)
-  all[i] = name
+  -- A value of another format (an older version's) is skipped, not a hole.
+  if name then all[#all + 1] = name end
 end
 local count = #all
 local max = tonumber(ARGV[6])
