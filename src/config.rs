@@ -280,6 +280,10 @@ pub const MAX_LINE_BYTES: usize = MAX_MESSAGE_BYTES_LIMIT;
 /// Lines read from stdin waiting to be sent, in the queue from the reading
 /// thread and again in the client while it is disconnected.
 pub const LINE_QUEUE: usize = 64;
+/// Bytes of typed lines the terminal client holds between its line editor
+/// and the line queue: the editor never waits for room, so that Ctrl-D and
+/// `/quit` always work; a line past this is refused with a notice.
+pub const TYPED_BYTES: usize = 1024 * 1024;
 /// Lines sent and not answered yet: past it, the client waits for answers
 /// before sending more (each is kept until answered, to send it again if the
 /// server says `slow down`).

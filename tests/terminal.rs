@@ -321,3 +321,22 @@ async fn emoji_sequences_and_zwnj_are_displayed_intact() {
     quits(bob);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_d_while_reconnecting_with_more_lines_than_the_queue_holds_exits_0() {
+    let server = TestServer::start().await;
+    let mut bob = bob_joins(&server, &[]);
+    server.stop().await;
+    bob.expect("reconnecting in");
+
+    // More lines than the line queue and the client's pending lines hold
+    // (64 each): the editor still reads keys, so Ctrl-D is seen.
+    let count = 200;
+    let mut keys = numbered("away", count).join("\r");
+    keys.push_str("\r\x04");
+    bob.keys(&keys);
+    let rest = bob.expect_end();
+    assert!(rest.contains(&format!("{count} typed lines were not sent")), "{rest:?}");
+    assert_eq!(bob.exit_code(), 0);
+    assert!(bob.is_cooked());
+}

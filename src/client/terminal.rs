@@ -8,21 +8,29 @@
 //! from rustyline as one line with real `\n` in it, and is sent as one
 //! multi-line message.
 //!
+//! The editor never waits for room in the line queue, so Ctrl-D and `/quit`
+//! are read in every state: it hands each line to a forwarding thread
+//! through a hand-off bounded in bytes ([`TYPED_BYTES`]); a line past that is
+//! refused with a notice, never dropped in silence.
+//!
 //! What the client prints reaches rustyline through a relay thread: rustyline
 //! prints nothing while it works through typed-ahead keys, and a client
 //! blocked on printing would stop taking lines from the editor, which would
 //! then wait for room in the line queue forever.
 
+use std::collections::VecDeque;
 use std::io::{self, Write as _};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use rustyline::error::ReadlineError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
+use crate::config::TYPED_BYTES;
+use crate::hub::lock;
 
 pub(super) type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
 
@@ -36,8 +44,8 @@ pub(super) struct Editor {
     /// Closed when the editor thread ends: Ctrl-D, Ctrl-C, `/quit`, or a
     /// terminal it cannot read.
     ended: oneshot::Receiver<()>,
-    /// Whether the editor holds a line it is waiting to queue.
-    holding: Arc<AtomicBool>,
+    /// Lines typed and not yet in the line queue.
+    typed: Arc<Typed>,
     /// SIGINT, which Ctrl-C raises whenever rustyline is between two lines
     /// (the terminal is in its usual mode then), for instance while the
     /// editor waits for room in a full line queue. Registered before the
@@ -62,8 +70,9 @@ pub(super) fn spawn_editor(tx: mpsc::Sender<String>) -> Result<(Printer, Editor)
     let mut editor = rustyline::DefaultEditor::new().map_err(io::Error::other)?;
     let printer = relay(editor.create_external_printer().map_err(io::Error::other)?);
     let (done, ended) = oneshot::channel::<()>();
-    let holding = Arc::new(AtomicBool::new(false));
-    let held = holding.clone();
+    let typed = Arc::new(Typed::default());
+    forward(typed.clone(), tx);
+    let hand_off = typed.clone();
     thread::spawn(move || {
         // Dropped when this thread ends, which tells `run` to stop.
         let _done = done;
@@ -75,11 +84,13 @@ pub(super) fn spawn_editor(tx: mpsc::Sender<String>) -> Result<(Printer, Editor)
                         return;
                     }
                     let _ = editor.add_history_entry(line);
-                    held.store(true, Ordering::Relaxed);
-                    if tx.blocking_send(line.to_owned()).is_err() {
-                        return;
+                    if !hand_off.push(line) {
+                        // Between two lines the terminal is in its usual mode.
+                        eprintln!(
+                            "! not queued: {TYPED_BYTES} bytes of typed lines are waiting to \
+                             be sent already; type it again later"
+                        );
                     }
-                    held.store(false, Ordering::Relaxed);
                 }
                 // Ctrl-D, Ctrl-C, or a SIGINT from elsewhere while reading.
                 Err(
@@ -97,7 +108,7 @@ pub(super) fn spawn_editor(tx: mpsc::Sender<String>) -> Result<(Printer, Editor)
     });
     let editor = Editor {
         ended,
-        holding,
+        typed,
         #[cfg(unix)]
         interrupt,
         interrupted: false,
@@ -195,10 +206,65 @@ impl Editor {
     }
 
     /// The line to print when the user quits with typed lines unsent:
-    /// `queued` of them, and maybe one the editor is waiting to queue.
+    /// `queued` of them, and those still in the hand-off.
     pub(super) fn not_sent(&self, queued: usize) -> Option<String> {
-        not_sent(queued + usize::from(self.holding.load(Ordering::Relaxed)))
+        not_sent(queued + self.typed.len())
     }
+}
+
+/// Typed lines on their way from the editor to the line queue, at most
+/// [`TYPED_BYTES`] of them.
+#[derive(Default)]
+struct Typed {
+    /// The lines, with their bytes counted; and a line the forwarding thread
+    /// holds while it waits for room in the queue.
+    lines: Mutex<(VecDeque<String>, usize, bool)>,
+    ready: Condvar,
+}
+
+impl Typed {
+    /// Adds a line; `false` if it does not fit.
+    fn push(&self, line: &str) -> bool {
+        let mut guard = lock(&self.lines);
+        let (lines, bytes, _) = &mut *guard;
+        if *bytes + line.len() > TYPED_BYTES {
+            return false;
+        }
+        *bytes += line.len();
+        lines.push_back(line.to_owned());
+        self.ready.notify_one();
+        true
+    }
+
+    fn len(&self) -> usize {
+        let guard = lock(&self.lines);
+        guard.0.len() + usize::from(guard.2)
+    }
+}
+
+/// Moves typed lines into the line queue, waiting for room there so that
+/// the editor never does.
+fn forward(typed: Arc<Typed>, tx: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        loop {
+            let line = {
+                let mut guard = lock(&typed.lines);
+                while guard.0.is_empty() {
+                    guard =
+                        typed.ready.wait(guard).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                let (lines, bytes, holding) = &mut *guard;
+                let line = lines.pop_front().unwrap_or_default();
+                *bytes -= line.len();
+                *holding = true;
+                line
+            };
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+            lock(&typed.lines).2 = false;
+        }
+    });
 }
 
 fn not_sent(count: usize) -> Option<String> {
