@@ -85,7 +85,8 @@ fn parse(buf: &[u8], access: &Access, metrics: &Metrics) -> Option<Result<ChatRe
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
-            Some(route(&request, access, metrics))
+            let head = request.method == Some("HEAD");
+            Some(route(&request, access, metrics).map_err(|answer| Answer { head, ..answer }))
         }
         Ok(httparse::Status::Complete(_)) => Some(Err(Answer::text(
             431,
@@ -105,29 +106,41 @@ fn route(
     access: &Access,
     metrics: &Metrics,
 ) -> Result<ChatRequest, Answer> {
-    let target = request.path.unwrap_or("/");
+    let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
-        None => (target, None),
+        None => (&*target, None),
     };
     let upgrade = request.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("upgrade")
             && std::str::from_utf8(h.value)
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
     });
+    // HEAD is answered as GET is, without the body; an upgrade is a GET.
+    let readable =
+        matches!(request.method, Some("GET")) || !upgrade && request.method == Some("HEAD");
     // For load balancers and supervisors: answered while the server accepts.
-    if path == "/healthz" && request.method == Some("GET") && !upgrade {
+    if path == "/healthz" && readable && !upgrade {
         return Err(Answer::text(200, "ok".into()));
     }
-    let room = room_from_path(path)
-        .map_err(|error| Answer::text(404, format!("no such room {path:?}: {error}")))?;
-    if request.method != Some("GET") {
+    let room = if path == "/metrics" && !upgrade {
+        None
+    } else {
+        let room = room_from_path(path)
+            .map_err(|error| Answer::text(404, format!("no such room {path:?}: {error}")))?;
+        Some(room)
+    };
+    if !readable {
         return Err(Answer::text(405, "only GET is served here".into()));
+    }
+    // RFC 6455 asks for HTTP/1.1 at least.
+    if upgrade && request.version == Some(0) {
+        return Err(Answer::text(400, "a WebSocket upgrade needs HTTP/1.1".into()));
     }
     if !access.admits(request, query) {
         // A browser visiting a room is asked for the token by a form.
         if !upgrade && path != "/metrics" {
-            return Err(Answer { status: 401, content_type: HTML, body: TOKEN_PAGE.into() });
+            return Err(Answer::new(401, HTML, TOKEN_PAGE.into()));
         }
         return Err(Answer::text(
             401,
@@ -135,13 +148,9 @@ fn route(
         ));
     }
     // For Prometheus; behind the token when there is one.
-    if path == "/metrics" && request.method == Some("GET") && !upgrade {
-        return Err(Answer {
-            status: 200,
-            content_type: OPENMETRICS,
-            body: metrics.encode().into(),
-        });
-    }
+    let Some(room) = room else {
+        return Err(Answer::new(200, OPENMETRICS, metrics.encode().into()));
+    };
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, header(request, "host"))
     {
@@ -152,7 +161,7 @@ fn route(
     }
     // A browser visiting a room: the web page, which then connects to it.
     if !upgrade {
-        return Err(Answer { status: 200, content_type: HTML, body: PAGE.into() });
+        return Err(Answer::new(200, HTML, PAGE.into()));
     }
     // Any of the offered subprotocols, comma-separated, may be ours.
     let json = request.headers.iter().any(|h| {
@@ -167,6 +176,22 @@ fn route(
         protocol: if json { Protocol::Json } else { Protocol::Text },
         session: query_param(query, "session"),
     })
+}
+
+/// A request target in origin form (`/room?x`): an absolute-form target
+/// (`http://host:port/room?x`, which proxies send) loses its scheme and
+/// authority.
+fn origin_form(target: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = target.split_once("://") else { return target.into() };
+    if !["http", "https", "ws", "wss"].iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        return target.into();
+    }
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => rest[at..].into(),
+        // `http://host?x` has the empty path, which is `/`.
+        Some(at) => format!("/{}", &rest[at..]).into(),
+        None => "/".into(),
+    }
 }
 
 /// `?since=SEQ&epoch=E`: both or neither.
@@ -205,9 +230,11 @@ impl Access {
     fn admits(&self, request: &httparse::Request<'_, '_>, query: Option<&str>) -> bool {
         use subtle::ConstantTimeEq as _;
         let Some(token) = &self.token else { return true };
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
         let bearer = header(request, "authorization")
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(|value| value.trim().to_owned());
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, value)| value.trim().to_owned());
         let presented = bearer.or_else(|| query_param(query, "token"));
         // Compared in constant time, so timing does not reveal how much matched.
         presented.is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(token.as_bytes())))
@@ -250,12 +277,19 @@ pub struct Answer {
     pub content_type: &'static str,
     /// The body: for an error, why, in one line.
     pub body: Cow<'static, str>,
+    /// Answering HEAD: the headers only.
+    pub head: bool,
 }
 
 impl Answer {
+    /// An answer with a body.
+    pub fn new(status: u16, content_type: &'static str, body: Cow<'static, str>) -> Self {
+        Self { status, content_type, body, head: false }
+    }
+
     /// A plain-text answer; a trailing newline is added.
     pub fn text(status: u16, reason: String) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", body: (reason + "\n").into() }
+        Self::new(status, "text/plain; charset=utf-8", (reason + "\n").into())
     }
 }
 
@@ -266,7 +300,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     answer: Answer,
     metrics: Option<&Metrics>,
 ) -> HandshakeError {
-    let Answer { status, content_type, body } = answer;
+    let Answer { status, content_type, body, head } = answer;
     let reason = match status {
         200 => None,
         400 => Some("bad_request"),
@@ -293,8 +327,9 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     let response = format!(
         "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: {content_type}\r\n\
          Content-Length: {}\r\nX-Content-Type-Options: nosniff\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
+         Connection: close\r\n\r\n{}",
+        body.len(),
+        if head { "" } else { &*body },
     );
     // The peer may already be gone; the refusal stands either way.
     let _ = stream.write_all(response.as_bytes()).await;

@@ -47,6 +47,9 @@ pub enum NameError {
     /// A room name holds something other than letters, digits, `-`, `_` or `.`.
     #[error("room names use only letters, digits, '-', '_' and '.'")]
     RoomCharacter,
+    /// A room name that is a path of the server's own, or `.` or `..`.
+    #[error("it is reserved")]
+    Reserved,
 }
 
 /// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, none of them

@@ -88,8 +88,14 @@ pub fn parse_command(text: &str) -> Command<'_> {
     }
 }
 
+/// Paths of the server's own, now or to come, that can never be rooms (rooms
+/// will be kept, so the names are taken before anyone holds them).
+pub const RESERVED_ROOMS: [&str; 8] =
+    [".", "..", "healthz", "readyz", "livez", "metrics", "api", "favicon.ico"];
+
 /// The room a request path names: `/` is [`DEFAULT_ROOM`], `/rust` is `rust`.
-/// Room names are 1 to [`MAX_ROOM_CHARS`] ASCII letters, digits, `-`, `_` or `.`.
+/// Room names are 1 to [`MAX_ROOM_CHARS`] ASCII letters, digits, `-`, `_` or `.`,
+/// other than the [`RESERVED_ROOMS`].
 pub fn room_from_path(path: &str) -> Result<&str, NameError> {
     let room = path.strip_prefix('/').unwrap_or(path);
     if room.is_empty() {
@@ -100,6 +106,9 @@ pub fn room_from_path(path: &str) -> Result<&str, NameError> {
     }
     if !room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err(NameError::RoomCharacter);
+    }
+    if RESERVED_ROOMS.iter().any(|reserved| reserved.eq_ignore_ascii_case(room)) {
+        return Err(NameError::Reserved);
     }
     Ok(room)
 }
@@ -675,6 +684,10 @@ mod tests {
         assert_eq!(room_from_path("/a/b"), Err(NameError::RoomCharacter));
         assert_eq!(room_from_path("/%20"), Err(NameError::RoomCharacter));
         assert!(room_from_path(&format!("/{}", "r".repeat(33))).is_err());
+        for reserved in ["/.", "/..", "/healthz", "/metrics", "/API", "/favicon.ico", "/livez"] {
+            assert_eq!(room_from_path(reserved), Err(NameError::Reserved), "{reserved}");
+        }
+        assert_eq!(room_from_path("/..."), Ok("..."));
     }
 
     #[test]
