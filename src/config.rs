@@ -39,6 +39,12 @@ pub const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RATE_LIMIT: u32 = 20;
 /// Default `--burst`.
 pub const DEFAULT_BURST: u32 = 50;
+/// Pings per second a client may send on average; past it (after
+/// [`PING_BURST`]) for `--flood-grace`, it is closed with 1008 "too many
+/// pings". Browsers and tools ping every few seconds at most.
+pub const MAX_PINGS_PER_SECOND: u32 = 10;
+/// Pings a client may send at once.
+pub const PING_BURST: u32 = 20;
 /// Default `--flood-grace`.
 pub const DEFAULT_FLOOD_GRACE: Duration = Duration::from_secs(10);
 /// Default `--max-connections`.

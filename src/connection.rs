@@ -28,9 +28,11 @@ use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::cluster::ECHO_TIMEOUT;
-use crate::config::{BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH};
+use crate::config::{
+    BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_PINGS_PER_SECOND, PING_BURST,
+};
 use crate::hub::{Ack, Joined, Member, Outbound, Tenure, lock};
-use crate::limit::{Bucket, Verdict};
+use crate::limit::{Bucket, RateLimit, Verdict};
 use crate::metrics::{Metrics, Reason};
 use crate::protocol::{
     ClientError, Command, Event, Frame, HELP, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
@@ -54,6 +56,8 @@ pub enum End {
     TooSlow,
     /// The client kept sending over the rate limit past the grace.
     Flood,
+    /// The client kept pinging over [`MAX_PINGS_PER_SECOND`] past the grace.
+    PingFlood,
     /// The same session joined again from a new connection, which took
     /// this one's name.
     Replaced,
@@ -166,6 +170,10 @@ where
             info!("replaced by the same session's new connection");
             "replaced"
         }
+        End::PingFlood => {
+            warn!("closed: too many pings");
+            "ping_flood"
+        }
     };
     setup.metrics.connections.dec();
     setup.metrics.closed.get_or_create(&Reason { reason }).inc();
@@ -182,6 +190,8 @@ where
 {
     let Setup { ref limits, ref metrics, .. } = *shared.setup;
     let mut bucket = Bucket::new(limits.rate, Instant::now());
+    let pings = RateLimit { per_second: MAX_PINGS_PER_SECOND, burst: PING_BURST, ..limits.rate };
+    let mut pings = Bucket::new(pings, Instant::now());
     loop {
         let frame = match stream.next().await {
             None => return End::Closed,
@@ -195,6 +205,12 @@ where
         let now = Instant::now();
         shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
         if frame.is_ping() {
+            // Metered apart from messages: each costs a pong. Past the
+            // limit the pong still goes (it is queued already); past the
+            // grace the client goes.
+            if pings.check(now) == Verdict::Close {
+                return End::PingFlood;
+            }
             // tokio-websockets has queued the pong, an answer like any other:
             // the next frame waits until it is written, so a client that
             // pings without reading cannot grow that queue.
@@ -402,14 +418,22 @@ where
         }
         // Queued behind whatever the client did not read: a client that is
         // too slow gets it only if it starts reading within the close timeout.
-        End::Silent | End::Flood | End::TooSlow => {
+        End::Silent | End::Flood | End::PingFlood | End::TooSlow => {
             let reason = match end {
                 End::Silent => "no answer to ping",
                 End::Flood => "flooding",
+                End::PingFlood => "too many pings",
                 _ => "too slow",
             };
-            if ws.flush().await.is_ok() {
-                let _ = ws.send(Message::close(Some(CloseCode::POLICY_VIOLATION), reason)).await;
+            if ws.flush().await.is_ok()
+                && ws.send(Message::close(Some(CloseCode::POLICY_VIOLATION), reason)).await.is_ok()
+                && matches!(end, End::Flood | End::PingFlood)
+            {
+                // A flooder's frames still in flight are read and dropped
+                // (within the close timeout): closing on unread input would
+                // reset the connection, and the reset could destroy the Close
+                // before the client reads why.
+                while ws.next().await.is_some() {}
             }
         }
         // A protocol error left a Close frame queued: send it.
