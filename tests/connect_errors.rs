@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -278,27 +277,9 @@ async fn wss_to_a_plain_server_says_it_does_not_speak_tls() {
     server.stop().await;
 }
 
-/// A self-signed certificate for localhost and 127.0.0.1, as PEM files in a
-/// fresh directory: (cert path, key path).
-fn certificate() -> (PathBuf, PathBuf) {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(names).expect("certificate");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("chat-connect-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
-    (cert_path, key_path)
-}
-
 #[tokio::test]
 async fn an_untrusted_certificate_names_ca_cert_and_insecure_skips_the_check() {
-    let (cert, key) = certificate();
+    let (cert, key, _) = common::self_signed_certificate();
     let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
     let server = TestServer::with_tls(chat::config::ServerConfig::default(), Some(acceptor)).await;
     let url = format!("wss://localhost:{}/", server.addr.port());

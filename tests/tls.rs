@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{CLIENT, PATIENCE, SERVER, TestServer, run};
@@ -14,27 +13,9 @@ use tokio::time::timeout;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, RootCertStore};
 
-/// A self-signed certificate for localhost and 127.0.0.1, written as PEM
-/// files in a fresh directory: (cert path, key path, cert DER).
-fn certificate() -> (PathBuf, PathBuf, Vec<u8>) {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(names).expect("certificate");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("chat-tls-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
-    (cert_path, key_path, cert.der().to_vec())
-}
-
 #[tokio::test]
 async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
-    let (cert, key, der) = certificate();
+    let (cert, key, der) = common::self_signed_certificate();
     let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
     let server = TestServer::with_tls(chat::config::ServerConfig::default(), Some(acceptor)).await;
     let url = format!("wss://localhost:{}/secure", server.addr.port());

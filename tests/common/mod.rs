@@ -327,3 +327,21 @@ pub async fn run(program: &str, args: &[&str], input: &str) -> (i32, String, Str
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
     (output.status.code().expect("an exit code"), text(output.stdout), text(output.stderr))
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made now, as PEM
+/// files in a fresh directory: (cert path, key path, cert DER).
+pub fn self_signed_certificate() -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).expect("certificate");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("chat-cert-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
+    (cert_path, key_path, cert.der().to_vec())
+}
