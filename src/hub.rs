@@ -415,47 +415,46 @@ impl Hub {
         let (requested, protocol) = (requested.as_deref(), *protocol);
         let tenure = Arc::new(Tenure::new());
         let secret = tenure.session.hex();
+        // Keys are computed before the room's lock is taken.
+        let requested = requested.map(|name| (name, validate_name(name).map(|()| name_key(name))));
+        let fallback_key = name_key(fallback);
         let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
             let mut notices = Vec::new();
-            // A client coming back with its session takes its name back from
-            // its own dead connection, which is retired without a word.
-            let mut returning = false;
             let mut last_id = None;
-            // How the name was spelled by the connection it returns from.
+            // A client coming back with its session takes its name back from
+            // its own dead connection, which is retired without a word; this
+            // is how that connection spelled it.
             let mut was = None;
-            let refusal = requested.and_then(|name| {
-                if let Err(reason) = validate_name(name) {
-                    return Some(ClientError::InvalidName { name, reason });
+            let granted = match requested {
+                None => None,
+                Some((name, Err(reason))) => {
+                    notices.push(error_frame(ClientError::InvalidName { name, reason }, protocol));
+                    None
                 }
-                let key = name_key(name);
-                match state.names.get(&key) {
-                    None => None,
+                Some((name, Ok(key))) => match state.names.get(&key) {
+                    None => Some((name.to_owned(), key)),
                     Some(holder) if holder.owned_by(session.as_deref()) => {
                         holder.tenure.retire();
                         last_id = holder.tenure.last_id();
                         was = state.names.remove(&key).map(|holder| holder.name);
-                        returning = true;
+                        Some((name.to_owned(), key))
+                    }
+                    Some(_) => {
+                        notices.push(error_frame(ClientError::NameTaken { name }, protocol));
                         None
                     }
-                    Some(_) => Some(ClientError::NameTaken { name }),
-                }
-            });
-            let name = match (requested, refusal) {
-                (Some(name), None) => name.to_owned(),
-                (_, refusal) => {
-                    if let Some(error) = refusal {
-                        notices.push(Event::from(error).encode(protocol));
-                    }
-                    fallback_name(fallback, |name| state.names.contains_key(&name_key(name)))
-                }
+                },
             };
+            let (name, key) = granted.unwrap_or_else(|| {
+                fallback_name(fallback, fallback_key, |key| state.names.contains_key(key))
+            });
             if last_id.is_none()
                 && let Some(presented) = session.as_deref()
             {
                 last_id = take_departed(&mut state.departed, presented);
             }
             let holder = Holder { name: name.clone(), tenure: tenure.clone() };
-            state.names.insert(name_key(&name), holder);
+            state.names.insert(key, holder);
             notices.push(self.welcome(
                 room,
                 &name,
@@ -476,10 +475,10 @@ impl Hub {
 
             // Subscribe before announcing, so the joiner sees its own join notice.
             let rx = room.tx.subscribe();
-            if returning {
+            if let Some(was) = was {
                 // The room saw this name all along: nothing to announce,
                 // unless it comes back spelled otherwise (`Alice` for `alice`).
-                if let Some(was) = was.filter(|was| *was != name) {
+                if was != name {
                     let event = Event::Nick {
                         room: room.name.as_str().into(),
                         old: was.into(),
@@ -557,8 +556,7 @@ impl Hub {
         let requested = requested.as_deref().filter(|name| match validate_name(name) {
             Ok(()) => true,
             Err(reason) => {
-                notices
-                    .push(Event::from(ClientError::InvalidName { name, reason }).encode(protocol));
+                notices.push(error_frame(ClientError::InvalidName { name, reason }, protocol));
                 false
             }
         });
@@ -580,7 +578,7 @@ impl Hub {
         let reply = cluster.join(&room.name, &join, self.presence_limit).await?;
         if reply.taken {
             let name = requested.unwrap_or_default();
-            notices.push(Event::from(ClientError::NameTaken { name }).encode(protocol));
+            notices.push(error_frame(ClientError::NameTaken { name }, protocol));
         }
         let state = reply.room;
         {
@@ -714,16 +712,21 @@ fn take_departed(departed: &mut VecDeque<(Secret, Box<str>)>, presented: &str) -
     departed.remove(at).map(|(_, last_id)| last_id)
 }
 
-/// `fallback`, or `fallback~2`, `~3`… : the first that `taken` says is free.
-/// Someone may have taken an address as a name.
-fn fallback_name(fallback: &str, taken: impl Fn(&str) -> bool) -> String {
-    let mut name = fallback.to_owned();
+/// `fallback`, or `fallback~2`, `~3`… : the first whose key `taken` says is
+/// free, with its key. Someone may have taken an address as a name.
+fn fallback_name(fallback: &str, key: String, taken: impl Fn(&str) -> bool) -> (String, String) {
+    let (mut name, mut key) = (fallback.to_owned(), key);
     let mut n = 1;
-    while taken(&name) {
+    while taken(&key) {
         n += 1;
         name = format!("{fallback}~{n}");
+        key = name_key(&name);
     }
-    name
+    (name, key)
+}
+
+fn error_frame(error: ClientError<'_>, protocol: Protocol) -> Frame {
+    Event::from(error).encode(protocol)
 }
 
 /// Appends the replay of `count` held messages, after what was missed.
@@ -878,16 +881,16 @@ impl Member {
             // Boxed whole: its state stays out of every connection's future.
             return Box::pin(self.rename_cluster(new)).await;
         }
+        let (key, old_key) = (name_key(new), name_key(&self.name));
         let mut state = lock(&self.room.state);
         // Retired under this lock: its name is its successor's to change.
         if self.tenure.is_retired() {
             return Ok(Ack::None);
         }
-        let key = name_key(new);
         if state.names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
         }
-        let holder = state.names.remove(&name_key(&self.name));
+        let holder = state.names.remove(&old_key);
         let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
         let old = std::mem::replace(&mut self.name, new.to_owned());
@@ -914,11 +917,12 @@ impl Member {
                 return Err(ClientError::LinkDown);
             }
         }
+        let old_key = name_key(&self.name);
         let mut state = lock(&self.room.state);
         if self.tenure.is_retired() {
             return Ok(Ack::None);
         }
-        let holder = state.names.remove(&name_key(&self.name));
+        let holder = state.names.remove(&old_key);
         let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
         new.clone_into(&mut self.name);
@@ -959,8 +963,8 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let mut state = lock(&self.room.state);
         let key = name_key(&self.name);
+        let mut state = lock(&self.room.state);
         // A retired connection's name is its successor's now.
         let holds = self.registered && state.names.get(&key).is_some_and(|h| self.holds(h));
         if holds {
