@@ -17,6 +17,12 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_MAX_LAG: usize = 1024;
 /// Default `--history`: messages a room keeps for those who join later.
 pub const DEFAULT_HISTORY: usize = 100;
+/// Default `--max-lag-bytes`.
+pub const DEFAULT_MAX_LAG_BYTES: usize = 4 * 1024 * 1024;
+/// Default `--history-bytes`.
+pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
+/// Default `--max-memory`.
+pub const DEFAULT_MAX_MEMORY: usize = 256 * 1024 * 1024;
 /// Default `--presence-limit`: rooms up to this size announce each join and leave.
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// How often large rooms get a summary of who joined and left.
@@ -99,6 +105,26 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_HISTORY", default_value_t = DEFAULT_HISTORY,
           value_parser = clap::value_parser!(u32).range(0..=100_000).map(|v| v as usize))]
     pub history: usize,
+
+    /// Bytes of frames (every protocol's encoding counted) a client may
+    /// fall behind before it misses messages and is told how many: with
+    /// `--max-lag`, the most a client that does not read can hold up.
+    /// Accepts units: `4MiB`, `512KiB`.
+    #[arg(long, env = "CHAT_MAX_LAG_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_lag_bytes: usize,
+
+    /// Bytes each room's history may hold, every encoding counted; the
+    /// oldest messages go first past it. Also the most a join or a resume
+    /// is replayed.
+    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub history_bytes: usize,
+
+    /// Bytes of frames all rooms together may hold: their histories and
+    /// what their clients have not read yet. Past it, the oldest history
+    /// (of any room) goes first, then clients too far behind miss messages;
+    /// a message that still does not fit is refused with `server_full`.
+    #[arg(long, env = "CHAT_MAX_MEMORY", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_memory: usize,
 
     /// Largest room whose joins and leaves are announced one by one; larger
     /// rooms get a summary every second instead.
@@ -259,6 +285,9 @@ impl Default for ServerConfig {
             max_lag: DEFAULT_MAX_LAG,
             presence_limit: DEFAULT_PRESENCE_LIMIT,
             history: DEFAULT_HISTORY,
+            max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_memory: DEFAULT_MAX_MEMORY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls_cert: None,
             tls_key: None,
@@ -361,6 +390,12 @@ pub struct ClientConfig {
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
+}
+
+/// A size in bytes, with an optional unit (`64KiB`, `4MiB`, `1GB`).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.parse()?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{text:?} is too large"))
 }
 
 fn parse_batch_window(text: &str) -> Result<Duration, String> {
