@@ -68,6 +68,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the room channel before one write to the socket: bounds
 /// what one connection queues in memory while keeping writes large.
 pub const MAX_BATCH: usize = 256;
+/// Bytes of room frames taken for one write (at least one frame): with
+/// `--max-lag-bytes`, the most a client that does not read holds up.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Frames in one write that mark a client busy: its room frames are then
 /// gathered for `--batch-window` before the next write.
 pub const BUSY_BATCH: usize = 4;

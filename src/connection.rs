@@ -20,8 +20,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
@@ -29,7 +28,8 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::ECHO_TIMEOUT;
 use crate::config::{
-    BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_PINGS_PER_SECOND, PING_BURST,
+    BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_BATCH_BYTES, MAX_PINGS_PER_SECOND,
+    PING_BURST,
 };
 use crate::hub::{Ack, Joined, Member, Outbound, Tenure, lock};
 use crate::limit::{Bucket, RateLimit, Verdict};
@@ -38,6 +38,7 @@ use crate::protocol::{
     ClientError, Command, Event, Frame, HELP, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
     check_text, parse_command,
 };
+use crate::ring::{Received, Receiver};
 
 use crate::wire::{Outgoing, Wire};
 
@@ -242,7 +243,7 @@ where
 /// pending into one write.
 async fn write<S>(
     shared: &Shared<'_>,
-    rx: &mut broadcast::Receiver<Outbound>,
+    rx: &mut Receiver<Outbound>,
     sink: &mut SplitSink<Box<WebSocketStream<Wire<S>>>, Message>,
 ) -> End
 where
@@ -285,10 +286,8 @@ where
             () = shared.tenure.wake().notified() => false,
             event = rx.recv() => {
                 first = match event {
-                    Ok(outbound) => received(outbound, protocol, &shared.fed),
-                    Err(RecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-                    // The room outlives its members: cannot happen while we hold one.
-                    Err(RecvError::Closed) => return End::Closed,
+                    Received::Item(outbound) => received(outbound, protocol, &shared.fed),
+                    Received::Missed(count) => Some(missed(count, protocol, metrics)),
                 };
                 true
             }
@@ -308,12 +307,9 @@ where
 }
 
 /// Queues what is pending for the client, `first` and its answers leading,
-/// up to a batch; returns how many frames.
-fn queue(
-    shared: &Shared<'_>,
-    first: Option<Frame>,
-    rx: &mut broadcast::Receiver<Outbound>,
-) -> usize {
+/// up to a batch ([`MAX_BATCH`] frames, [`MAX_BATCH_BYTES`]); returns how
+/// many frames.
+fn queue(shared: &Shared<'_>, first: Option<Frame>, rx: &mut Receiver<Outbound>) -> usize {
     let Setup { protocol, ref metrics, .. } = *shared.setup;
     let mut out = shared.outgoing.pushing();
     let mut fed = 0;
@@ -327,16 +323,20 @@ fn queue(
         fed += 1;
     }
     // Then whatever the room has pending, up to a batch, in one write.
-    while fed < MAX_BATCH {
-        let frame = match rx.try_recv() {
-            Ok(outbound) => received(outbound, protocol, &shared.fed),
-            Err(TryRecvError::Lagged(count)) => Some(missed(count, protocol, metrics)),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-        };
-        if let Some(frame) = frame {
-            out.push(frame);
-            fed += 1;
-        }
+    let mut bytes = 0;
+    if fed < MAX_BATCH {
+        rx.take_while(|taken| {
+            let frame = match taken {
+                Received::Item(outbound) => received(outbound, protocol, &shared.fed),
+                Received::Missed(count) => Some(missed(count, protocol, metrics)),
+            };
+            if let Some(frame) = frame {
+                bytes += frame.bytes().len();
+                out.push(frame);
+                fed += 1;
+            }
+            fed < MAX_BATCH && bytes < MAX_BATCH_BYTES
+        });
     }
     fed
 }

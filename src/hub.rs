@@ -1,6 +1,10 @@
-//! Rooms and names, and the fan-out: each room has one tokio broadcast channel
-//! whose items are frames encoded once in each protocol, cloned by reference
-//! count for every recipient, never copied.
+//! Rooms and names, and the fan-out: each room has one [`Ring`] whose items
+//! are frames encoded once in each protocol, cloned by reference count for
+//! every recipient, never copied.
+//!
+//! What rooms hold is counted in bytes against one [`Budget`]
+//! (`--max-memory`): when it runs short, the oldest history of any room goes
+//! first, then frames clients too far behind have not taken.
 //!
 //! Each room numbers its messages (`seq`) and keeps the last ones, so that a
 //! client joining late sees them and one coming back resumes where it left.
@@ -13,19 +17,22 @@
 //! what Redis publishes ([`Hub::deliver`]). While the link is down, the hub
 //! relays its own clients' messages among themselves (degraded mode).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
 use tracing::warn;
 
 use crate::cluster::{self, Cluster, ClusterError};
+use crate::config::ServerConfig;
 use crate::protocol::{
     ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
     name_key, now, validate_name,
 };
+use crate::ring::{Budget, Receiver, Ring};
 
 /// What a client is told when the cluster link goes down.
 pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
@@ -54,6 +61,12 @@ pub struct Frames {
 }
 
 impl Frames {
+    /// Bytes these frames hold, with what keeping them costs.
+    fn bytes(&self) -> usize {
+        let len = |frame: &Option<Frame>| frame.as_ref().map_or(0, |f| f.bytes().len());
+        KEPT_OVERHEAD + len(&self.text) + len(&self.json)
+    }
+
     /// The event in every protocol (for the history: anyone may join later).
     fn all(event: &Event<'_>) -> Self {
         Self::only(event, Speakers { text: 1, json: 1 })
@@ -108,14 +121,26 @@ impl Speakers {
     }
 }
 
+/// What keeping a frame costs besides its bytes (its entry in a ring or a
+/// history), counted with them.
+const KEPT_OVERHEAD: usize = 64;
+
 /// All rooms of a server.
 #[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
-    /// Capacity of each room's channel (`--max-lag`).
-    capacity: usize,
+    /// Frames each room's ring keeps for its slowest client (`--max-lag`).
+    max_lag: usize,
+    /// Bytes of them (`--max-lag-bytes`).
+    max_lag_bytes: usize,
     /// Messages each room keeps for those who join later (`--history`).
     history: usize,
+    /// Bytes of them (`--history-bytes`).
+    history_bytes: usize,
+    /// What all rooms hold, against `--max-memory`.
+    budget: Arc<Budget>,
+    /// Taken by whoever frees memory for all rooms: one at a time.
+    reclaiming: Mutex<()>,
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
     presence_limit: usize,
@@ -128,7 +153,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct Room {
     name: String,
-    tx: broadcast::Sender<Outbound>,
+    ring: Arc<Ring<Outbound>>,
     state: Mutex<RoomState>,
     /// Set once this node is subscribed to the room in Redis.
     subscribed: tokio::sync::OnceCell<()>,
@@ -145,18 +170,39 @@ struct RoomState {
     /// alike have the same key, so only one of them can be held.
     names: HashMap<String, Holder>,
     speakers: Speakers,
-    pos: u64,
     /// The last message's number (the last delivered, with `--redis`).
     seq: u64,
     /// Arrivals and departures not announced yet, in a large room.
     joined: u64,
     left: u64,
     /// The last messages, oldest first, numbered without gaps.
-    history: VecDeque<(u64, Frames)>,
+    history: VecDeque<Kept>,
+    /// Bytes of `history`, counted in the budget.
+    history_bytes: usize,
     /// Sessions that left lately, with the id of their last message request
     /// carried out: one that comes back learns where it got to. At most
     /// [`DEPARTED_SESSIONS`], the oldest forgotten first.
     departed: VecDeque<(Secret, Box<str>)>,
+}
+
+/// A message in a room's history.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    /// When it was kept ([`Budget::stamp`]).
+    stamp: u64,
+    frames: Frames,
+}
+
+impl RoomState {
+    /// Forgets the oldest message of the history; says whether there was one.
+    fn forget_oldest(&mut self, budget: &Budget) -> bool {
+        let Some(kept) = self.history.pop_front() else { return false };
+        let bytes = kept.frames.bytes();
+        self.history_bytes -= bytes;
+        budget.release(bytes);
+        true
+    }
 }
 
 /// Sessions a room remembers after they leave, so that one coming back
@@ -271,7 +317,7 @@ pub struct Joined {
     /// Membership; drop it to leave.
     pub member: Member,
     /// The room's frames, starting with this client's own join notice.
-    pub rx: broadcast::Receiver<Outbound>,
+    pub rx: Receiver<Outbound>,
     /// Frames for this client only, to send before anything else.
     pub notices: Vec<Frame>,
     /// Messages up to this seq are in `notices` already: skip them in `rx`.
@@ -304,25 +350,63 @@ pub struct Member {
 }
 
 impl Hub {
-    /// A hub whose rooms buffer `capacity` frames for their slowest client,
-    /// announce each join and leave while they hold at most `presence_limit`
-    /// clients and keep `history` messages; shared with other nodes through
-    /// `cluster` when given.
+    /// A hub with `config`'s bounds, counting what its rooms hold in
+    /// `budget`; shared with other nodes through `cluster` when given.
     pub fn new(
-        capacity: usize,
-        presence_limit: usize,
-        history: usize,
-        limits: Limits,
+        config: &ServerConfig,
+        budget: Arc<Budget>,
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             rooms: Mutex::default(),
-            capacity,
-            history,
-            presence_limit,
-            limits,
+            max_lag: config.max_lag,
+            max_lag_bytes: config.max_lag_bytes,
+            history: config.history,
+            history_bytes: config.history_bytes,
+            budget,
+            reclaiming: Mutex::new(()),
+            presence_limit: config.presence_limit,
+            limits: config.wire_limits(),
             cluster,
         })
+    }
+
+    /// Frees memory for all rooms once they hold more than 7/8 of the
+    /// budget: the oldest history of any room goes first, then the oldest
+    /// frames clients have not taken (they are told what they missed).
+    /// Runs with no room locked; one caller at a time, others go on.
+    fn reclaim(&self) {
+        let Ok(_one_at_a_time) = self.reclaiming.try_lock() else { return };
+        let target = self.budget.limit() / 8 * 7;
+        if self.budget.used() <= target {
+            return;
+        }
+        let rooms = self.rooms();
+        let oldest_kept = |room: &Room| lock(&room.state).history.front().map(|kept| kept.stamp);
+        let mut oldest: BinaryHeap<_> = (rooms.iter().enumerate())
+            .filter_map(|(at, room)| Some(Reverse((oldest_kept(room)?, at))))
+            .collect();
+        while self.budget.used() > target
+            && let Some(Reverse((_, at))) = oldest.pop()
+        {
+            let mut state = lock(&rooms[at].state);
+            state.forget_oldest(&self.budget);
+            if let Some(kept) = state.history.front() {
+                oldest.push(Reverse((kept.stamp, at)));
+            }
+        }
+        let mut oldest: BinaryHeap<_> = (rooms.iter().enumerate())
+            .filter_map(|(at, room)| Some(Reverse((room.ring.oldest()?, at))))
+            .collect();
+        while self.budget.used() > target
+            && let Some(Reverse((_, at))) = oldest.pop()
+        {
+            let ring = &rooms[at].ring;
+            ring.drop_oldest();
+            if let Some(stamp) = ring.oldest() {
+                oldest.push(Reverse((stamp, at)));
+            }
+        }
     }
 
     /// Announces, in each room too large for individual notices, how many
@@ -393,7 +477,11 @@ impl Hub {
             .or_insert_with(|| {
                 Arc::new(Room {
                     name: room.to_owned(),
-                    tx: broadcast::channel(self.capacity).0,
+                    ring: Arc::new(Ring::new(
+                        self.max_lag,
+                        self.max_lag_bytes,
+                        self.budget.clone(),
+                    )),
                     state: Mutex::new(RoomState { epoch: new_epoch(), ..RoomState::default() }),
                     subscribed: tokio::sync::OnceCell::new(),
                 })
@@ -465,16 +553,16 @@ impl Hub {
             ));
             // What was said before, then live frames: both under the room's lock,
             // so nothing falls between them and nothing comes twice.
-            let first_held = state.history.front().map_or(state.seq + 1, |(seq, _)| *seq);
+            let first_held = state.history.front().map_or(state.seq + 1, |kept| kept.seq);
             let held = state.history.len();
             let (skip, missed) =
                 replay_skip(first_held, held, state.seq, &state.epoch, resume.as_ref());
             let replay =
-                state.history.iter().skip(skip).filter_map(|(_, frames)| frames.get(protocol));
+                state.history.iter().skip(skip).filter_map(|kept| kept.frames.get(protocol));
             replay_into(&mut notices, missed, held - skip, replay, protocol);
 
             // Subscribe before announcing, so the joiner sees its own join notice.
-            let rx = room.tx.subscribe();
+            let rx = room.ring.subscribe();
             if let Some(was) = was {
                 // The room saw this name all along: nothing to announce,
                 // unless it comes back spelled otherwise (`Alice` for `alice`).
@@ -540,7 +628,7 @@ impl Hub {
         }
         // In the room (and subscribed to its channel) before Redis announces
         // the join, so the joiner sees its own notice and all that follows.
-        let (room, rx) = self.enter(room, protocol, |room, _| room.tx.subscribe());
+        let (room, rx) = self.enter(room, protocol, |room, _| room.ring.subscribe());
         let mut member = Member {
             hub: self.clone(),
             room,
@@ -751,9 +839,9 @@ fn replay_into(
 impl Room {
     /// Sends an event to every member, the sender included; returns its
     /// position. Called with the state locked so positions follow the
-    /// channel's order.
+    /// ring's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
-        self.send(state, Frames::only(event, state.speakers), 0)
+        self.send(Frames::only(event, state.speakers), 0)
     }
 
     /// Sends an event Redis published; a message this node has delivered
@@ -765,14 +853,56 @@ impl Room {
             _ => 0,
         };
         state.seq = state.seq.max(seq);
-        self.send(state, Frames::only(event, state.speakers), seq);
+        self.send(Frames::only(event, state.speakers), seq);
     }
 
-    fn send(&self, state: &mut RoomState, frames: Frames, seq: u64) -> u64 {
-        state.pos += 1;
-        // An error only means nobody is subscribed, so there is nobody to tell.
-        let _ = self.tx.send(Outbound { pos: state.pos, seq, frames });
-        state.pos
+    /// Sends frames whatever the budget says: events other than this
+    /// node's clients' messages (joins, leaves, notices, what other nodes
+    /// publish), which members must not miss.
+    fn send(&self, frames: Frames, seq: u64) -> u64 {
+        let bytes = frames.bytes();
+        self.ring.budget().charge(bytes);
+        self.ring.send(bytes, |pos| Outbound { pos, seq, frames })
+    }
+
+    /// Sends a client's message numbered `seq` (0 when not numbered) and
+    /// keeps `kept` in the history, if the budget has room for them once
+    /// this room's oldest history and then the frames its clients have not
+    /// taken are dropped; returns its position.
+    fn send_message(
+        &self,
+        hub: &Hub,
+        state: &mut RoomState,
+        live: Frames,
+        seq: u64,
+        kept: Option<Frames>,
+    ) -> Result<u64, ClientError<'static>> {
+        let budget = &*hub.budget;
+        let kept_bytes = kept.as_ref().map_or(0, Frames::bytes);
+        // A message larger than the whole history is relayed, not kept.
+        let kept = kept.filter(|_| kept_bytes <= hub.history_bytes);
+        if kept.is_some() {
+            while state.history.len() >= hub.history
+                || state.history_bytes + kept_bytes > hub.history_bytes
+            {
+                state.forget_oldest(budget);
+            }
+        }
+        let live_bytes = live.bytes();
+        let cost = live_bytes + kept.as_ref().map_or(0, |_| kept_bytes);
+        while !budget.try_charge(cost) {
+            if !state.forget_oldest(budget) {
+                if self.ring.make_room(cost) {
+                    break;
+                }
+                return Err(ClientError::ServerFull);
+            }
+        }
+        if let Some(frames) = kept {
+            state.history_bytes += kept_bytes;
+            state.history.push_back(Kept { seq, stamp: budget.stamp(), frames });
+        }
+        Ok(self.ring.send(live_bytes, |pos| Outbound { pos, seq, frames: live }))
     }
 }
 
@@ -815,25 +945,23 @@ impl Member {
             // Boxed whole: its state stays out of every connection's future.
             return Box::pin(self.say_cluster(cluster, message, ts)).await;
         }
+        let hub = &*self.hub;
+        // What the message may cost at most (JSON doubles quotes, in its
+        // history and its live frames): with the budget short of that, all
+        // rooms' oldest history goes first, before this room's lock is taken.
+        let most = 6 * message.len() + 4 * KEPT_OVERHEAD + 512;
+        if hub.budget.used() + most > hub.budget.limit() {
+            hub.reclaim();
+        }
         let mut state = lock(&self.room.state);
         if self.tenure.is_retired() {
             // Its successor speaks for it now; this connection is closing.
             return Ok((Ack::None, None));
         }
-        if self.hub.cluster.is_some() {
-            // Degraded mode: this node's clients only, not kept, numbered
-            // after the last message Redis numbered.
-            let event = Event::Message {
-                room: room.into(),
-                seq: state.seq,
-                from: self.name.as_str().into(),
-                text: message.into(),
-                ts,
-            };
-            return Ok((Ack::Pos(self.room.broadcast(&mut state, &event)), None));
-        }
-        state.seq += 1;
-        let seq = state.seq;
+        // Degraded mode (--redis, link down): this node's clients only, not
+        // kept, numbered after the last message Redis numbered.
+        let degraded = hub.cluster.is_some();
+        let seq = if degraded { state.seq } else { state.seq + 1 };
         let event = Event::Message {
             room: room.into(),
             seq,
@@ -841,18 +969,19 @@ impl Member {
             text: message.into(),
             ts,
         };
-        if self.hub.history == 0 {
-            let frames = Frames::only(&event, state.speakers);
-            return Ok((Ack::Pos(self.room.send(&mut state, frames, seq)), Some(seq)));
-        }
-        if state.history.len() == self.hub.history {
-            state.history.pop_front();
+        if degraded || hub.history == 0 {
+            let live = Frames::only(&event, state.speakers);
+            let numbered = if degraded { 0 } else { seq };
+            let pos = self.room.send_message(hub, &mut state, live, numbered, None)?;
+            state.seq = seq;
+            return Ok((Ack::Pos(pos), (!degraded).then_some(seq)));
         }
         // The history keeps every protocol; the broadcast shares its bytes.
         let frames = Frames::all(&event);
         let live = frames.keep(state.speakers);
-        state.history.push_back((seq, frames));
-        Ok((Ack::Pos(self.room.send(&mut state, live, seq)), Some(seq)))
+        let pos = self.room.send_message(hub, &mut state, live, seq, Some(frames))?;
+        state.seq = seq;
+        Ok((Ack::Pos(pos), Some(seq)))
     }
 
     /// Has Redis number a message and publish it: it comes back to this node

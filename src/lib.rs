@@ -8,7 +8,8 @@
 //! - [`server`]: the accept loop and graceful shutdown ([`server::run`]).
 //! - [`handshake`]: reads and checks the HTTP upgrade request before tokio-websockets takes over.
 //! - [`connection`]: one client: reads its frames, writes what its room broadcasts.
-//! - [`hub`]: rooms, names and the broadcast channel each room fans out through.
+//! - [`hub`]: rooms, names and history.
+//! - [`ring`]: each room's fan-out, bounded in slots and bytes, and the server's memory budget.
 //! - [`cluster`]: the link to Redis that lets several nodes share rooms (`--redis`).
 //! - [`limit`]: per-connection flood control.
 //! - [`logging`]: the binaries' log set-up.
@@ -30,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod protocol;
+pub mod ring;
 pub mod server;
 pub mod tls;
 pub mod wire;

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub frames_delivered: Counter,
     /// Frames skipped for clients that fell behind.
     pub frames_missed: Counter,
+    /// Bytes of frames rooms hold (histories, frames not taken yet),
+    /// counted against `--max-memory`; kept by [`crate::ring::Budget`].
+    pub memory_bytes: Gauge,
+    /// `--max-memory`.
+    pub memory_limit_bytes: Gauge,
+    /// Messages refused because `--max-memory` was reached.
+    pub server_full: Counter,
     /// With `--redis`: 1 while the link to Redis is up, else 0.
     pub cluster_link_up: Gauge,
     /// With `--redis`: times the link to Redis was lost.
@@ -67,6 +74,9 @@ impl Metrics {
             bytes_received: Counter::default(),
             frames_delivered: Counter::default(),
             frames_missed: Counter::default(),
+            memory_bytes: Gauge::default(),
+            memory_limit_bytes: Gauge::default(),
+            server_full: Counter::default(),
             cluster_link_up: Gauge::default(),
             cluster_outages: Counter::default(),
             cluster_received: Counter::default(),
@@ -104,6 +114,21 @@ impl Metrics {
             "frames_missed",
             "Frames skipped for clients that fell behind",
             metrics.frames_missed.clone(),
+        );
+        registry.register(
+            "memory_bytes",
+            "Bytes of frames rooms hold (histories, frames not taken yet), against --max-memory",
+            metrics.memory_bytes.clone(),
+        );
+        registry.register(
+            "memory_limit_bytes",
+            "The most memory_bytes may reach (--max-memory)",
+            metrics.memory_limit_bytes.clone(),
+        );
+        registry.register(
+            "server_full",
+            "Messages refused because --max-memory was reached",
+            metrics.server_full.clone(),
         );
         if clustered {
             registry.register(

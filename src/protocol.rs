@@ -545,6 +545,9 @@ pub enum ClientError<'a> {
     },
     /// A message holds a control character other than tab or a line break.
     ControlCharacter,
+    /// The server holds all the messages its memory bound allows
+    /// (`--max-memory`), and none could be dropped for this one.
+    ServerFull,
 }
 
 impl ClientError<'_> {
@@ -563,6 +566,7 @@ impl ClientError<'_> {
             ClientError::LinkDown => "link_down",
             ClientError::TooLong { .. } => "too_long",
             ClientError::ControlCharacter => "control_character",
+            ClientError::ServerFull => "server_full",
         }
     }
 }
@@ -646,6 +650,9 @@ impl fmt::Display for ClientError<'_> {
             ClientError::BinaryFrame => {
                 f.write_str("binary frames are not chat: send text frames; nothing was sent")
             }
+            ClientError::ServerFull => f.write_str(
+                "the server is out of memory for messages: this one was not sent; try again",
+            ),
         }
     }
 }

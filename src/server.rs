@@ -32,6 +32,7 @@ use crate::handshake::{Access, Answer, HandshakeError, read_head, read_request, 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{JSON_PROTOCOL, Protocol};
+use crate::ring::Budget;
 use crate::wire::Wire;
 
 /// Serves chat on `listener` (over TLS when `tls` is given, sharing rooms
@@ -45,16 +46,12 @@ pub async fn run(
     cluster: Option<Arc<Cluster>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let hub = Hub::new(
-        config.max_lag,
-        config.presence_limit,
-        config.history,
-        config.wire_limits(),
-        cluster.clone(),
-    );
+    let metrics = Arc::new(Metrics::new(cluster.is_some()));
+    metrics.memory_limit_bytes.set(i64::try_from(config.max_memory).unwrap_or(i64::MAX));
+    let budget = Arc::new(Budget::new(config.max_memory, metrics.memory_bytes.clone()));
+    let hub = Hub::new(&config, budget, cluster.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let metrics = Arc::new(Metrics::new(cluster.is_some()));
     tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
     if let Some(cluster) = cluster {
         tracker.spawn(cluster.run(hub.clone(), metrics.clone(), token.clone()));

@@ -1,0 +1,424 @@
+//! A room's fan-out: every frame broadcast to the room is kept here until
+//! each member has taken it, bounded in slots (`--max-lag`) and in bytes
+//! (`--max-lag-bytes`). Past either bound the oldest frames go, and members
+//! that had not taken them learn how many they missed.
+//!
+//! tokio's broadcast channel would allocate its whole capacity up front (a
+//! room of one client then cost `--max-lag` slots), and one member that does
+//! not read would keep that whole capacity full of frames of any size. Here a
+//! ring holds only what some member still has to take, and it counts the
+//! bytes against the server's [`Budget`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+
+use crate::hub::lock;
+
+/// The bytes of frames the whole server holds for its rooms (histories and
+/// what members have not taken yet), against `--max-memory`. The count is
+/// what `/metrics` reports as `chat_memory_bytes`.
+#[derive(Debug)]
+pub struct Budget {
+    used: Gauge,
+    limit: usize,
+    /// Numbers what is kept in the order it came, server-wide.
+    stamps: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, counted in `used`.
+    pub fn new(limit: usize, used: Gauge) -> Self {
+        Self { used, limit, stamps: AtomicU64::new(0) }
+    }
+
+    /// A number larger than every one handed out before: what is kept
+    /// carries one, so that the oldest can go first when memory is short.
+    pub fn stamp(&self) -> u64 {
+        self.stamps.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The bytes held now.
+    pub fn used(&self) -> usize {
+        usize::try_from(self.used.get()).unwrap_or(0)
+    }
+
+    /// `--max-memory`.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts `bytes` if they fit under the limit; says whether they did.
+    pub fn try_charge(&self, bytes: usize) -> bool {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        self.used
+            .inner()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Counts `bytes` even past the limit: for the small events (joins,
+    /// leaves, notices) that must reach members, whose size is bounded.
+    pub fn charge(&self, bytes: usize) {
+        self.used.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets `bytes` freed.
+    pub fn release(&self, bytes: usize) {
+        self.used.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Frames broadcast to one room, each kept until every member subscribed
+/// when it was sent has taken it.
+#[derive(Debug)]
+pub struct Ring<T> {
+    inner: Mutex<Inner<T>>,
+    /// Wakes members waiting for a frame.
+    sent: Notify,
+    budget: Arc<Budget>,
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    entries: VecDeque<Entry<T>>,
+    /// Position of `entries[0]`; positions count every frame sent.
+    first: u64,
+    /// Bytes of `entries`.
+    bytes: usize,
+    /// Receivers subscribed.
+    receivers: usize,
+    max_slots: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    item: T,
+    bytes: usize,
+    /// When it was sent ([`Budget::stamp`]): the oldest go first when the server
+    /// is short of memory.
+    stamp: u64,
+    /// Receivers that have not taken it yet.
+    remaining: usize,
+}
+
+impl<T> Inner<T> {
+    /// Position of the next frame sent.
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// Drops the first entry; returns its bytes.
+    fn pop(&mut self) -> usize {
+        let bytes = self.entries.pop_front().map_or(0, |entry| entry.bytes);
+        self.first += 1;
+        self.bytes -= bytes;
+        bytes
+    }
+
+    /// Drops the leading entries every receiver has taken; returns their bytes.
+    fn pop_taken(&mut self) -> usize {
+        let mut freed = 0;
+        while self.entries.front().is_some_and(|entry| entry.remaining == 0) {
+            freed += self.pop();
+        }
+        freed
+    }
+}
+
+/// What a receiver gets next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<T> {
+    /// The next frame.
+    Item(T),
+    /// This many frames went before the receiver took them.
+    Missed(u64),
+}
+
+impl<T: Clone> Ring<T> {
+    /// An empty ring keeping at most `max_slots` frames and `max_bytes`
+    /// bytes of them (always the newest frame, whatever its size).
+    pub fn new(max_slots: usize, max_bytes: usize, budget: Arc<Budget>) -> Self {
+        let inner = Inner {
+            entries: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+            receivers: 0,
+            max_slots,
+            max_bytes,
+        };
+        Self { inner: Mutex::new(inner), sent: Notify::new(), budget }
+    }
+
+    /// A receiver of every frame sent from now on.
+    pub fn subscribe(self: &Arc<Self>) -> Receiver<T> {
+        let mut inner = lock(&self.inner);
+        inner.receivers += 1;
+        Receiver { ring: self.clone(), next: inner.end() }
+    }
+
+    /// The budget frames are counted in.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Sends the item `make` makes of its position to every receiver;
+    /// returns the position. `bytes` is what it holds: the caller has
+    /// charged the budget with them, and they are released once every
+    /// receiver has taken it, or it is dropped. Nothing is kept when nobody
+    /// is subscribed.
+    pub fn send(&self, bytes: usize, make: impl FnOnce(u64) -> T) -> u64 {
+        let mut inner = lock(&self.inner);
+        let pos = inner.end() + 1;
+        if inner.receivers == 0 {
+            inner.first += 1;
+            drop(inner);
+            self.budget.release(bytes);
+            return pos;
+        }
+        let (remaining, stamp) = (inner.receivers, self.budget.stamp());
+        inner.entries.push_back(Entry { item: make(pos), bytes, stamp, remaining });
+        inner.bytes += bytes;
+        let mut freed = 0;
+        while inner.entries.len() > inner.max_slots
+            || (inner.bytes > inner.max_bytes && inner.entries.len() > 1)
+        {
+            freed += inner.pop();
+        }
+        drop(inner);
+        self.budget.release(freed);
+        self.sent.notify_waiters();
+        pos
+    }
+
+    /// Drops frames not taken yet, oldest first, until `bytes` more fit
+    /// the budget or none is left; their receivers miss them. Returns
+    /// whether `bytes` were charged.
+    pub fn make_room(&self, bytes: usize) -> bool {
+        let mut inner = lock(&self.inner);
+        loop {
+            if self.budget.try_charge(bytes) {
+                return true;
+            }
+            if inner.entries.is_empty() {
+                return false;
+            }
+            let freed = inner.pop();
+            self.budget.release(freed);
+        }
+    }
+
+    /// The stamp of the oldest frame not taken, if any.
+    pub fn oldest(&self) -> Option<u64> {
+        lock(&self.inner).entries.front().map(|entry| entry.stamp)
+    }
+
+    /// Drops the oldest frame not taken; its receivers miss it.
+    pub fn drop_oldest(&self) {
+        let freed = lock(&self.inner).pop();
+        self.budget.release(freed);
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        lock(&self.inner).bytes
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        let bytes = self.inner.get_mut().map_or_else(|e| e.into_inner().bytes, |inner| inner.bytes);
+        self.budget.release(bytes);
+    }
+}
+
+/// One member's place in its room's [`Ring`].
+#[derive(Debug)]
+pub struct Receiver<T> {
+    ring: Arc<Ring<T>>,
+    /// Position of the next frame to take, less one.
+    next: u64,
+}
+
+impl<T: Clone> Receiver<T> {
+    /// Takes what is there, in order, while `take` says to go on (it is
+    /// called with the ring locked: it must be quick).
+    pub fn take_while(&mut self, mut take: impl FnMut(Received<T>) -> bool) {
+        let ring = &*self.ring;
+        let mut inner = lock(&ring.inner);
+        let mut freed = 0;
+        loop {
+            if self.next < inner.first {
+                let missed = inner.first - self.next;
+                self.next = inner.first;
+                if !take(Received::Missed(missed)) {
+                    break;
+                }
+                continue;
+            }
+            let at = usize::try_from(self.next - inner.first).unwrap_or(usize::MAX);
+            let Some(entry) = inner.entries.get_mut(at) else { break };
+            entry.remaining -= 1;
+            let item = entry.item.clone();
+            self.next += 1;
+            if at == 0 && entry.remaining == 0 {
+                freed += inner.pop_taken();
+            }
+            if !take(Received::Item(item)) {
+                break;
+            }
+        }
+        drop(inner);
+        if freed > 0 {
+            ring.budget.release(freed);
+        }
+    }
+
+    /// Takes the next frame, waiting for one.
+    pub async fn recv(&mut self) -> Received<T> {
+        let ring = self.ring.clone();
+        loop {
+            let sent = ring.sent.notified();
+            tokio::pin!(sent);
+            // Registered before looking, so a frame sent in between wakes it.
+            sent.as_mut().enable();
+            let mut got = None;
+            self.take_while(|received| {
+                got = Some(received);
+                false
+            });
+            if let Some(received) = got {
+                return received;
+            }
+            sent.await;
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.ring.inner);
+        inner.receivers -= 1;
+        let from = usize::try_from(self.next.saturating_sub(inner.first)).unwrap_or(usize::MAX);
+        for entry in inner.entries.iter_mut().skip(from) {
+            entry.remaining -= 1;
+        }
+        let freed = inner.pop_taken();
+        drop(inner);
+        self.ring.budget.release(freed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(slots: usize, bytes: usize, limit: usize) -> Arc<Ring<u32>> {
+        Arc::new(Ring::new(slots, bytes, Arc::new(Budget::new(limit, Gauge::default()))))
+    }
+
+    fn send(ring: &Ring<u32>, item: u32, bytes: usize) -> u64 {
+        assert!(ring.budget.try_charge(bytes));
+        ring.send(bytes, |_| item)
+    }
+
+    fn all(rx: &mut Receiver<u32>) -> Vec<Received<u32>> {
+        let mut got = Vec::new();
+        rx.take_while(|received| {
+            got.push(received);
+            true
+        });
+        got
+    }
+
+    #[test]
+    fn frames_are_freed_once_every_receiver_took_them() {
+        let ring = ring(10, 1000, 1000);
+        let (mut a, mut b) = (ring.subscribe(), ring.subscribe());
+        send(&ring, 1, 100);
+        send(&ring, 2, 100);
+        assert_eq!(ring.budget.used(), 200);
+        assert_eq!(all(&mut a), [Received::Item(1), Received::Item(2)]);
+        assert_eq!(ring.budget.used(), 200, "b has not taken them");
+        assert_eq!(all(&mut b), [Received::Item(1), Received::Item(2)]);
+        assert_eq!((ring.budget.used(), ring.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_receiver_behind_the_byte_bound_misses_frames_and_is_told() {
+        let ring = ring(10, 250, 10_000);
+        let mut slow = ring.subscribe();
+        for item in 0..5 {
+            send(&ring, item, 100);
+        }
+        // Only the two newest fit in 250 bytes.
+        assert_eq!(ring.bytes(), 200);
+        assert_eq!(ring.budget.used(), 200);
+        assert_eq!(all(&mut slow), [Received::Missed(3), Received::Item(3), Received::Item(4)]);
+        assert_eq!(ring.budget.used(), 0);
+    }
+
+    #[test]
+    fn the_slot_bound_holds_too() {
+        let ring = ring(2, 10_000, 10_000);
+        let mut slow = ring.subscribe();
+        for item in 0..4 {
+            send(&ring, item, 1);
+        }
+        assert_eq!(all(&mut slow), [Received::Missed(2), Received::Item(2), Received::Item(3)]);
+    }
+
+    #[test]
+    fn a_dropped_receiver_frees_what_it_did_not_take() {
+        let ring = ring(10, 1000, 1000);
+        let (slow, mut quick) = (ring.subscribe(), ring.subscribe());
+        send(&ring, 1, 300);
+        all(&mut quick);
+        assert_eq!(ring.budget.used(), 300);
+        drop(slow);
+        assert_eq!(ring.budget.used(), 0);
+    }
+
+    #[test]
+    fn nothing_is_kept_without_receivers_and_positions_go_on() {
+        let ring = ring(10, 1000, 1000);
+        assert_eq!(send(&ring, 1, 100), 1);
+        assert_eq!(ring.budget.used(), 0);
+        let mut rx = ring.subscribe();
+        assert_eq!(send(&ring, 2, 100), 2);
+        assert_eq!(all(&mut rx), [Received::Item(2)]);
+    }
+
+    #[test]
+    fn make_room_drops_the_oldest_frames_until_the_charge_fits() {
+        let ring = ring(10, 1000, 300);
+        let mut rx = ring.subscribe();
+        send(&ring, 1, 100);
+        send(&ring, 2, 100);
+        send(&ring, 3, 100);
+        assert!(!ring.budget.try_charge(150));
+        assert!(ring.make_room(150));
+        assert_eq!(ring.budget.used(), 250);
+        ring.send(150, |_| 4);
+        assert_eq!(all(&mut rx), [Received::Missed(2), Received::Item(3), Received::Item(4)]);
+        assert!(!ring.make_room(301), "more than the whole budget never fits");
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_on_a_frame_sent_later() {
+        let ring = ring(10, 1000, 1000);
+        let mut rx = ring.subscribe();
+        let sender = ring.clone();
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        send(&sender, 7, 1);
+        assert_eq!(waiting.await.unwrap(), Received::Item(7));
+    }
+}
