@@ -517,7 +517,8 @@ async fn on_frame(
         push(outbox, error(ClientError::SlowDown { per_second }, id, protocol));
         return Ok(Done::NOTHING);
     }
-    Ok(act(member, command, id, limits.max_message_bytes, protocol, outbox).await)
+    Ok(act(member, command, id, limits.max_message_bytes, protocol, outbox, &shared.setup.metrics)
+        .await)
 }
 
 /// Acts on one command of the request `id`; returns what the client must be
@@ -530,6 +531,7 @@ async fn act(
     max_bytes: usize,
     protocol: Protocol,
     outbox: &Outbox,
+    metrics: &Metrics,
 ) -> Done {
     let refuse = |refusal: ClientError<'_>| {
         push(outbox, error(refusal, id, protocol));
@@ -550,7 +552,12 @@ async fn act(
                     }
                     Done { wait, then: ack(seq) }
                 }
-                Err(refusal) => refuse(refusal),
+                Err(refusal) => {
+                    if refusal == ClientError::ServerFull {
+                        metrics.server_full.inc();
+                    }
+                    refuse(refusal)
+                }
             }
         }
         Command::Nick(name) => match member.rename(name).await {
