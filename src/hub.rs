@@ -836,6 +836,14 @@ fn replay_into(
     }
 }
 
+impl Drop for Room {
+    fn drop(&mut self) {
+        // A room is forgotten once empty: its history's bytes are free.
+        let state = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.ring.budget().release(state.history_bytes);
+    }
+}
+
 impl Room {
     /// Sends an event to every member, the sender included; returns its
     /// position. Called with the state locked so positions follow the

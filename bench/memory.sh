@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The memory scenarios of the bounds issue, each against a fresh server with
+# default bounds: prints the server's RSS (from /proc) and the bytes it
+# accounts for (chat_memory_bytes, against --max-memory) before, during and
+# after each. See examples/memory_scenarios.rs.
+#
+#   bash bench/memory.sh           the full scenarios (about a minute)
+#   bash bench/memory.sh --smoke   small ones (CI): fails if a scenario fails
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=false
+[ "${1:-}" = "--smoke" ] && smoke=true
+
+cargo build --release --quiet --bin server --example memory_scenarios
+out=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; cat "$out/server.log" >&2; rm -rf "$out"' EXIT
+
+# Starts a server; sets $pid and $addr.
+start() {
+  RUST_LOG=warn target/release/server --port 0 --max-connections 100000 \
+    >"$out/listening" 2>"$out/server.log" &
+  pid=$!
+  for _ in $(seq 300); do
+    grep -q listening "$out/listening" 2>/dev/null && break
+    sleep 0.1
+  done
+  addr=$(sed -n 's|^listening on [a-z]*://||p' "$out/listening")
+  [ -n "$addr" ] || { echo "the server did not start" >&2; exit 1; }
+}
+
+if $smoke; then
+  extra=(--rooms 100 --seconds 2 --message-bytes 16384)
+else
+  extra=()
+fi
+echo "$(date -u +%Y-%m-%d) on $(nproc) cores; server defaults: --max-lag-bytes 4MiB, --history-bytes 1MiB, --max-memory 256MiB"
+for scenario in rooms history reader; do
+  start
+  target/release/examples/memory_scenarios --addr "$addr" --pid "$pid" "${extra[@]}" "$scenario"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
