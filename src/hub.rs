@@ -729,6 +729,11 @@ impl Hub {
     /// A message already delivered (seen again after a catch-up) is dropped.
     pub(crate) fn deliver(&self, room: &str, payload: &str) {
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+        // Delivered whatever the budget says (the message is the cluster's
+        // already), after the oldest of what rooms hold makes room for it.
+        if self.budget.used() + 3 * payload.len() + KEPT_OVERHEAD > self.budget.limit() {
+            self.reclaim();
+        }
         let event = match serde_json::from_str::<Event<'_>>(payload) {
             Ok(event) => event,
             Err(error) => {
