@@ -155,9 +155,20 @@ async fn reader(cli: &Cli) -> anyhow::Result<((usize, usize), String)> {
     Ok((peak, format!("; {sent} messages sent (during = the peak)")))
 }
 
-/// Sends a message as request `n` and waits for its ack, again after a
-/// `slow_down` (the senders keep to the rate limit).
+/// Time between two messages of one sender: inside the default rate limit
+/// (20 a second).
+const PACE: Duration = Duration::from_millis(55);
+
+/// Sends a message as request `n`, at most one per [`PACE`], and waits for
+/// its ack; again after a `slow_down`.
 async fn send_paced(ws: &mut Socket, text: &str, n: usize) -> anyhow::Result<()> {
+    let next = Instant::now() + PACE;
+    send_acked(ws, text, n).await?;
+    tokio::time::sleep_until(next).await;
+    Ok(())
+}
+
+async fn send_acked(ws: &mut Socket, text: &str, n: usize) -> anyhow::Result<()> {
     loop {
         let id = n.to_string();
         let request = serde_json::json!({ "type": "message", "text": text, "id": id });
@@ -170,7 +181,7 @@ async fn send_paced(ws: &mut Socket, text: &str, n: usize) -> anyhow::Result<()>
             match (event["type"].as_str(), event["code"].as_str()) {
                 (Some("ack"), _) => return Ok(()),
                 (Some("error"), Some("slow_down")) => {
-                    sleep(Duration::from_millis(50)).await;
+                    sleep(Duration::from_secs(1)).await;
                     break;
                 }
                 _ => bail!("refused: {event}"),
