@@ -243,15 +243,13 @@ where
 /// pending into one write.
 async fn write<S>(
     shared: &Shared<'_>,
-    rx: &mut Receiver<Outbound>,
+    rx: &mut Receiver<Outbound, Tenure>,
     sink: &mut SplitSink<Box<WebSocketStream<Wire<S>>>, Message>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Setup { protocol, ref limits, ref metrics, .. } = *shared.setup;
-    // A frame taken while waiting, to lead the next batch.
-    let mut first = None;
+    let Setup { ref limits, ref metrics, .. } = *shared.setup;
     // When the last batch was written.
     let mut last_write: Option<Instant> = None;
     loop {
@@ -260,7 +258,7 @@ where
         }
         // Queuing never waits; only the write does, within the
         // slow-client limit (one timer per write, not per frame).
-        let fed = queue(shared, first.take(), rx);
+        let fed = queue(shared, rx);
         let flush_wanted = shared.fed.flush_wanted.swap(false, Ordering::AcqRel);
         if fed > 0 || flush_wanted {
             metrics.frames_delivered.inc_by(fed as u64);
@@ -281,20 +279,15 @@ where
             last_write = busy.then(Instant::now);
             continue;
         }
-        // Nothing pending: sleep until the room or the reader has something.
-        let from_room = tokio::select! {
-            () = shared.tenure.wake().notified() => false,
-            event = rx.recv() => {
-                first = match event {
-                    Received::Item(outbound) => received(outbound, protocol, &shared.fed),
-                    Received::Missed(count) => Some(missed(count, protocol, metrics)),
-                };
-                true
-            }
-        };
+        // Nothing pending: sleep until the room or the reader has something
+        // (`queue` left this connection on the room's list of sleepers).
+        shared.tenure.wake().notified().await;
         // A client busier than one write per window gets the room's frames
         // gathered until the window is over; the reader's are not held.
-        if let Some(at) = last_write.filter(|_| from_room) {
+        let from_reader = !lock(&shared.outbox).is_empty()
+            || shared.fed.flush_wanted.load(Ordering::Acquire)
+            || shared.tenure.is_retired();
+        if let Some(at) = last_write.filter(|_| !from_reader) {
             let due = at + limits.batch_window;
             if Instant::now() < due {
                 tokio::select! {
@@ -306,17 +299,14 @@ where
     }
 }
 
-/// Queues what is pending for the client, `first` and its answers leading,
-/// up to a batch ([`MAX_BATCH`] frames, [`MAX_BATCH_BYTES`]); returns how
-/// many frames.
-fn queue(shared: &Shared<'_>, first: Option<Frame>, rx: &mut Receiver<Outbound>) -> usize {
+/// Queues what is pending for the client, its answers leading, up to a
+/// batch ([`MAX_BATCH`] frames, [`MAX_BATCH_BYTES`]); returns how many
+/// frames. With nothing left in the room, the room's next frame wakes the
+/// writer.
+fn queue(shared: &Shared<'_>, rx: &mut Receiver<Outbound, Tenure>) -> usize {
     let Setup { protocol, ref metrics, .. } = *shared.setup;
     let mut out = shared.outgoing.pushing();
     let mut fed = 0;
-    if let Some(frame) = first {
-        out.push(frame);
-        fed += 1;
-    }
     // Answers first: they are few, and a client waits for them.
     while let Some(frame) = pop(&shared.outbox) {
         out.push(frame);

@@ -32,7 +32,7 @@ use crate::protocol::{
     ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
     name_key, now, validate_name,
 };
-use crate::ring::{Budget, Receiver, Ring};
+use crate::ring::{Budget, Receiver, Ring, Wake};
 
 /// What a client is told when the cluster link goes down.
 pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
@@ -153,7 +153,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct Room {
     name: String,
-    ring: Arc<Ring<Outbound>>,
+    ring: Arc<Ring<Outbound, Tenure>>,
     state: Mutex<RoomState>,
     /// Set once this node is subscribed to the room in Redis.
     subscribed: tokio::sync::OnceCell<()>,
@@ -276,6 +276,12 @@ impl Tenure {
     }
 }
 
+impl Wake for Tenure {
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
 /// A session secret: 128 random bits from the operating system, shown in hex.
 #[derive(Clone, Copy)]
 struct Secret([u8; 16]);
@@ -317,7 +323,7 @@ pub struct Joined {
     /// Membership; drop it to leave.
     pub member: Member,
     /// The room's frames, starting with this client's own join notice.
-    pub rx: Receiver<Outbound>,
+    pub rx: Receiver<Outbound, Tenure>,
     /// Frames for this client only, to send before anything else.
     pub notices: Vec<Frame>,
     /// Messages up to this seq are in `notices` already: skip them in `rx`.
@@ -562,7 +568,7 @@ impl Hub {
             replay_into(&mut notices, missed, held - skip, replay, protocol);
 
             // Subscribe before announcing, so the joiner sees its own join notice.
-            let rx = room.ring.subscribe();
+            let rx = room.ring.subscribe(tenure.clone());
             if let Some(was) = was {
                 // The room saw this name all along: nothing to announce,
                 // unless it comes back spelled otherwise (`Alice` for `alice`).
@@ -628,14 +634,15 @@ impl Hub {
         }
         // In the room (and subscribed to its channel) before Redis announces
         // the join, so the joiner sees its own notice and all that follows.
-        let (room, rx) = self.enter(room, protocol, |room, _| room.ring.subscribe());
+        let tenure = Arc::new(Tenure::new());
+        let (room, rx) = self.enter(room, protocol, |room, _| room.ring.subscribe(tenure.clone()));
         let mut member = Member {
             hub: self.clone(),
             room,
             name: String::new(),
             protocol,
             registered: false,
-            tenure: Arc::new(Tenure::new()),
+            tenure,
         };
         let room = &member.room;
         room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;

@@ -8,15 +8,19 @@
 //! not read would keep that whole capacity full of frames of any size. Here a
 //! ring holds only what some member still has to take, and it counts the
 //! bytes against the server's [`Budget`].
+//!
+//! A receiver that finds nothing to take is put on the ring's list of
+//! sleepers (under the same lock, so no frame slips in between), and the
+//! next frame wakes it through its own [`Wake`]: the connection's writer
+//! waits on one wake-up for its room and its reader alike, and an idle
+//! connection holds no future for its room.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::Notify;
-
 use crate::hub::lock;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// The bytes of frames the whole server holds for its rooms (histories and
 /// what members have not taken yet), against `--max-memory`. The count is
@@ -75,19 +79,25 @@ impl Budget {
     }
 }
 
+/// How a receiver is woken when a frame comes.
+pub trait Wake: Send + Sync {
+    /// Wakes it; must not block.
+    fn wake(&self);
+}
+
 /// Frames broadcast to one room, each kept until every member subscribed
 /// when it was sent has taken it.
 #[derive(Debug)]
-pub struct Ring<T> {
-    inner: Mutex<Inner<T>>,
-    /// Wakes members waiting for a frame.
-    sent: Notify,
+pub struct Ring<T, W> {
+    inner: Mutex<Inner<T, W>>,
     budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
-struct Inner<T> {
+struct Inner<T, W> {
     entries: VecDeque<Entry<T>>,
+    /// Receivers that found nothing to take: the next frame wakes them.
+    sleepers: Vec<Arc<W>>,
     /// Position of `entries[0]`; positions count every frame sent.
     first: u64,
     /// Bytes of `entries`.
@@ -109,7 +119,7 @@ struct Entry<T> {
     remaining: usize,
 }
 
-impl<T> Inner<T> {
+impl<T, W> Inner<T, W> {
     /// Position of the next frame sent.
     fn end(&self) -> u64 {
         self.first + self.entries.len() as u64
@@ -142,26 +152,27 @@ pub enum Received<T> {
     Missed(u64),
 }
 
-impl<T: Clone> Ring<T> {
+impl<T: Clone, W: Wake> Ring<T, W> {
     /// An empty ring keeping at most `max_slots` frames and `max_bytes`
     /// bytes of them (always the newest frame, whatever its size).
     pub fn new(max_slots: usize, max_bytes: usize, budget: Arc<Budget>) -> Self {
         let inner = Inner {
             entries: VecDeque::new(),
+            sleepers: Vec::new(),
             first: 0,
             bytes: 0,
             receivers: 0,
             max_slots,
             max_bytes,
         };
-        Self { inner: Mutex::new(inner), sent: Notify::new(), budget }
+        Self { inner: Mutex::new(inner), budget }
     }
 
-    /// A receiver of every frame sent from now on.
-    pub fn subscribe(self: &Arc<Self>) -> Receiver<T> {
+    /// A receiver of every frame sent from now on, woken through `waker`.
+    pub fn subscribe(self: &Arc<Self>, waker: Arc<W>) -> Receiver<T, W> {
         let mut inner = lock(&self.inner);
         inner.receivers += 1;
-        Receiver { ring: self.clone(), next: inner.end() }
+        Receiver { ring: self.clone(), next: inner.end(), waker, asleep_at: NOT_ASLEEP }
     }
 
     /// The budget frames are counted in.
@@ -192,9 +203,12 @@ impl<T: Clone> Ring<T> {
         {
             freed += inner.pop();
         }
+        let sleepers = std::mem::take(&mut inner.sleepers);
         drop(inner);
         self.budget.release(freed);
-        self.sent.notify_waiters();
+        for sleeper in sleepers {
+            sleeper.wake();
+        }
         pos
     }
 
@@ -232,24 +246,32 @@ impl<T: Clone> Ring<T> {
     }
 }
 
-impl<T> Drop for Ring<T> {
+impl<T, W> Drop for Ring<T, W> {
     fn drop(&mut self) {
         let bytes = self.inner.get_mut().map_or_else(|e| e.into_inner().bytes, |inner| inner.bytes);
         self.budget.release(bytes);
     }
 }
 
+/// [`Receiver::asleep_at`] of a receiver not on the sleepers' list.
+const NOT_ASLEEP: u64 = u64::MAX;
+
 /// One member's place in its room's [`Ring`].
 #[derive(Debug)]
-pub struct Receiver<T> {
-    ring: Arc<Ring<T>>,
+pub struct Receiver<T, W> {
+    ring: Arc<Ring<T, W>>,
     /// Position of the next frame to take, less one.
     next: u64,
+    waker: Arc<W>,
+    /// The ring's end when this receiver went on its sleepers' list: it is
+    /// still there while no frame was sent since.
+    asleep_at: u64,
 }
 
-impl<T: Clone> Receiver<T> {
+impl<T: Clone, W: Wake> Receiver<T, W> {
     /// Takes what is there, in order, while `take` says to go on (it is
-    /// called with the ring locked: it must be quick).
+    /// called with the ring locked: it must be quick). Once nothing is left
+    /// to take, the next frame sent wakes this receiver's waker.
     pub fn take_while(&mut self, mut take: impl FnMut(Received<T>) -> bool) {
         let ring = &*self.ring;
         let mut inner = lock(&ring.inner);
@@ -264,7 +286,15 @@ impl<T: Clone> Receiver<T> {
                 continue;
             }
             let at = usize::try_from(self.next - inner.first).unwrap_or(usize::MAX);
-            let Some(entry) = inner.entries.get_mut(at) else { break };
+            let Some(entry) = inner.entries.get_mut(at) else {
+                // Once on the list per frame awaited.
+                let end = inner.end();
+                if self.asleep_at != end {
+                    self.asleep_at = end;
+                    inner.sleepers.push(self.waker.clone());
+                }
+                break;
+            };
             entry.remaining -= 1;
             let item = entry.item.clone();
             self.next += 1;
@@ -280,32 +310,15 @@ impl<T: Clone> Receiver<T> {
             ring.budget.release(freed);
         }
     }
-
-    /// Takes the next frame, waiting for one.
-    pub async fn recv(&mut self) -> Received<T> {
-        let ring = self.ring.clone();
-        loop {
-            let sent = ring.sent.notified();
-            tokio::pin!(sent);
-            // Registered before looking, so a frame sent in between wakes it.
-            sent.as_mut().enable();
-            let mut got = None;
-            self.take_while(|received| {
-                got = Some(received);
-                false
-            });
-            if let Some(received) = got {
-                return received;
-            }
-            sent.await;
-        }
-    }
 }
 
-impl<T> Drop for Receiver<T> {
+impl<T, W> Drop for Receiver<T, W> {
     fn drop(&mut self) {
         let mut inner = lock(&self.ring.inner);
         inner.receivers -= 1;
+        if self.asleep_at == inner.end() {
+            inner.sleepers.retain(|sleeper| !Arc::ptr_eq(sleeper, &self.waker));
+        }
         let from = usize::try_from(self.next.saturating_sub(inner.first)).unwrap_or(usize::MAX);
         for entry in inner.entries.iter_mut().skip(from) {
             entry.remaining -= 1;
@@ -318,18 +331,42 @@ impl<T> Drop for Receiver<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
-    fn ring(slots: usize, bytes: usize, limit: usize) -> Arc<Ring<u32>> {
+    /// Counts its wake-ups.
+    #[derive(Debug, Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    type TestRing = Ring<u32, Count>;
+
+    fn ring(slots: usize, bytes: usize, limit: usize) -> Arc<TestRing> {
         Arc::new(Ring::new(slots, bytes, Arc::new(Budget::new(limit, Gauge::default()))))
     }
 
-    fn send(ring: &Ring<u32>, item: u32, bytes: usize) -> u64 {
+    fn subscribe(ring: &Arc<TestRing>) -> Receiver<u32, Count> {
+        ring.subscribe(Arc::default())
+    }
+
+    fn send(ring: &TestRing, item: u32, bytes: usize) -> u64 {
         assert!(ring.budget.try_charge(bytes));
         ring.send(bytes, |_| item)
     }
 
-    fn all(rx: &mut Receiver<u32>) -> Vec<Received<u32>> {
+    fn all(rx: &mut Receiver<u32, Count>) -> Vec<Received<u32>> {
         let mut got = Vec::new();
         rx.take_while(|received| {
             got.push(received);
@@ -341,7 +378,7 @@ mod tests {
     #[test]
     fn frames_are_freed_once_every_receiver_took_them() {
         let ring = ring(10, 1000, 1000);
-        let (mut a, mut b) = (ring.subscribe(), ring.subscribe());
+        let (mut a, mut b) = (subscribe(&ring), subscribe(&ring));
         send(&ring, 1, 100);
         send(&ring, 2, 100);
         assert_eq!(ring.budget.used(), 200);
@@ -354,7 +391,7 @@ mod tests {
     #[test]
     fn a_receiver_behind_the_byte_bound_misses_frames_and_is_told() {
         let ring = ring(10, 250, 10_000);
-        let mut slow = ring.subscribe();
+        let mut slow = subscribe(&ring);
         for item in 0..5 {
             send(&ring, item, 100);
         }
@@ -368,7 +405,7 @@ mod tests {
     #[test]
     fn the_slot_bound_holds_too() {
         let ring = ring(2, 10_000, 10_000);
-        let mut slow = ring.subscribe();
+        let mut slow = subscribe(&ring);
         for item in 0..4 {
             send(&ring, item, 1);
         }
@@ -378,7 +415,7 @@ mod tests {
     #[test]
     fn a_dropped_receiver_frees_what_it_did_not_take() {
         let ring = ring(10, 1000, 1000);
-        let (slow, mut quick) = (ring.subscribe(), ring.subscribe());
+        let (slow, mut quick) = (subscribe(&ring), subscribe(&ring));
         send(&ring, 1, 300);
         all(&mut quick);
         assert_eq!(ring.budget.used(), 300);
@@ -391,7 +428,7 @@ mod tests {
         let ring = ring(10, 1000, 1000);
         assert_eq!(send(&ring, 1, 100), 1);
         assert_eq!(ring.budget.used(), 0);
-        let mut rx = ring.subscribe();
+        let mut rx = subscribe(&ring);
         assert_eq!(send(&ring, 2, 100), 2);
         assert_eq!(all(&mut rx), [Received::Item(2)]);
     }
@@ -399,7 +436,7 @@ mod tests {
     #[test]
     fn make_room_drops_the_oldest_frames_until_the_charge_fits() {
         let ring = ring(10, 1000, 300);
-        let mut rx = ring.subscribe();
+        let mut rx = subscribe(&ring);
         send(&ring, 1, 100);
         send(&ring, 2, 100);
         send(&ring, 3, 100);
@@ -411,14 +448,29 @@ mod tests {
         assert!(!ring.make_room(301), "more than the whole budget never fits");
     }
 
-    #[tokio::test]
-    async fn recv_wakes_on_a_frame_sent_later() {
+    #[test]
+    fn a_receiver_that_found_nothing_is_woken_once_by_the_next_frame() {
         let ring = ring(10, 1000, 1000);
-        let mut rx = ring.subscribe();
-        let sender = ring.clone();
-        let waiting = tokio::spawn(async move { rx.recv().await });
-        tokio::task::yield_now().await;
-        send(&sender, 7, 1);
-        assert_eq!(waiting.await.unwrap(), Received::Item(7));
+        let mut rx = subscribe(&ring);
+        assert_eq!(all(&mut rx), []);
+        // Looking again before anything is sent does not list it twice.
+        assert_eq!(all(&mut rx), []);
+        send(&ring, 1, 1);
+        send(&ring, 2, 1);
+        assert_eq!(rx.waker.get(), 1);
+        assert_eq!(all(&mut rx), [Received::Item(1), Received::Item(2)]);
+        send(&ring, 3, 1);
+        assert_eq!(rx.waker.get(), 2);
+    }
+
+    #[test]
+    fn a_dropped_sleeper_leaves_the_list() {
+        let ring = ring(10, 1000, 1000);
+        let mut rx = subscribe(&ring);
+        all(&mut rx);
+        let waker = rx.waker.clone();
+        drop(rx);
+        assert!(lock(&ring.inner).sleepers.is_empty());
+        assert_eq!(Arc::strong_count(&waker), 1);
     }
 }
