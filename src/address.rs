@@ -38,13 +38,10 @@ impl AddressKey {
     pub fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => {
-                    let prefix = v6.to_bits() & !u128::from(u64::MAX);
-                    Self(IpAddr::V6(Ipv6Addr::from_bits(prefix)))
-                }
-            },
+            IpAddr::V6(v6) => Self(v6.to_ipv4_mapped().map_or_else(
+                || IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+                IpAddr::V4,
+            )),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! read are then replayed to tokio-websockets through [`crate::wire::Wire`].
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -403,7 +404,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     }
     .to_owned();
     if let Some(wait) = retry_after {
-        extra += &format!("Retry-After: {}\r\n", wait.as_secs().max(1));
+        let _ = write!(extra, "Retry-After: {}\r\n", wait.as_secs().max(1));
     }
     let response = format!(
         "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: {content_type}\r\n\
@@ -556,7 +557,8 @@ mod tests {
         assert_eq!(decide(&evil), 403);
         let own = evil.replace("evil.example", "localhost");
         assert_eq!(decide(&own), 101);
-        let wrong = format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer no\r\n{upgrade}\r\n");
+        let wrong =
+            format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer no\r\n{upgrade}\r\n");
         assert_eq!(decide(&wrong), 401);
         assert_eq!(decide(&wrong), 401);
         assert_eq!(decide(&wrong), 429);

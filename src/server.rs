@@ -60,21 +60,9 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::new(cluster.is_some()));
     tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
-    let addresses = Addresses::new(AddressLimits {
-        handshakes: config.max_handshakes_per_ip,
-        connections: config.max_connections_per_ip,
-        joins_per_second: config.joins_per_ip,
-        auth_failures_per_minute: config.auth_failures_per_ip,
-    });
+    let access = access(&config, &listener, tls.is_some());
+    let addresses = access.addresses.clone();
     tracker.spawn(forget_idle_addresses(addresses.clone(), token.clone()));
-    // The own origins are those of the address actually bound (port 0 too).
-    let own = match listener.local_addr() {
-        Ok(bound) => OwnOrigins::new(bound, tls.is_some(), config.public_url.clone()),
-        Err(error) => {
-            warn!(%error, "cannot read the bound address: origins are matched with Host");
-            OwnOrigins::default()
-        }
-    };
     if let Some(cluster) = cluster {
         tracker.spawn(cluster.run(hub.clone(), metrics.clone(), token.clone()));
     }
@@ -84,13 +72,7 @@ pub async fn run(
         websockets: websockets(&config, Protocol::Text),
         websockets_json: websockets(&config, Protocol::Json),
         limits: config.limits(),
-        access: Access {
-            allowed_origins: config.allow_origin.clone(),
-            token: config.token.clone(),
-            own,
-            proxies: config.trusted_proxy.clone(),
-            addresses: addresses.clone(),
-        },
+        access,
         tls: tls.clone(),
         // A permit per chat connection, taken once the request is read.
         slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -114,29 +96,10 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_START;
-                let key = AddressKey::of(peer.ip());
-                let proxy = context.access.proxies.iter().any(|net| net.contains(&peer.ip()));
-                let admitted = match handshakes.clone().try_acquire_owned() {
-                    Ok(permit) => match context.addresses.handshake(key, proxy) {
-                        Ok(slot) => Ok((permit, slot)),
-                        Err(Full::Address) => Err((429, "address_handshakes")),
-                        Err(Full::Table) => Err((503, "addresses_full")),
-                    },
-                    Err(_) => Err((503, "handshakes_full")),
-                };
-                let handshake = match admitted {
-                    Ok(handshake) => handshake,
-                    Err((status, reason)) => {
-                        context.metrics.refuse(reason);
-                        match refusals.clone().try_acquire_owned() {
-                            Ok(permit) if context.tls.is_none() => {
-                                debug!(%peer, reason, "busy: told to come back later");
-                                tokio::spawn(refuse_busy(stream, status, permit));
-                            }
-                            _ => debug!(%peer, reason, "busy: closed without an answer"),
-                        }
-                        continue;
-                    }
+                let Some((handshake, stream)) =
+                    admit(&context, &handshakes, &refusals, stream, peer)
+                else {
+                    continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
                 // Chat frames are small and latency matters more than packet
@@ -188,6 +151,30 @@ pub async fn run(
     }
 }
 
+/// Who may connect, and the per-address table.
+fn access(config: &ServerConfig, listener: &TcpListener, secure: bool) -> Access {
+    // The own origins are those of the address actually bound (port 0 too).
+    let own = match listener.local_addr() {
+        Ok(bound) => OwnOrigins::new(bound, secure, config.public_url.clone()),
+        Err(error) => {
+            warn!(%error, "cannot read the bound address: origins are matched with Host");
+            OwnOrigins::default()
+        }
+    };
+    Access {
+        allowed_origins: config.allow_origin.clone(),
+        token: config.token.clone(),
+        own,
+        proxies: config.trusted_proxy.clone(),
+        addresses: Addresses::new(AddressLimits {
+            handshakes: config.max_handshakes_per_ip,
+            connections: config.max_connections_per_ip,
+            joins_per_second: config.joins_per_ip,
+            auth_failures_per_minute: config.auth_failures_per_ip,
+        }),
+    }
+}
+
 /// How connections of `protocol` are upgraded.
 fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
     let builder = ServerBuilder::new()
@@ -199,6 +186,41 @@ fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
             .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(JSON_PROTOCOL))
             .expect("Sec-WebSocket-Protocol is an allowed response header"),
     }
+}
+
+/// A connection's handshake slots, overall and of its address; `None` when
+/// either is full, after telling the client so (or closing it).
+fn admit(
+    context: &Context,
+    handshakes: &Arc<Semaphore>,
+    refusals: &Arc<Semaphore>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<((OwnedSemaphorePermit, Slot), TcpStream)> {
+    let key = AddressKey::of(peer.ip());
+    let proxy = context.access.proxies.iter().any(|net| net.contains(&peer.ip()));
+    let admitted = match handshakes.clone().try_acquire_owned() {
+        Ok(permit) => match context.addresses.handshake(key, proxy) {
+            Ok(slot) => Ok((permit, slot)),
+            Err(Full::Address) => Err((429, "address_handshakes")),
+            Err(Full::Table) => Err((503, "addresses_full")),
+        },
+        Err(_) => Err((503, "handshakes_full")),
+    };
+    let (status, reason) = match admitted {
+        Ok(handshake) => return Some((handshake, stream)),
+        Err(refused) => refused,
+    };
+    context.metrics.refuse(reason);
+    match refusals.clone().try_acquire_owned() {
+        // Over TLS, an answer would need the handshake this slot is for.
+        Ok(permit) if context.tls.is_none() => {
+            debug!(%peer, reason, "busy: told to come back later");
+            tokio::spawn(refuse_busy(stream, status, permit));
+        }
+        _ => debug!(%peer, reason, "busy: closed without an answer"),
+    }
+    None
 }
 
 /// Tells a connection past a handshake cap to come back later: the answer is

@@ -26,7 +26,9 @@ async fn a_guesser_stops_getting_401_after_401() {
     // for it (the budget refills in a minute).
     let mut statuses = Vec::new();
     for guess in 0..2 * DEFAULT_AUTH_FAILURES_PER_IP {
-        let response = exchange_from(GUESSER, server.addr, upgrade_with(&format!("guess{guess}")).as_bytes()).await;
+        let response =
+            exchange_from(GUESSER, server.addr, upgrade_with(&format!("guess{guess}")).as_bytes())
+                .await;
         if status_of(&response) == "429" {
             assert!(response.contains("\r\nRetry-After: "), "{response}");
         }
@@ -54,7 +56,9 @@ async fn zero_turns_the_throttle_off() {
     };
     let server = TestServer::with(config).await;
     for guess in 0..2 * DEFAULT_AUTH_FAILURES_PER_IP {
-        let response = exchange_from(GUESSER, server.addr, upgrade_with(&format!("guess{guess}")).as_bytes()).await;
+        let response =
+            exchange_from(GUESSER, server.addr, upgrade_with(&format!("guess{guess}")).as_bytes())
+                .await;
         assert_eq!(status_of(&response), "401", "{response}");
     }
     server.stop().await;

@@ -44,7 +44,8 @@ async fn repeated_joins_from_one_address_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn zero_turns_the_join_rate_off() {
-    let server = TestServer::with(ServerConfig { joins_per_ip: 0, ..ServerConfig::default() }).await;
+    let server =
+        TestServer::with(ServerConfig { joins_per_ip: 0, ..ServerConfig::default() }).await;
     for i in 0..4 * chat::config::DEFAULT_JOINS_PER_IP {
         let request = upgrade_request(&format!("/?name=j{i}"));
         let response = exchange_from(JOINER, server.addr, request.as_bytes()).await;
@@ -54,11 +55,17 @@ async fn zero_turns_the_join_rate_off() {
 }
 
 /// Reads stderr lines until one contains all of `words`; returns it.
-async fn stderr_line_with(stderr: &mut BufReader<tokio::process::ChildStderr>, words: &[&str]) -> String {
+async fn stderr_line_with(
+    stderr: &mut BufReader<tokio::process::ChildStderr>,
+    words: &[&str],
+) -> String {
+    let mut seen = String::new();
     loop {
         let mut line = String::new();
-        let read = timeout(PATIENCE, stderr.read_line(&mut line)).await.expect("in time").expect("read");
-        assert!(read > 0, "stderr ended before {words:?}");
+        let read =
+            timeout(PATIENCE, stderr.read_line(&mut line)).await.expect("in time").expect("read");
+        assert!(read > 0, "stderr ended before {words:?}: {seen}");
+        seen += &line;
         if words.iter().all(|word| line.contains(word)) {
             return line;
         }
@@ -88,10 +95,12 @@ async fn the_client_takes_429_as_try_later_and_comes_back() {
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     watcher.wait_for("* bob joined").await;
+    // Cut only once bob knows he is in: a first connection is never retried.
+    assert!(stdout_line(&mut stdout).await.starts_with("* you are bob"));
 
     // Cut bob's connection and take his address's slot before he is back
     // (should he win the race, cut again).
-    let _keeper = loop {
+    let keeper = loop {
         proxy.cut();
         watcher.wait_for("* bob left").await;
         let held = timeout(PATIENCE, async {
@@ -114,15 +123,20 @@ async fn the_client_takes_429_as_try_later_and_comes_back() {
     };
     let refused = stderr_line_with(&mut stderr, &["HTTP 429", "reconnecting in"]).await;
     assert!(refused.contains("retry after"), "{refused}");
-    drop(_keeper);
+    drop(keeper);
     // Bob comes back on his own after the wait.
     watcher.wait_for("* bob joined").await;
-    let mut seen = String::new();
-    while !seen.contains("* you are bob") {
-        seen.clear();
-        timeout(PATIENCE, stdout.read_line(&mut seen)).await.expect("in time").expect("read");
-    }
+    while !stdout_line(&mut stdout).await.starts_with("* you are bob") {}
     server.stop().await;
+}
+
+/// The next line of the client's stdout.
+async fn stdout_line(stdout: &mut BufReader<tokio::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    let read =
+        timeout(PATIENCE, stdout.read_line(&mut line)).await.expect("in time").expect("read");
+    assert!(read > 0, "stdout ended");
+    line
 }
 
 /// Whether bob rejoined (seen by the watcher) rather than being refused.

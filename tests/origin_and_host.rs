@@ -50,7 +50,11 @@ async fn on_loopback_every_loopback_name_on_the_port_is_own() {
     let port = server.addr.port();
     for name in ["127.0.0.1", "localhost", "[::1]"] {
         let own = format!("{name}:{port}");
-        assert_eq!(status(server.addr, &upgrade(&own, &format!("http://{own}"))).await, "101", "{own}");
+        assert_eq!(
+            status(server.addr, &upgrade(&own, &format!("http://{own}"))).await,
+            "101",
+            "{own}"
+        );
     }
     // Another port is another origin.
     let other = format!("localhost:{}", port.wrapping_add(1));
@@ -80,9 +84,10 @@ async fn on_a_wildcard_bind_without_public_urls_the_host_is_matched() {
     let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(chat::server::run(listener, ServerConfig::default(), None, None, async {
-        let _ = stopped.await;
-    }));
+    let task =
+        tokio::spawn(chat::server::run(listener, ServerConfig::default(), None, None, async {
+            let _ = stopped.await;
+        }));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let named = format!("box.example:{port}");
     assert_eq!(status(addr, &upgrade(&named, &format!("http://{named}"))).await, "101");

@@ -36,7 +36,8 @@ async fn slow_headers_from_one_address_stop_neither_another_address_nor_healthz(
     let server = TestServer::with(config).await;
     let _held = slow_headers(&server, 100).await;
 
-    let healthz = exchange_from(OTHER, server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let healthz =
+        exchange_from(OTHER, server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&healthz), "200", "{healthz:?}");
     let mut other = join_from(OTHER, &server, "/?name=other").await;
     other.send("still here").await;

@@ -349,20 +349,39 @@ pub fn self_signed_certificate() -> (std::path::PathBuf, std::path::PathBuf, Vec
 /// A TCP connection to `addr` from the loopback address `from` (127.0.0.2
 /// and up stand for other clients' addresses).
 pub async fn tcp_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    if from == [127, 0, 0, 1] {
+        return timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("in time")
+            .expect("connect");
+    }
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::from((from, 0))).expect("bind the client's address");
     timeout(PATIENCE, socket.connect(addr)).await.expect("connect in time").expect("connect")
 }
 
-/// Sends `request` from `from` and returns the whole response, read until
-/// the server closes.
+/// Sends `request` from `from` and returns the response: read until the
+/// server closes, or, for an upgrade (101), its head only.
 pub async fn exchange_from(from: [u8; 4], addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tcp_from(from, addr).await;
     stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
-    // A reset after the answer still leaves the answer read.
-    let _ = timeout(PATIENCE, stream.read_to_end(&mut response)).await.expect("an answer in time");
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            // A reset after the answer still leaves the answer read.
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+            let head_done = response.windows(4).any(|w| w == b"\r\n\r\n");
+            if head_done && response.starts_with(b"HTTP/1.1 101") {
+                return;
+            }
+        }
+    };
+    timeout(PATIENCE, read).await.expect("an answer in time");
     String::from_utf8_lossy(&response).into_owned()
 }
 
