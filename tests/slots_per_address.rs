@@ -111,3 +111,43 @@ async fn zero_turns_the_per_address_caps_off() {
     drop(held);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn stalled_tls_handshakes_from_one_address_stop_no_other_address() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, RootCertStore, pki_types::ServerName};
+
+    let (cert, key, der) = common::self_signed_certificate();
+    let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
+    let config = ServerConfig { max_connections: 8, ..ServerConfig::default() };
+    let server = TestServer::with_tls(config, Some(acceptor)).await;
+    // Connected, and never a byte of TLS.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        stalled.push(tcp_from(ATTACKER, server.addr).await);
+    }
+
+    let mut roots = RootCertStore::empty();
+    roots.add(der.into()).expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tcp_from(OTHER, server.addr).await;
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut stream = timeout(common::PATIENCE, connector.connect(name, tcp))
+        .await
+        .expect("in time")
+        .expect("TLS handshake");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut response = String::new();
+    timeout(common::PATIENCE, stream.read_to_string(&mut response)).await.expect("in time").ok();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    drop(stalled);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(cert.parent().expect("dir"));
+}
