@@ -419,6 +419,31 @@ mod tests {
     }
 
     #[test]
+    fn the_table_is_bounded() {
+        let addresses = Addresses::new(AddressLimits {
+            auth_failures_per_minute: 10,
+            ..AddressLimits::default()
+        });
+        let key = |n: usize| AddressKey::of(IpAddr::V4(u32::try_from(n).expect("small").into()));
+        let held: Vec<_> = (0..MAX_TRACKED_ADDRESSES)
+            .map(|n| addresses.connection(key(n)).expect("room"))
+            .collect();
+        let newcomer = key(MAX_TRACKED_ADDRESSES);
+        assert_eq!(addresses.connection(newcomer).err(), Some(Full::Table));
+        assert_eq!(addresses.len(), MAX_TRACKED_ADDRESSES);
+        drop(held);
+        assert!(addresses.is_empty());
+        // Addresses that only owe a budget make way for a new one.
+        let now = Instant::now();
+        for n in 0..MAX_TRACKED_ADDRESSES {
+            addresses.authentication_failed(key(n), now);
+        }
+        assert_eq!(addresses.len(), MAX_TRACKED_ADDRESSES);
+        let _slot = addresses.connection(newcomer).expect("room made");
+        assert!(addresses.len() <= MAX_TRACKED_ADDRESSES);
+    }
+
+    #[test]
     fn joins_and_failures_are_budgeted() {
         let limits = AddressLimits {
             joins_per_second: 3,
