@@ -27,7 +27,7 @@ grep -q "Ready to accept" "$out/redis.log" || { echo "error: redis-server did no
 urls=()
 for node in 1 2; do
   RUST_LOG=warn TOKIO_WORKER_THREADS=${NODE_THREADS:-1} target/release/server --port 0 --redis "redis://127.0.0.1:$port" \
-    --max-connections 100000 --rate-limit 0 >"$out/node$node" 2>"$out/node$node.log" &
+    --max-connections 100000 --rate-limit 0 --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 >"$out/node$node" 2>"$out/node$node.log" &
   for _ in $(seq 100); do grep -q listening "$out/node$node" 2>/dev/null && break; sleep 0.1; done
   url=$(sed -n 's/^listening on //p' "$out/node$node")
   [ -n "$url" ] || { echo "error: node $node did not start" >&2; exit 1; }

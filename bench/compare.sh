@@ -29,7 +29,8 @@ fi
 start() {
   local log=$out/server.log
   case $1 in
-    chat) RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --rate-limit 0 >"$out/listening" 2>"$log" & ;;
+    chat) RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --rate-limit 0 \
+      --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 >"$out/listening" 2>"$log" & ;;
     naive) RUST_LOG=warn target/release/examples/naive_server --port 0 >"$out/listening" 2>"$log" & ;;
   esac
   pid=$!

@@ -445,6 +445,13 @@ fn explain(error: &tokio_websockets::Error) -> String {
         tokio_websockets::Error::Io(io) if io.kind() == io::ErrorKind::AddrNotAvailable => {
             "out of ephemeral ports: widen net.ipv4.ip_local_port_range or use fewer clients".into()
         }
+        // Every client of the bench comes from one address.
+        tokio_websockets::Error::Upgrade(
+            tokio_websockets::upgrade::Error::DidNotSwitchProtocols(429),
+        ) => format!(
+            "{error}: the server limits each address; start it with --max-handshakes-per-ip 0 \
+             --max-connections-per-ip 0 --joins-per-ip 0"
+        ),
         error => error.to_string(),
     }
 }

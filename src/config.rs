@@ -85,6 +85,25 @@ pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
 /// Longest wait between two `accept` attempts.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Default `--max-handshakes`: connections in their handshake (TLS, then the
+/// HTTP request head) at once, from all addresses together.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default `--max-handshakes-per-ip`: an office behind one NAT opens a few at
+/// a time; a slow-header attack from one address is held to this many.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 64;
+/// Default `--max-connections-per-ip`: room for an office of a few hundred
+/// people behind one NAT, a tab or two each.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default `--joins-per-ip`: joins and resumes per second from one address,
+/// in bursts of as many; each replays at most `--history-bytes`.
+pub const DEFAULT_JOINS_PER_IP: u32 = 64;
+/// Default `--auth-failures-per-ip`: failed authentications per minute from
+/// one address, in bursts of as many, before it gets 429.
+pub const DEFAULT_AUTH_FAILURES_PER_IP: u32 = 64;
+/// How long a connection past a per-address or the overall handshake cap is
+/// told to wait (`Retry-After`), in seconds.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 2;
+
 /// Server flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
@@ -214,6 +233,48 @@ pub struct ServerConfig {
     /// nothing else.
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
+
+    /// Most connections in their handshake (TLS, then the HTTP request head,
+    /// within 10 s) at once; past it, new ones are told 503 (or, over TLS,
+    /// closed). Chat connections do not count.
+    #[arg(long, env = "CHAT_MAX_HANDSHAKES", default_value_t = DEFAULT_MAX_HANDSHAKES,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
+    pub max_handshakes: usize,
+
+    /// Most connections in their handshake from one address (an IPv6 /64)
+    /// at once; past it, new ones are told 429 (or, over TLS, closed).
+    /// Trusted proxies are exempt. 0 turns it off (benchmarks).
+    #[arg(long, env = "CHAT_MAX_HANDSHAKES_PER_IP", default_value_t = DEFAULT_MAX_HANDSHAKES_PER_IP)]
+    pub max_handshakes_per_ip: usize,
+
+    /// Most chat connections from one address (an IPv6 /64) at once; past
+    /// it, upgrades get HTTP 429. 0 turns it off (benchmarks).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+
+    /// Joins and resumes per second from one address, in bursts of as many;
+    /// past it, upgrades get HTTP 429 with Retry-After. 0 turns it off.
+    #[arg(long, env = "CHAT_JOINS_PER_IP", default_value_t = DEFAULT_JOINS_PER_IP)]
+    pub joins_per_ip: u32,
+
+    /// Failed authentications (wrong or missing `--token`) per minute from
+    /// one address, in bursts of as many; past it, the address gets HTTP 429
+    /// with Retry-After, and no token is checked. 0 turns it off.
+    #[arg(long, env = "CHAT_AUTH_FAILURES_PER_IP", default_value_t = DEFAULT_AUTH_FAILURES_PER_IP)]
+    pub auth_failures_per_ip: u32,
+
+    /// A proxy (`10.0.0.0/8`, `::1`) whose `X-Forwarded-For` names the client
+    /// for every per-address rule; repeat it, or separate them with commas
+    /// in the environment.
+    #[arg(long, env = "CHAT_TRUSTED_PROXY", value_delimiter = ',',
+          value_parser = crate::address::parse_proxy)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// A public origin of this server (`https://chat.example.com`), as
+    /// browsers see it behind a proxy; repeat it, or separate them with
+    /// commas in the environment. Pages from it may connect.
+    #[arg(long, env = "CHAT_PUBLIC_URL", value_delimiter = ',')]
+    pub public_url: Vec<crate::origin::PublicUrl>,
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -305,6 +366,13 @@ impl Default for ServerConfig {
             rate_limit: DEFAULT_RATE_LIMIT,
             burst: DEFAULT_BURST,
             flood_grace: DEFAULT_FLOOD_GRACE,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            joins_per_ip: DEFAULT_JOINS_PER_IP,
+            auth_failures_per_ip: DEFAULT_AUTH_FAILURES_PER_IP,
+            trusted_proxy: Vec::new(),
+            public_url: Vec::new(),
         }
     }
 }

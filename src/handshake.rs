@@ -7,13 +7,19 @@
 //! read are then replayed to tokio-websockets through [`crate::wire::Wire`].
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::address::{AddressKey, Addresses, client_address};
 use crate::config::MAX_REQUEST_HEAD_BYTES;
 use crate::metrics::Metrics;
+use crate::origin::OwnOrigins;
 use crate::protocol::{
     ChatRequest, JSON_PROTOCOL, Protocol, Resume, name_from_query, query_param, room_from_path,
 };
@@ -34,13 +40,18 @@ pub enum HandshakeError {
     },
 }
 
-/// Reads one request head and decides: a chat upgrade (returned, with the
-/// bytes read so far to replay) or a refusal (already answered).
+/// A chat upgrade, as read: the request, the bytes read so far (to replay),
+/// and the address the per-address rules count it against.
+pub type Upgrade = (ChatRequest, BytesMut, AddressKey);
+
+/// Reads one request head from `peer` and decides: a chat upgrade
+/// (returned) or a refusal (already answered).
 pub async fn read_request<S>(
     stream: &mut S,
+    peer: IpAddr,
     access: &Access,
     metrics: &Metrics,
-) -> Result<(ChatRequest, BytesMut), HandshakeError>
+) -> Result<Upgrade, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -49,7 +60,7 @@ where
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        match parse(&buf, access, metrics) {
+        match parse(&buf, peer, access, metrics) {
             None if buf.len() < MAX_REQUEST_HEAD_BYTES => {
                 let room = MAX_REQUEST_HEAD_BYTES - buf.len();
                 buf.reserve(room.min(4096));
@@ -58,7 +69,7 @@ where
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
                 return Err(refuse(stream, Answer::text(431, reason), Some(metrics)).await);
             }
-            Some(Ok(chat)) => return Ok((chat, buf)),
+            Some(Ok((chat, client))) => return Ok((chat, buf, client)),
             Some(Err(answer)) => return Err(refuse(stream, answer, Some(metrics)).await),
         }
     }
@@ -80,13 +91,20 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
 /// Parses what has arrived of a request head: `None` while it is incomplete,
 /// else the decision. Kept out of the async function so that the header array
 /// is not part of every connection's future.
-fn parse(buf: &[u8], access: &Access, metrics: &Metrics) -> Option<Result<ChatRequest, Answer>> {
+fn parse(
+    buf: &[u8],
+    peer: IpAddr,
+    access: &Access,
+    metrics: &Metrics,
+) -> Option<Result<(ChatRequest, AddressKey), Answer>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
             let head = request.method == Some("HEAD");
-            Some(route(&request, access, metrics).map_err(|answer| Answer { head, ..answer }))
+            let client = access.client(peer, &request);
+            let decided = route(&request, client, access, metrics);
+            Some(decided.map(|chat| (chat, client)).map_err(|answer| Answer { head, ..answer }))
         }
         Ok(httparse::Status::Complete(_)) => Some(Err(Answer::text(
             431,
@@ -103,6 +121,7 @@ fn parse(buf: &[u8], access: &Access, metrics: &Metrics) -> Option<Result<ChatRe
 /// Decides what to do with a complete request head.
 fn route(
     request: &httparse::Request<'_, '_>,
+    client: AddressKey,
     access: &Access,
     metrics: &Metrics,
 ) -> Result<ChatRequest, Answer> {
@@ -123,6 +142,17 @@ fn route(
     if path == "/healthz" && readable && !upgrade {
         return Err(Answer::text(200, "ok".into()));
     }
+    // A browser's request names the server as the page's address bar does:
+    // on loopback, a name that is not the server's own is a DNS-rebinding
+    // page's. Tools send what they like, and are not browsers.
+    let host = header(request, "host");
+    if is_from_browser(request) && !access.own.is_own_host(host) {
+        return Err(Answer::text(
+            403,
+            format!("host {:?} is not this server's name (see --public-url)", host.unwrap_or("")),
+        ));
+    }
+    let now = tokio::time::Instant::now();
     let room = if path == "/metrics" && !upgrade {
         None
     } else {
@@ -137,7 +167,20 @@ fn route(
     if upgrade && request.version == Some(0) {
         return Err(Answer::text(400, "a WebSocket upgrade needs HTTP/1.1".into()));
     }
+    // Past its failures, an address is not heard: no token is checked, so a
+    // guesser learns nothing, however fast it asks.
+    if access.token.is_some()
+        && let Err(wait) = access.addresses.may_authenticate(client, now)
+    {
+        return Err(Answer::busy(
+            429,
+            "auth_throttled",
+            wait,
+            "too many failed authentications from your address: try again later".into(),
+        ));
+    }
     if !access.admits(request, query) {
+        access.addresses.authentication_failed(client, now);
         // A browser visiting a room is asked for the token by a form.
         if !upgrade && path != "/metrics" {
             return Err(Answer::new(401, HTML, TOKEN_PAGE.into()));
@@ -152,7 +195,7 @@ fn route(
         return Err(Answer::new(200, OPENMETRICS, metrics.encode().into()));
     };
     if let Some(origin) = header(request, "origin")
-        && !access.allows(origin, header(request, "host"))
+        && !access.allows(origin, host)
     {
         return Err(Answer::text(
             403,
@@ -162,6 +205,15 @@ fn route(
     // A browser visiting a room: the web page, which then connects to it.
     if !upgrade {
         return Err(Answer::new(200, HTML, PAGE.into()));
+    }
+    // Each join replays up to --history-bytes: paced per address.
+    if let Err(wait) = access.addresses.join(client, now) {
+        return Err(Answer::busy(
+            429,
+            "join_rate",
+            wait,
+            "too many joins from your address: try again later".into(),
+        ));
     }
     // Any of the offered subprotocols, comma-separated, may be ours.
     let json = request.headers.iter().any(|h| {
@@ -222,9 +274,35 @@ pub struct Access {
     pub allowed_origins: Vec<String>,
     /// The shared secret clients must present (`--token`), if any.
     pub token: Option<String>,
+    /// The server's own origins and names.
+    pub own: OwnOrigins,
+    /// `--trusted-proxy`.
+    pub proxies: Vec<ipnet::IpNet>,
+    /// What each address holds and has spent.
+    pub addresses: Arc<Addresses>,
+}
+
+/// Browsers mark their requests: `Origin` (always on an upgrade), or the
+/// `Sec-Fetch-*` headers of every current browser's other requests.
+fn is_from_browser(request: &httparse::Request<'_, '_>) -> bool {
+    request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("origin")
+            || h.name.len() > 10 && h.name.as_bytes()[..10].eq_ignore_ascii_case(b"sec-fetch-")
+    })
 }
 
 impl Access {
+    /// Whom the request counts against: the peer, or the client a trusted
+    /// proxy names in `X-Forwarded-For`.
+    fn client(&self, peer: IpAddr, request: &httparse::Request<'_, '_>) -> AddressKey {
+        let forwarded = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value);
+        AddressKey::of(client_address(peer, &self.proxies, forwarded))
+    }
+
     /// Whether the request presents the token, when one is required: as
     /// `Authorization: Bearer TOKEN` or, for browsers, `?token=TOKEN`.
     fn admits(&self, request: &httparse::Request<'_, '_>, query: Option<&str>) -> bool {
@@ -244,18 +322,8 @@ impl Access {
     /// open a chat connection with its visitors' access (cross-site WebSocket
     /// hijacking). Terminal tools send no Origin and are not affected.
     fn allows(&self, origin: &str, host: Option<&str>) -> bool {
-        // Compared as bytes: a split inside a multi-byte character must not
-        // panic (`Origin: http:/éab` once did).
-        let own = host.is_some_and(|host| {
-            let (origin, host) = (origin.as_bytes(), host.as_bytes());
-            ["http://", "https://"].iter().any(|scheme| {
-                let scheme = scheme.as_bytes();
-                origin.len() == scheme.len() + host.len()
-                    && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
-                    && origin[scheme.len()..].eq_ignore_ascii_case(host)
-            })
-        });
-        own || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        self.own.is_own_origin(origin, host)
+            || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -279,12 +347,22 @@ pub struct Answer {
     pub body: Cow<'static, str>,
     /// Answering HEAD: the headers only.
     pub head: bool,
+    /// `Retry-After`, for "try later" answers.
+    pub retry_after: Option<Duration>,
+    /// The `refused` metric's reason, when the status alone does not say.
+    pub reason: Option<&'static str>,
 }
 
 impl Answer {
     /// An answer with a body.
     pub fn new(status: u16, content_type: &'static str, body: Cow<'static, str>) -> Self {
-        Self { status, content_type, body, head: false }
+        Self { status, content_type, body, head: false, retry_after: None, reason: None }
+    }
+
+    /// A "try later" answer (429, 503): counted as `reason`, with
+    /// `Retry-After: wait`.
+    pub fn busy(status: u16, reason: &'static str, wait: Duration, text: String) -> Self {
+        Self { retry_after: Some(wait), reason: Some(reason), ..Self::text(status, text) }
     }
 
     /// A plain-text answer; a trailing newline is added.
@@ -300,8 +378,8 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
     answer: Answer,
     metrics: Option<&Metrics>,
 ) -> HandshakeError {
-    let Answer { status, content_type, body, head } = answer;
-    let reason = match status {
+    let Answer { status, content_type, body, head, retry_after, reason } = answer;
+    let reason = reason.or(match status {
         200 => None,
         400 => Some("bad_request"),
         401 => Some("unauthorized"),
@@ -311,7 +389,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         431 => Some("too_large"),
         503 => Some("full"),
         _ => Some("other"),
-    };
+    });
     if let (Some(reason), Some(metrics)) = (reason, metrics) {
         metrics.refuse(reason);
     }
@@ -319,11 +397,15 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         .ok()
         .and_then(|code| code.canonical_reason())
         .unwrap_or("Error");
-    let extra = match status {
+    let mut extra = match status {
         401 => "WWW-Authenticate: Bearer\r\n",
         405 => "Allow: GET\r\n",
         _ => "",
-    };
+    }
+    .to_owned();
+    if let Some(wait) = retry_after {
+        let _ = write!(extra, "Retry-After: {}\r\n", wait.as_secs().max(1));
+    }
     let response = format!(
         "HTTP/1.1 {status} {phrase}\r\n{extra}Content-Type: {content_type}\r\n\
          Content-Length: {}\r\nX-Content-Type-Options: nosniff\r\n\
@@ -340,13 +422,57 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::AddressLimits;
     use proptest::prelude::*;
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Every check on: a token, loopback origins, a trusted proxy, and
+    /// per-address budgets small enough to be reached.
+    fn guarded() -> Access {
+        Access {
+            allowed_origins: vec!["https://chat.example.org".into()],
+            token: Some("s3cret".into()),
+            own: OwnOrigins::new(
+                std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                false,
+                vec!["https://chat.example.com".parse().expect("a public URL")],
+            ),
+            proxies: vec!["127.0.0.0/8".parse().expect("a network")],
+            addresses: Addresses::new(AddressLimits {
+                handshakes: 64,
+                connections: 64,
+                joins_per_second: 2,
+                auth_failures_per_minute: 2,
+            }),
+        }
+    }
+
+    /// Header values the checks read, with arbitrary bytes in them.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        let known = prop::sample::select(vec![
+            b"http://127.0.0.1:8080".to_vec(),
+            b"http://evil.example".to_vec(),
+            b"http:/\xc3\xa9ab".to_vec(),
+            b"127.0.0.1:8080".to_vec(),
+            b"[::1]:8080".to_vec(),
+            b"Bearer s3cret".to_vec(),
+            b"bearer \xff".to_vec(),
+            b"1.2.3.4, [2001:db8::1]:80, 127.0.0.1".to_vec(),
+        ]);
+        prop_oneof![
+            known,
+            proptest::collection::vec(any::<u8>(), 0..80),
+            any::<String>().prop_map(String::into_bytes),
+        ]
+    }
 
     proptest! {
         // Whatever arrives, the parser decides or waits for more; it never panics.
         #[test]
         fn any_bytes_are_decided_or_awaited(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-            let _ = parse(&bytes, &Access::default(), &Metrics::default());
+            let _ = parse(&bytes, PEER, &Access::default(), &Metrics::default());
+            let _ = parse(&bytes, PEER, &guarded(), &Metrics::default());
         }
 
         // Well-formed heads with arbitrary targets and headers: a chat request
@@ -364,8 +490,8 @@ mod tests {
                 ""
             };
             let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n{upgrade}\r\n");
-            match parse(head.as_bytes(), &Access::default(), &Metrics::default()) {
-                Some(Ok(chat)) => {
+            match parse(head.as_bytes(), PEER, &Access::default(), &Metrics::default()) {
+                Some(Ok((chat, _))) => {
                     let path = target.split('?').next().unwrap_or_default();
                     prop_assert_eq!(room_from_path(path), Ok(chat.room.as_str()));
                 }
@@ -373,5 +499,70 @@ mod tests {
                 None => prop_assert!(false, "a complete head must be decided"),
             }
         }
+
+        // Origin, Host, X-Forwarded-For and Authorization with any bytes,
+        // non-ASCII included, and any target bytes, through every check at
+        // once, repeated so that the budgets run out: each gets a status.
+        #[test]
+        fn any_checked_header_gets_a_status(
+            target in proptest::collection::vec(any::<u8>(), 0..40),
+            origin in header_value(),
+            host in header_value(),
+            forwarded in header_value(),
+            authorization in header_value(),
+            upgrade in any::<bool>(),
+        ) {
+            let access = guarded();
+            let mut head = b"GET /".to_vec();
+            head.extend(target.iter().filter(|b| !b" \r\n".contains(b)));
+            head.extend_from_slice(b" HTTP/1.1\r\n");
+            for (name, value) in [
+                (&b"Origin"[..], &origin),
+                (b"Host", &host),
+                (b"X-Forwarded-For", &forwarded),
+                (b"Authorization", &authorization),
+            ] {
+                head.extend_from_slice(name);
+                head.extend_from_slice(b": ");
+                head.extend(value.iter().filter(|b| !b"\r\n".contains(b)));
+                head.extend_from_slice(b"\r\n");
+            }
+            if upgrade {
+                head.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+            for _ in 0..4 {
+                match parse(&head, PEER, &access, &Metrics::default()) {
+                    Some(Ok(_)) => prop_assert!(upgrade),
+                    Some(Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
+                    None => prop_assert!(false, "a complete head must be decided"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rebinding_page_is_refused_and_a_guesser_is_slowed_down() {
+        let access = guarded();
+        let decide = |head: &str| match parse(head.as_bytes(), PEER, &access, &Metrics::default()) {
+            Some(Ok(_)) => 101,
+            Some(Err(answer)) => answer.status,
+            None => 0,
+        };
+        let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+        let evil = format!(
+            "GET / HTTP/1.1\r\nHost: evil.example:8080\r\nOrigin: http://evil.example:8080\r\n\
+             Authorization: Bearer s3cret\r\n{upgrade}\r\n"
+        );
+        assert_eq!(decide(&evil), 403);
+        let own = evil.replace("evil.example", "localhost");
+        assert_eq!(decide(&own), 101);
+        let wrong =
+            format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer no\r\n{upgrade}\r\n");
+        assert_eq!(decide(&wrong), 401);
+        assert_eq!(decide(&wrong), 401);
+        assert_eq!(decide(&wrong), 429);
+        // Not even the right token is checked meanwhile.
+        assert_eq!(decide(&own), 429);
     }
 }

@@ -12,6 +12,9 @@
 //! - [`ring`]: each room's fan-out, bounded in slots and bytes, and the server's memory budget.
 //! - [`cluster`]: the link to Redis that lets several nodes share rooms (`--redis`).
 //! - [`limit`]: per-connection flood control.
+//! - [`address`]: per-address bounds (handshakes, connections, joins, failed
+//!   tokens) and who a trusted proxy says the client is.
+//! - [`origin`]: the server's own origins and names, for the Origin and Host checks.
 //! - [`logging`]: the binaries' log set-up.
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`tls`]: rustls set-up for `wss://` on both ends.
@@ -19,6 +22,7 @@
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
 //! - [`bench`]: the load generator behind `chat-bench`.
 
+pub mod address;
 pub mod bench;
 pub mod client;
 pub mod cluster;
@@ -30,6 +34,7 @@ pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod origin;
 pub mod protocol;
 pub mod ring;
 pub mod server;

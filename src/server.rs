@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use http::HeaderValue;
@@ -22,15 +23,18 @@ use tokio_util::task::TaskTracker;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::address::{AddressKey, AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slot};
 use crate::cluster::Cluster;
 use crate::config::{
-    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, CLOSE_TIMEOUT, ConnectionLimits, HANDSHAKE_TIMEOUT,
-    MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT, ServerConfig,
+    ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, BUSY_RETRY_AFTER_SECONDS, CLOSE_TIMEOUT,
+    ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT,
+    ServerConfig,
 };
 use crate::connection::{self, Setup};
 use crate::handshake::{Access, Answer, HandshakeError, read_head, read_request, refuse};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::origin::OwnOrigins;
 use crate::protocol::{JSON_PROTOCOL, Protocol};
 use crate::ring::Budget;
 use crate::wire::Wire;
@@ -53,6 +57,9 @@ pub async fn run(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
+    let access = access(&config, &listener, tls.is_some());
+    let addresses = access.addresses.clone();
+    tracker.spawn(forget_idle_addresses(addresses.clone(), token.clone()));
     if let Some(cluster) = cluster {
         tracker.spawn(cluster.run(hub.clone(), metrics.clone(), token.clone()));
     }
@@ -62,16 +69,18 @@ pub async fn run(
         websockets: websockets(&config, Protocol::Text),
         websockets_json: websockets(&config, Protocol::Json),
         limits: config.limits(),
-        access: Access {
-            allowed_origins: config.allow_origin.clone(),
-            token: config.token.clone(),
-        },
+        access,
         tls: tls.clone(),
+        // A permit per chat connection, taken once the request is read.
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        addresses,
     });
 
-    // A permit per chat connection; past the limit, a few more connections
-    // are read just enough to be told 503, and the rest are closed at once.
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    // A permit per connection in its handshake, overall and per address
+    // (trusted proxies exempt); past either, a few connections are told to
+    // come back later, without reading their request, and the rest are
+    // closed at once.
+    let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
     let refusals = Arc::new(Semaphore::new(MAX_PENDING_REFUSALS));
 
     tokio::pin!(shutdown);
@@ -84,13 +93,9 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_START;
-                let admission = if let Ok(permit) = slots.clone().try_acquire_owned() {
-                    Ok(permit)
-                } else if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    Err(permit)
-                } else {
-                    debug!(%peer, "full: closed without an answer");
-                    context.metrics.refuse("full_unanswered");
+                let Some((handshake, stream)) =
+                    admit(&context, &handshakes, &refusals, stream, peer)
+                else {
                     continue;
                 };
                 let span = info_span!("conn", %peer, room = tracing::field::Empty, name = tracing::field::Empty);
@@ -101,7 +106,7 @@ pub async fn run(
                 }
                 let start = Start {
                     peer,
-                    admission,
+                    handshake,
                     deadline: Instant::now() + HANDSHAKE_TIMEOUT,
                     context: context.clone(),
                     shutdown: token.clone(),
@@ -143,6 +148,30 @@ pub async fn run(
     }
 }
 
+/// Who may connect, and the per-address table.
+fn access(config: &ServerConfig, listener: &TcpListener, secure: bool) -> Access {
+    // The own origins are those of the address actually bound (port 0 too).
+    let own = match listener.local_addr() {
+        Ok(bound) => OwnOrigins::new(bound, secure, config.public_url.clone()),
+        Err(error) => {
+            warn!(%error, "cannot read the bound address: origins are matched with Host");
+            OwnOrigins::default()
+        }
+    };
+    Access {
+        allowed_origins: config.allow_origin.clone(),
+        token: config.token.clone(),
+        own,
+        proxies: config.trusted_proxy.clone(),
+        addresses: Addresses::new(AddressLimits {
+            handshakes: config.max_handshakes_per_ip,
+            connections: config.max_connections_per_ip,
+            joins_per_second: config.joins_per_ip,
+            auth_failures_per_minute: config.auth_failures_per_ip,
+        }),
+    }
+}
+
 /// How connections of `protocol` are upgraded.
 fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
     let builder = ServerBuilder::new()
@@ -153,6 +182,70 @@ fn websockets(config: &ServerConfig, protocol: Protocol) -> ServerBuilder {
         Protocol::Json => builder
             .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(JSON_PROTOCOL))
             .expect("Sec-WebSocket-Protocol is an allowed response header"),
+    }
+}
+
+/// A connection's handshake slots, overall and of its address; `None` when
+/// either is full, after telling the client so (or closing it).
+fn admit(
+    context: &Context,
+    handshakes: &Arc<Semaphore>,
+    refusals: &Arc<Semaphore>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<((OwnedSemaphorePermit, Slot), TcpStream)> {
+    let key = AddressKey::of(peer.ip());
+    let proxy = context.access.proxies.iter().any(|net| net.contains(&peer.ip()));
+    let admitted = match handshakes.clone().try_acquire_owned() {
+        Ok(permit) => match context.addresses.handshake(key, proxy) {
+            Ok(slot) => Ok((permit, slot)),
+            Err(Full::Address) => Err((429, "address_handshakes")),
+            Err(Full::Table) => Err((503, "addresses_full")),
+        },
+        Err(_) => Err((503, "handshakes_full")),
+    };
+    let (status, reason) = match admitted {
+        Ok(handshake) => return Some((handshake, stream)),
+        Err(refused) => refused,
+    };
+    context.metrics.refuse(reason);
+    match refusals.clone().try_acquire_owned() {
+        // Over TLS, an answer would need the handshake this slot is for.
+        Ok(permit) if context.tls.is_none() => {
+            debug!(%peer, reason, "busy: told to come back later");
+            tokio::spawn(refuse_busy(stream, status, permit));
+        }
+        _ => debug!(%peer, reason, "busy: closed without an answer"),
+    }
+    None
+}
+
+/// Tells a connection past a handshake cap to come back later: the answer is
+/// written at once, without waiting for a request that a slow client may
+/// never finish, then what it sends is read (briefly, and bounded) so that
+/// closing does not reset the connection before it reads the answer.
+async fn refuse_busy(mut stream: TcpStream, status: u16, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let answer = Answer {
+        retry_after: Some(Duration::from_secs(BUSY_RETRY_AFTER_SECONDS)),
+        ..Answer::text(status, "too many connections at once: try again later".into())
+    };
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        // Counted by the caller, before the answer.
+        refuse(&mut stream, answer, None).await;
+        let _ = read_head(&mut stream).await;
+    })
+    .await;
+}
+
+/// Forgets, now and then, the addresses that hold nothing and owe nothing.
+async fn forget_idle_addresses(addresses: Arc<Addresses>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => addresses.forget_idle(),
+        }
     }
 }
 
@@ -229,14 +322,18 @@ struct Context {
     limits: ConnectionLimits,
     access: Access,
     tls: Option<TlsAcceptor>,
+    /// `--max-connections`.
+    slots: Arc<Semaphore>,
+    /// The same as `access.addresses`.
+    addresses: Arc<Addresses>,
 }
 
 /// What a connection's task starts with, besides its stream.
 struct Start {
     peer: SocketAddr,
-    /// A chat slot, or (when all are taken) a slot for telling the client so;
-    /// either is released when the connection ends.
-    admission: Result<OwnedSemaphorePermit, OwnedSemaphorePermit>,
+    /// The handshake's slots, overall and of its address: given back once
+    /// the connection is upgraded or refused.
+    handshake: (OwnedSemaphorePermit, Slot),
     /// When TLS and the upgrade must be done.
     deadline: Instant,
     context: Arc<Context>,
@@ -270,22 +367,32 @@ async fn chat<S>(mut stream: S, start: Start)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Start { peer, admission, deadline, context, shutdown, tracker } = start;
-    // Held for the whole connection, or until the client is told 503.
-    let (slot, admitted) = match admission {
-        Ok(slot) => (slot, true),
-        Err(refusal) => (refusal, false),
-    };
+    let Start { peer, handshake, deadline, context, shutdown, tracker } = start;
     let upgrading = context.clone();
     let upgrade = async move {
-        let (request, read) =
-            read_request(&mut stream, &upgrading.access, &upgrading.metrics).await?;
-        if !admitted {
+        let (request, read, client) =
+            read_request(&mut stream, peer.ip(), &upgrading.access, &upgrading.metrics).await?;
+        // The chat slots, overall and of the client's address, held for the
+        // whole connection.
+        let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
+        let Ok(slot) = upgrading.slots.clone().try_acquire_owned() else {
             let reason = "the server is full: try again later".to_owned();
-            return Err(
-                refuse(&mut stream, Answer::text(503, reason), Some(&upgrading.metrics)).await
-            );
-        }
+            let answer = Answer::busy(503, "full", wait, reason);
+            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
+        };
+        let address_slot = match upgrading.addresses.connection(client) {
+            Ok(address_slot) => address_slot,
+            Err(full) => {
+                let (status, reason, text) = match full {
+                    Full::Address => {
+                        (429, "address_connections", "too many connections from your address")
+                    }
+                    Full::Table => (503, "addresses_full", "the server is full"),
+                };
+                let answer = Answer::busy(status, reason, wait, format!("{text}: try again later"));
+                return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
+            }
+        };
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
@@ -298,13 +405,14 @@ where
         // Boxed once here, so that it is not part of the connection future's
         // state (which keeps its arguments) as well as of the split halves'
         // shared allocation.
-        Ok::<_, HandshakeError>((request, Box::new(ws)))
+        Ok::<_, HandshakeError>((request, Box::new(ws), slot, address_slot))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
         upgraded = timeout_at(deadline, upgrade) => upgraded,
     };
-    let (request, mut ws) = match upgraded {
+    drop(handshake);
+    let (request, mut ws, slot, address_slot) = match upgraded {
         Ok(Ok(upgraded)) => upgraded,
         Ok(Err(error)) => {
             debug!(%error, "handshake failed");
@@ -341,5 +449,9 @@ where
         shutdown,
         slot,
     };
-    tracker.spawn(connection::serve(ws, joined, setup).instrument(span));
+    let serve = async move {
+        connection::serve(ws, joined, setup).await;
+        drop(address_slot);
+    };
+    tracker.spawn(serve.instrument(span));
 }

@@ -139,3 +139,54 @@ proptest! {
         prop_assert_eq!(sanitize(&text), shown.into_owned());
     }
 }
+
+proptest! {
+    // Whatever a peer puts in X-Forwarded-For, the client is the peer or one
+    // of the addresses written there, and never a trusted proxy unless all are.
+    #[test]
+    fn forwarded_for_never_panics_and_names_a_written_address(
+        values in prop::collection::vec(prop_oneof![
+            any::<String>(),
+            prop::collection::vec(prop_oneof![
+                Just("10.0.0.1".to_owned()),
+                Just("[2001:db8::1]:443".to_owned()),
+                Just("203.0.113.5".to_owned()),
+                Just(" 198.51.100.1:80".to_owned()),
+                any::<String>(),
+            ], 0..5).prop_map(|entries| entries.join(",")),
+        ], 0..4),
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use std::net::IpAddr;
+        let proxies = vec![chat::address::parse_proxy("10.0.0.0/8").expect("a network")];
+        let peer: IpAddr = "10.9.9.9".parse().expect("an address");
+        let mut all: Vec<&[u8]> = values.iter().map(String::as_bytes).collect();
+        all.push(&raw);
+        let client = chat::address::client_address(peer, &proxies, all.iter().copied());
+        let text = values.join(",");
+        let (shown, bracketed) = (client.to_string(), format!("[{client}]"));
+        let written = client == peer
+            || text.contains(&shown)
+            || text.contains(&bracketed)
+            || String::from_utf8_lossy(&raw).contains(&shown);
+        prop_assert!(written, "{} is not in {:?}", shown, text);
+        let _ = chat::address::AddressKey::of(client).to_string();
+        let _ = chat::address::parse_proxy(&text);
+    }
+
+    // Any Origin, Host or --public-url text: an answer, never a panic; and
+    // the loopback names on the bound port are always the server's own.
+    #[test]
+    fn origins_and_hosts_never_panic(origin in any::<String>(), host in any::<String>(), port in 1u16..) {
+        let bound = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let public: Vec<chat::origin::PublicUrl> = origin.parse().ok().into_iter().collect();
+        let own = chat::origin::OwnOrigins::new(bound, false, public);
+        let _ = own.is_own_origin(&origin, Some(&host));
+        let _ = own.is_own_host(Some(&host));
+        let (origin_own, host_own) = (format!("http://localhost:{port}"), format!("[::1]:{port}"));
+        prop_assert!(own.is_own_origin(&origin_own, Some(&host)));
+        prop_assert!(own.is_own_host(Some(&host_own)));
+        let wildcard = chat::origin::OwnOrigins::new(std::net::SocketAddr::from(([0, 0, 0, 0], port)), true, Vec::new());
+        let _ = wildcard.is_own_origin(&origin, Some(&host));
+    }
+}

@@ -345,3 +345,65 @@ pub fn self_signed_certificate() -> (std::path::PathBuf, std::path::PathBuf, Vec
     std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
     (cert_path, key_path, cert.der().to_vec())
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2
+/// and up stand for other clients' addresses).
+pub async fn tcp_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    if from == [127, 0, 0, 1] {
+        return timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("in time")
+            .expect("connect");
+    }
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((from, 0))).expect("bind the client's address");
+    timeout(PATIENCE, socket.connect(addr)).await.expect("connect in time").expect("connect")
+}
+
+/// Sends `request` from `from` and returns the response: read until the
+/// server closes, or, for an upgrade (101), its head only.
+pub async fn exchange_from(from: [u8; 4], addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tcp_from(from, addr).await;
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            // A reset after the answer still leaves the answer read.
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+            let head_done = response.windows(4).any(|w| w == b"\r\n\r\n");
+            if head_done && response.starts_with(b"HTTP/1.1 101") {
+                return;
+            }
+        }
+    };
+    timeout(PATIENCE, read).await.expect("an answer in time");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Joins `path` from `from`, reading the welcome and the join notice.
+pub async fn join_from(from: [u8; 4], server: &TestServer, path: &str) -> Peer {
+    let stream = tcp_from(from, server.addr).await;
+    let builder = ClientBuilder::new().uri(&server.url(path)).expect("valid url");
+    let (ws, _) = timeout(PATIENCE, builder.connect_on(MaybeTlsStream::Plain(stream)))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    let mut peer = Peer { ws, name: String::new() };
+    let welcome = peer.next().await;
+    peer.name = chat::protocol::parse_welcome(&welcome)
+        .unwrap_or_else(|| panic!("expected a welcome, got {welcome:?}"))
+        .to_owned();
+    peer.wait_for(&format!("* {} joined", peer.name)).await;
+    peer
+}
+
+/// The status code of a raw response ("101", "429"...), or the response
+/// itself when it has none.
+pub fn status_of(response: &str) -> &str {
+    response.get(9..12).unwrap_or(response)
+}
