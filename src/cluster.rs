@@ -603,7 +603,7 @@ impl Cluster {
     /// After Redis lost `room` (its data flushed under a live link): this
     /// node's clients are put back in it, before anything else is delivered,
     /// so that the room is not taken for empty and forgotten again.
-    async fn reclaim(&self, hub: &Hub, room: &str) -> Result<(), ClusterError> {
+    pub(crate) async fn reclaim(&self, hub: &Hub, room: &str) -> Result<(), ClusterError> {
         let Links { mut commands, mut beats, .. } = self.links()?;
         // The heartbeat key went with the rest: without it, the next script
         // would take this node for dead and drop its clients again.

@@ -591,14 +591,20 @@ impl Hub {
             notices.push(error_frame(ClientError::NameTaken { name }, protocol));
         }
         let state = reply.room;
-        {
+        let reset = {
             let mut local = lock(&room.state);
-            room.adopt_epoch(&mut local, &state.epoch);
+            let reset = room.adopt_epoch(&mut local, &state.epoch);
             let holder = Holder { name: reply.name.clone(), tenure: member.tenure.clone() };
             // A returning session's old connection, if it is on this node.
             if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
                 old.tenure.retire();
             }
+            reset
+        };
+        // Redis lost the room, and this join learnt it before the reset
+        // came: this node's other clients are put back in it.
+        if reset && let Err(error) = cluster.reclaim(self, &room.name).await {
+            warn!(%error, room = room.name, "cannot claim the names again after a reset");
         }
         notices.push(self.welcome(
             room,
