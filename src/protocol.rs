@@ -244,8 +244,8 @@ pub enum Event<'a> {
     Missed {
         /// How many; unknown (`null`) when the room's history was reset since.
         count: Option<u64>,
-        /// With an unknown count: the room's new epoch, to resume in from
-        /// now on (the old one's numbers mean nothing any more).
+        /// With an unknown count: the room's epoch now, for the client's
+        /// next resume (`?epoch=`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<Str<'a>>,
     },
