@@ -15,6 +15,12 @@
 //! dies (the other nodes then remove its clients from presence), and, when
 //! Redis is lost, degraded mode (the hub keeps each node's clients chatting
 //! among themselves), reconnection with backoff and a catch-up from history.
+//! Only the heartbeat decides that the link is lost: a client's request that
+//! times out fails alone, so no sequence of requests can put a node in
+//! degraded mode while Redis still answers its heartbeat.
+//!
+//! What clients can make a script read is bounded: a join reads only the
+//! messages it replays, at most `--history` of them and `--history-bytes`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +29,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script};
-use tokio::time::{sleep, timeout};
+use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -37,8 +43,15 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 /// Life of a heartbeat key: a node silent this long is taken for dead, so its
 /// clients leave everyone's presence at most this plus one heartbeat later.
 pub const NODE_TTL: Duration = Duration::from_secs(10);
-/// Longest wait for Redis to connect or answer before the link counts as down.
+/// Longest wait for Redis to connect or answer one request; that request
+/// then fails (a client's join or message), but the link stays up.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The link counts as down when no heartbeat was answered for this long
+/// (or at once when a connection closes): a Redis merely slow to answer, as
+/// under a burst of requests, is not taken for a dead one. Shorter than
+/// [`NODE_TTL`], so a node knows it is cut off before the others drop its
+/// clients.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(6);
 /// First wait before reconnecting to Redis; doubles up to [`RECONNECT_MAX`].
 pub const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 /// Longest wait between two attempts to reconnect to Redis.
@@ -65,6 +78,26 @@ pub enum ClusterError {
     /// The link is down: the node is in degraded mode.
     #[error("the link to Redis is down")]
     Down,
+    /// No heartbeat was answered for [`LINK_TIMEOUT`].
+    #[error("Redis answered no heartbeat for {LINK_TIMEOUT:?}")]
+    Unanswered,
+}
+
+impl ClusterError {
+    /// Whether the connection itself failed (closed, reset, refused), as
+    /// opposed to Redis answering late or refusing one request.
+    fn is_dead_link(&self) -> bool {
+        match self {
+            ClusterError::Redis(error) => {
+                !error.is_timeout()
+                    && (error.is_io_error()
+                        || error.is_connection_dropped()
+                        || error.is_unrecoverable_error())
+            }
+            ClusterError::Down | ClusterError::Unanswered => true,
+            ClusterError::InvalidUrl(_) | ClusterError::Timeout => false,
+        }
+    }
 }
 
 /// A node's link to Redis.
@@ -74,14 +107,16 @@ pub struct Cluster {
     node: String,
     /// Whether the link is up: the node is subscribed and caught up.
     up: AtomicBool,
-    /// Commands; replaced on reconnection.
-    commands: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Connections for commands; replaced on reconnection.
+    commands: std::sync::Mutex<Option<Links>>,
     /// Subscriptions. An async lock: (un)subscribing waits for Redis, and
     /// each decision to unsubscribe must see the rooms as they are when sent.
     subscriptions: tokio::sync::Mutex<Option<PubSubSink>>,
     /// The first connection's messages, until [`Cluster::run`] takes them.
     first: std::sync::Mutex<Option<PubSubStream>>,
     scripts: Scripts,
+    /// Most bytes of messages a join replays (`--history-bytes`).
+    replay_bytes: usize,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -92,6 +127,21 @@ impl std::fmt::Debug for Cluster {
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
+}
+
+/// The connections commands go through. Each answers in order, so a
+/// command waits behind those sent before it on the same connection: joins,
+/// whose replays are the largest answers, have their own, and the heartbeat,
+/// which decides whether the link is up, has its own, so that neither a
+/// burst of joins nor its replies can delay it.
+#[derive(Clone)]
+struct Links {
+    /// Messages, renames, leaves, `/who`, presence ticks.
+    commands: MultiplexedConnection,
+    /// Joins.
+    joins: MultiplexedConnection,
+    /// The heartbeat.
+    beats: MultiplexedConnection,
 }
 
 /// What the join script returns.
@@ -112,6 +162,13 @@ pub struct Join<'a> {
     pub session: &'a str,
     /// Names to fall back on, in order, with their keys.
     pub candidates: &'a [(String, String)],
+    /// The epoch and seq it resumes after, if it resumes.
+    pub resume: Option<(&'a str, u64)>,
+    /// The last seq this node delivered in the room: numbering goes on from
+    /// it if Redis lost the room.
+    pub floor: u64,
+    /// Most messages it may replay (`--history`).
+    pub history: usize,
 }
 
 /// Published when a returning session took its name back: the node holding
@@ -180,16 +237,18 @@ pub struct RoomState {
     pub epoch: String,
     /// The last message's seq.
     pub seq: u64,
-    /// The seq of the first message held (`seq + 1` when none is).
+    /// The seq of the first message in `history` (`seq + 1` when none is).
     pub first: u64,
-    /// The messages held, oldest first, as published.
+    /// The messages to replay, oldest first, as published: the last ones,
+    /// or those after a resume's seq, within the count and byte bounds.
     pub history: Vec<String>,
 }
 
 impl Cluster {
     /// Connects to Redis at `url`, so that a wrong URL or an unreachable
-    /// server stops the node at start-up rather than later.
-    pub async fn connect(url: &str) -> Result<Arc<Self>, ClusterError> {
+    /// server stops the node at start-up rather than later. A join replays
+    /// at most `replay_bytes` of messages (`--history-bytes`).
+    pub async fn connect(url: &str, replay_bytes: usize) -> Result<Arc<Self>, ClusterError> {
         let client = Client::open(url).map_err(ClusterError::InvalidUrl)?;
         let cluster = Self {
             client,
@@ -199,10 +258,11 @@ impl Cluster {
             subscriptions: tokio::sync::Mutex::default(),
             first: std::sync::Mutex::default(),
             scripts: Scripts::new(),
+            replay_bytes,
         };
-        let (mut commands, sink, stream) = cluster.open().await?;
-        cluster.beat(&mut commands).await?;
-        *lock(&cluster.commands) = Some(commands);
+        let (mut links, sink, stream) = cluster.open().await?;
+        cluster.beat(&mut links.beats).await?;
+        *lock(&cluster.commands) = Some(links);
         *cluster.subscriptions.lock().await = Some(sink);
         *lock(&cluster.first) = Some(stream);
         cluster.up.store(true, Ordering::Release);
@@ -219,16 +279,16 @@ impl Cluster {
         self.up.load(Ordering::Acquire)
     }
 
-    async fn open(
-        &self,
-    ) -> Result<(MultiplexedConnection, PubSubSink, PubSubStream), ClusterError> {
+    async fn open(&self) -> Result<(Links, PubSubSink, PubSubStream), ClusterError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
-        let commands = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let connect = || self.client.get_multiplexed_async_connection_with_config(&config);
+        let links =
+            Links { commands: connect().await?, joins: connect().await?, beats: connect().await? };
         let pubsub = within(self.client.get_async_pubsub()).await?;
         let (sink, stream) = pubsub.split();
-        Ok((commands, sink, stream))
+        Ok((links, sink, stream))
     }
 
     /// Renews this node's heartbeat key.
@@ -244,11 +304,15 @@ impl Cluster {
         Ok(())
     }
 
-    fn commands(&self) -> Result<MultiplexedConnection, ClusterError> {
+    fn links(&self) -> Result<Links, ClusterError> {
         if !self.is_up() {
             return Err(ClusterError::Down);
         }
         lock(&self.commands).clone().ok_or(ClusterError::Down)
+    }
+
+    fn commands(&self) -> Result<MultiplexedConnection, ClusterError> {
+        self.links().map(|links| links.commands)
     }
 
     /// Starts a script call on `room` with the arguments every script takes.
@@ -294,11 +358,13 @@ impl Cluster {
         join: &Join<'_>,
         presence_limit: usize,
     ) -> Result<JoinReply, ClusterError> {
-        let mut commands = self.commands()?;
+        let mut commands = self.links()?.joins;
         let mut invocation = self.invoke(&self.scripts.join, room, presence_limit);
         let (name, key) = join.requested.as_ref().map_or(("", ""), |(n, k)| (*n, k.as_str()));
         invocation.arg(name).arg(key).arg(join.presented.unwrap_or_default());
-        invocation.arg(join.session).arg(new_epoch());
+        invocation.arg(join.session).arg(new_epoch()).arg(join.floor);
+        let (epoch, since) = join.resume.map_or(("", -1), |(e, s)| (e, i128::from(s)));
+        invocation.arg(epoch).arg(since.to_string()).arg(join.history).arg(self.replay_bytes);
         for (name, key) in join.candidates {
             invocation.arg(name).arg(key);
         }
@@ -313,10 +379,18 @@ impl Cluster {
     }
 
     /// Numbers, keeps and publishes a message event; returns its seq.
-    pub async fn say(&self, room: &str, event: &str, history: usize) -> Result<u64, ClusterError> {
+    /// `floor` is the last seq this node delivered in the room, from which
+    /// numbering goes on if Redis lost the room.
+    pub async fn say(
+        &self,
+        room: &str,
+        event: &str,
+        history: usize,
+        floor: u64,
+    ) -> Result<u64, ClusterError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.say, room, 0);
-        invocation.arg(event).arg(history).arg(new_epoch());
+        invocation.arg(event).arg(history).arg(new_epoch()).arg(floor);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
@@ -398,7 +472,9 @@ impl Cluster {
             match self.reconnect(&hub).await {
                 Ok(messages) => {
                     info!("link to Redis restored");
+                    // Ready before saying so: a client told may send at once.
                     metrics.cluster_link_up.set(1);
+                    hub.link_up();
                     stream = Some(messages);
                 }
                 Err(error) => warn!(%error, retry_in = ?delay, "cannot reconnect to Redis"),
@@ -415,6 +491,7 @@ impl Cluster {
     ) -> ClusterError {
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut answered = Instant::now();
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -428,27 +505,49 @@ impl Cluster {
                     };
                     metrics.cluster_received.inc();
                     if let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) {
-                        hub.deliver(room, payload);
+                        if hub.deliver(room, payload)
+                            && let Err(error) = self.reclaim(hub, room).await
+                        {
+                            if error.is_dead_link() {
+                                return error;
+                            }
+                            warn!(%error, room, "cannot claim the names again after a reset");
+                        }
                     } else {
                         warn!(room, "ignored a message that is not UTF-8");
                     }
                 }
-                _ = ticks.tick() => {
-                    if let Err(error) = self.tick(hub).await {
-                        return error;
+                _ = ticks.tick() => match self.tick(hub).await {
+                    Ok(()) => answered = Instant::now(),
+                    Err(error) if error.is_dead_link() => return error,
+                    // Slow, not gone (a burst of requests ahead of the
+                    // heartbeat): only a silence as long as LINK_TIMEOUT is.
+                    Err(error) if answered.elapsed() >= LINK_TIMEOUT => {
+                        warn!(%error, "Redis answered no heartbeat for too long");
+                        return ClusterError::Unanswered;
                     }
-                }
+                    Err(error) => warn!(%error, "a heartbeat failed; the link is kept"),
+                },
             }
         }
     }
 
-    /// One heartbeat: the node's key, then each local room's presence.
+    /// One heartbeat: the node's key, then each local room's presence. Only
+    /// the key says whether Redis answers: a room's script that fails is
+    /// logged and tried again at the next heartbeat, unless the connection
+    /// itself failed.
     async fn tick(&self, hub: &Hub) -> Result<(), ClusterError> {
-        let mut commands = self.commands()?;
-        self.beat(&mut commands).await?;
+        let Links { mut commands, mut beats, .. } = self.links()?;
+        self.beat(&mut beats).await?;
         for room in hub.room_names() {
             let invocation = self.invoke(&self.scripts.tick, &room, hub.presence_limit());
-            let () = invocation.invoke_async(&mut commands).await?;
+            let ticked: Result<(), ClusterError> =
+                invocation.invoke_async(&mut commands).await.map_err(ClusterError::from);
+            match ticked {
+                Err(error) if error.is_dead_link() => return Err(error),
+                Err(error) => warn!(%error, room, "presence tick failed"),
+                Ok(()) => {}
+            }
         }
         Ok(())
     }
@@ -456,8 +555,8 @@ impl Cluster {
     /// Opens new connections, subscribes to every local room, claims the
     /// local clients' names again and catches each room up from history.
     async fn reconnect(&self, hub: &Hub) -> Result<PubSubStream, ClusterError> {
-        let (mut commands, mut sink, stream) = self.open().await?;
-        self.beat(&mut commands).await?;
+        let (mut links, mut sink, stream) = self.open().await?;
+        self.beat(&mut links.beats).await?;
         // Holding the lock keeps rooms from (un)subscribing meanwhile; joins
         // wait for the link to be up anyway.
         let mut subscriptions = self.subscriptions.lock().await;
@@ -467,22 +566,50 @@ impl Cluster {
         // Subscribed first, caught up second: a message published in between
         // comes both ways, and the hub keeps only the first.
         for (room, names) in hub.rooms_and_names() {
-            let mut invocation = self.invoke(&self.scripts.rejoin, &room, hub.presence_limit());
-            invocation.arg(new_epoch());
-            for holder in &names {
-                invocation.arg(&holder[..]);
-            }
-            let (clashes, epoch, seq, first, history): RejoinScriptReply =
-                invocation.invoke_async(&mut commands).await?;
-            if clashes > 0 {
-                warn!(room, clashes, "names taken on other nodes while the link was down");
-            }
-            hub.recover(&room, &RoomState { epoch, seq, first, history });
+            self.rejoin(&mut links.commands, hub, &room, &names).await?;
         }
         *subscriptions = Some(sink);
-        *lock(&self.commands) = Some(commands);
+        *lock(&self.commands) = Some(links);
         self.up.store(true, Ordering::Release);
         Ok(stream)
+    }
+
+    /// Claims this node's clients' names in `room` again and catches the
+    /// room up from where this node got to, within the same bounds as a
+    /// client's resume.
+    async fn rejoin(
+        &self,
+        commands: &mut MultiplexedConnection,
+        hub: &Hub,
+        room: &str,
+        names: &[[String; 3]],
+    ) -> Result<(), ClusterError> {
+        let (epoch, seq) = hub.position(room).unwrap_or_default();
+        let mut invocation = self.invoke(&self.scripts.rejoin, room, hub.presence_limit());
+        invocation.arg(new_epoch()).arg(seq).arg(epoch);
+        invocation.arg(hub.history()).arg(self.replay_bytes);
+        for holder in names {
+            invocation.arg(&holder[..]);
+        }
+        let (clashes, epoch, seq, first, history): RejoinScriptReply =
+            invocation.invoke_async(commands).await?;
+        if clashes > 0 {
+            warn!(room, clashes, "names taken on other nodes while the link was down");
+        }
+        hub.recover(room, &RoomState { epoch, seq, first, history });
+        Ok(())
+    }
+
+    /// After Redis lost `room` (its data flushed under a live link): this
+    /// node's clients are put back in it, before anything else is delivered,
+    /// so that the room is not taken for empty and forgotten again.
+    pub(crate) async fn reclaim(&self, hub: &Hub, room: &str) -> Result<(), ClusterError> {
+        let Links { mut commands, mut beats, .. } = self.links()?;
+        // The heartbeat key went with the rest: without it, the next script
+        // would take this node for dead and drop its clients again.
+        self.beat(&mut beats).await?;
+        let names = hub.names(room);
+        self.rejoin(&mut commands, hub, room, &names).await
     }
 
     /// At shutdown: the heartbeat key goes at once, so the other nodes remove

@@ -618,7 +618,7 @@ fn received(outbound: Outbound, protocol: Protocol, fed: &Fed) -> Option<Frame> 
 fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Frame {
     metrics.frames_missed.inc_by(count);
     warn!(missed = count, "client fell behind and missed messages");
-    Event::Missed { count: Some(count) }.encode(protocol)
+    Event::Missed { count: Some(count), epoch: None }.encode(protocol)
 }
 
 /// An error for this client, answering the request `id`.

@@ -138,9 +138,17 @@ fn route(
     // HEAD is answered as GET is, without the body; an upgrade is a GET.
     let readable =
         matches!(request.method, Some("GET")) || !upgrade && request.method == Some("HEAD");
-    // For load balancers and supervisors: answered while the server accepts.
-    if path == "/healthz" && readable && !upgrade {
+    // For supervisors: the process serves. For load balancers: new clients
+    // are taken (not while the Redis link is down, when they get 1013).
+    if path == "/livez" && readable && !upgrade {
         return Err(Answer::text(200, "ok".into()));
+    }
+    if matches!(path, "/readyz" | "/healthz") && readable && !upgrade {
+        return Err(if metrics.ready() {
+            Answer::text(200, "ok".into())
+        } else {
+            Answer::text(503, "the link to the other nodes is down".into())
+        });
     }
     // A browser's request names the server as the page's address bar does:
     // on loopback, a name that is not the server's own is a DNS-rebinding

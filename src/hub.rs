@@ -635,7 +635,14 @@ impl Hub {
         // In the room (and subscribed to its channel) before Redis announces
         // the join, so the joiner sees its own notice and all that follows.
         let tenure = Arc::new(Tenure::new());
-        let (room, rx) = self.enter(room, protocol, |room, _| room.ring.subscribe(tenure.clone()));
+        let (room, (rx, floor)) = self.enter(room, protocol, |room, state| {
+            if state.members == 1 {
+                // Nobody here knew the room: its epoch is Redis's, learnt
+                // below, and a reset published meanwhile is nothing to tell.
+                state.epoch.clear();
+            }
+            (room.ring.subscribe(tenure.clone()), state.seq)
+        });
         let mut member = Member {
             hub: self.clone(),
             room,
@@ -669,6 +676,9 @@ impl Hub {
             presented: session.as_deref(),
             session: &member.tenure.session.hex(),
             candidates: &candidates,
+            resume: resume.as_ref().map(|resume| (resume.epoch.as_str(), resume.since)),
+            floor,
+            history: self.history,
         };
         let reply = cluster.join(&room.name, &join, self.presence_limit).await?;
         if reply.taken {
@@ -676,13 +686,20 @@ impl Hub {
             notices.push(error_frame(ClientError::NameTaken { name }, protocol));
         }
         let state = reply.room;
-        {
+        let reset = {
             let mut local = lock(&room.state);
+            let reset = room.adopt_epoch(&mut local, &state.epoch);
             let holder = Holder { name: reply.name.clone(), tenure: member.tenure.clone() };
             // A returning session's old connection, if it is on this node.
             if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
                 old.tenure.retire();
             }
+            reset
+        };
+        // Redis lost the room, and this join learnt it before the reset
+        // came: this node's other clients are put back in it.
+        if reset && let Err(error) = cluster.reclaim(self, &room.name).await {
+            warn!(%error, room = room.name, "cannot claim the names again after a reset");
         }
         notices.push(self.welcome(
             room,
@@ -710,6 +727,18 @@ impl Hub {
         self.presence_limit
     }
 
+    /// Messages each room keeps and replays (`--history`).
+    pub(crate) fn history(&self) -> usize {
+        self.history
+    }
+
+    /// The epoch of `room` on this node and the last seq it delivered there.
+    pub(crate) fn position(&self, room: &str) -> Option<(String, u64)> {
+        let room = lock(&self.rooms).get(room).cloned()?;
+        let state = lock(&room.state);
+        Some((state.epoch.clone(), state.seq))
+    }
+
     /// Whether this node has clients in `room`.
     pub(crate) fn has_room(&self, room: &str) -> bool {
         lock(&self.rooms).contains_key(room)
@@ -724,18 +753,20 @@ impl Hub {
     /// sessions and names.
     pub(crate) fn rooms_and_names(&self) -> Vec<(String, Vec<[String; 3]>)> {
         let rooms = self.rooms();
-        let names = |room: &Room| {
-            let state = lock(&room.state);
-            let holders = state.names.iter();
-            holders.map(|(key, h)| [key.clone(), h.tenure.session.hex(), h.name.clone()]).collect()
-        };
-        rooms.iter().map(|room| (room.name.clone(), names(room))).collect()
+        rooms.iter().map(|room| (room.name.clone(), room.holders())).collect()
+    }
+
+    /// The names' keys, sessions and names of this node's clients in `room`.
+    pub(crate) fn names(&self, room: &str) -> Vec<[String; 3]> {
+        lock(&self.rooms).get(room).cloned().map(|room| room.holders()).unwrap_or_default()
     }
 
     /// Relays to this node's clients an event Redis published in `room`.
     /// A message already delivered (seen again after a catch-up) is dropped.
-    pub(crate) fn deliver(&self, room: &str, payload: &str) {
-        let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+    /// Returns whether Redis lost the room, which this node's clients were
+    /// in: their names must be claimed again.
+    pub(crate) fn deliver(&self, room: &str, payload: &str) -> bool {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return false };
         // Delivered whatever the budget says (the message is the cluster's
         // already), after the oldest of what rooms hold makes room for it.
         if self.budget.used() + 3 * payload.len() + KEPT_OVERHEAD > self.budget.limit() {
@@ -753,13 +784,19 @@ impl Hub {
                     {
                         old.tenure.retire();
                     }
-                    return;
+                    return false;
                 }
                 warn!(%error, room = room.name, "ignored an event from Redis");
-                return;
+                return false;
             }
         };
-        room.relay(&mut lock(&room.state), &event);
+        let mut state = lock(&room.state);
+        if let Event::Missed { count: None, epoch: Some(epoch) } = &event {
+            // Published by Redis when it had to draw the room a new epoch.
+            return room.adopt_epoch(&mut state, epoch);
+        }
+        room.relay(&mut state, &event);
+        false
     }
 
     /// Tells every client of this node that the link is down.
@@ -770,19 +807,25 @@ impl Hub {
         }
     }
 
+    /// Tells every client of this node that the link is back.
+    pub(crate) fn link_up(&self) {
+        let notice = Event::Notice { text: LINK_UP.into() };
+        for room in self.rooms() {
+            room.broadcast(&mut lock(&room.state), &notice);
+        }
+    }
+
     /// After the link is back: relays what `room`'s clients missed meanwhile
-    /// (or that the history was reset), then says the link is back.
+    /// (or that the history was reset, with the new epoch).
     pub(crate) fn recover(&self, room: &str, redis: &cluster::RoomState) {
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
         let mut state = lock(&room.state);
-        if redis.epoch != state.epoch {
-            room.broadcast(&mut state, &Event::Missed { count: None });
-            state.epoch.clone_from(&redis.epoch);
-            state.seq = 0;
-        }
+        // Numbering went on from this node's seq if the epoch is new, so
+        // what was delivered stays delivered.
+        let reset = room.adopt_epoch(&mut state, &redis.epoch);
         let missed = redis.first.saturating_sub(state.seq + 1);
-        if missed > 0 {
-            room.broadcast(&mut state, &Event::Missed { count: Some(missed) });
+        if missed > 0 && !reset {
+            room.broadcast(&mut state, &Event::Missed { count: Some(missed), epoch: None });
         }
         for payload in &redis.history {
             if let Ok(event) = serde_json::from_str::<Event<'_>>(payload) {
@@ -790,7 +833,6 @@ impl Hub {
             }
         }
         state.seq = state.seq.max(redis.seq);
-        room.broadcast(&mut state, &Event::Notice { text: LINK_UP.into() });
     }
 }
 
@@ -857,11 +899,34 @@ impl Drop for Room {
 }
 
 impl Room {
+    /// The names' keys, sessions and names of this node's clients here.
+    fn holders(&self) -> Vec<[String; 3]> {
+        let state = lock(&self.state);
+        let holders = state.names.iter();
+        holders.map(|(key, h)| [key.clone(), h.tenure.session.hex(), h.name.clone()]).collect()
+    }
+
     /// Sends an event to every member, the sender included; returns its
     /// position. Called with the state locked so positions follow the
     /// ring's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
         self.send(Frames::only(event, state.speakers), 0)
+    }
+
+    /// Takes `epoch` as the room's, from Redis. Its clients are told the
+    /// history was reset, with the new epoch to resume in, if they knew
+    /// another one; returns whether they were.
+    fn adopt_epoch(&self, state: &mut RoomState, epoch: &str) -> bool {
+        if state.epoch == epoch {
+            return false;
+        }
+        let known = !state.epoch.is_empty();
+        epoch.clone_into(&mut state.epoch);
+        if known {
+            let event = Event::Missed { count: None, epoch: Some(epoch.into()) };
+            self.broadcast(state, &event);
+        }
+        known
     }
 
     /// Sends an event Redis published; a message this node has delivered
@@ -1015,7 +1080,8 @@ impl Member {
         let room = self.room.name.as_str();
         let from = self.name.as_str().into();
         let event = Event::Message { room: room.into(), seq: 0, from, text: message.into(), ts };
-        let said = cluster.say(room, &event.encode_json(), self.hub.history).await;
+        let floor = lock(&self.room.state).seq;
+        let said = cluster.say(room, &event.encode_json(), self.hub.history, floor).await;
         said.map(|seq| (Ack::Seq(seq), Some(seq))).map_err(|error| {
             warn!(%error, "message not relayed");
             ClientError::LinkDown
@@ -1188,7 +1254,7 @@ fn replay_skip(
         // A newcomer gets all that is held.
         None => (0, None),
         Some(Resume { epoch: theirs, .. }) if theirs != epoch => {
-            (0, Some(Event::Missed { count: None }))
+            (0, Some(Event::Missed { count: None, epoch: Some(epoch.to_owned().into()) }))
         }
         Some(Resume { since, .. }) if *since > seq => {
             (held, Some(Event::from(ClientError::ResumeAhead { since: *since, seq })))
@@ -1197,7 +1263,8 @@ fn replay_skip(
             let missed = first_held.saturating_sub(since + 1);
             let skip =
                 usize::try_from((since + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
-            (skip.min(held), (missed > 0).then_some(Event::Missed { count: Some(missed) }))
+            let missed = (missed > 0).then_some(Event::Missed { count: Some(missed), epoch: None });
+            (skip.min(held), missed)
         }
     }
 }

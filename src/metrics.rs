@@ -52,6 +52,8 @@ pub struct Metrics {
     pub cluster_outages: Counter,
     /// With `--redis`: events received from Redis.
     pub cluster_received: Counter,
+    /// Whether the server runs with `--redis`.
+    clustered: bool,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Whether new clients are taken: not with `--redis` while the link is
+    /// down, when they are turned away with 1013 (`/readyz`).
+    pub fn ready(&self) -> bool {
+        !self.clustered || self.cluster_link_up.get() == 1
+    }
+
     /// The counters of a server, with those of the Redis link if `clustered`.
     pub fn new(clustered: bool) -> Self {
         let mut registry = Registry::with_prefix("chat");
@@ -80,6 +88,7 @@ impl Metrics {
             cluster_link_up: Gauge::default(),
             cluster_outages: Counter::default(),
             cluster_received: Counter::default(),
+            clustered,
             registry: Registry::default(),
         };
         registry.register("connections", "Chat connections open now", metrics.connections.clone());

@@ -244,6 +244,10 @@ pub enum Event<'a> {
     Missed {
         /// How many; unknown (`null`) when the room's history was reset since.
         count: Option<u64>,
+        /// With an unknown count: the room's epoch now, for the client's
+        /// next resume (`?epoch=`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<Str<'a>>,
     },
     /// Information for this client only: `* TEXT`.
     Notice {
@@ -603,8 +607,8 @@ impl fmt::Display for Event<'_> {
                 write!(f, "* {count} earlier messages")
             }
             Event::History { phase: Phase::End, .. } => f.write_str("* end of history"),
-            Event::Missed { count: Some(count) } => write!(f, "! missed {count} messages"),
-            Event::Missed { count: None } => {
+            Event::Missed { count: Some(count), .. } => write!(f, "! missed {count} messages"),
+            Event::Missed { count: None, .. } => {
                 f.write_str("! missed an unknown number of messages: the room's history was reset")
             }
             Event::Notice { text } => write!(f, "* {text}"),
@@ -779,13 +783,13 @@ mod tests {
                 "* end of history",
             ),
             (
-                Event::Missed { count: Some(3) },
+                Event::Missed { count: Some(3), epoch: None },
                 r#"{"type":"missed","count":3}"#,
                 "! missed 3 messages",
             ),
             (
-                Event::Missed { count: None },
-                r#"{"type":"missed","count":null}"#,
+                Event::Missed { count: None, epoch: Some("e2".into()) },
+                r#"{"type":"missed","count":null,"epoch":"e2"}"#,
                 "! missed an unknown number of messages: the room's history was reset",
             ),
             (

@@ -6,19 +6,16 @@
 //! unless `CHAT_REQUIRE_REDIS=1` (set by `.ci/run`) makes that a failure.
 
 mod common;
+mod redis_nodes;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use chat::hub::{LINK_DOWN, LINK_UP};
-use common::{PATIENCE, SERVER, command, connect, connect_json, next_json, next_text};
+use common::{PATIENCE, connect, connect_json, next_json, next_text};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use redis_nodes::{Node, Redis, join, messages_through, notice, say, until};
+use serde_json::json;
 use tokio::time::timeout;
 use tokio_websockets::Message;
 
@@ -26,166 +23,6 @@ use tokio_websockets::Message;
 const DEAD_NODE_GONE_WITHIN: Duration = Duration::from_secs(30);
 /// Messages each client sends in the ordering test.
 const EACH: usize = 20;
-
-/// A `redis-server` of this test's own, without persistence.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    /// Starts one on a free port, or `None` (after saying so) when the
-    /// binary is missing and the tests may be skipped.
-    async fn start(test: &str) -> Option<Self> {
-        let installed = std::process::Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CHAT_REQUIRE_REDIS").is_none(),
-                "CHAT_REQUIRE_REDIS is set but redis-server is missing"
-            );
-            eprintln!("SKIPPED {test}: redis-server not found (apt-get install redis-server)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Some(Self::start_on(port).await)
-    }
-
-    /// Starts one on `port`; returns once it accepts connections.
-    async fn start_on(port: u16) -> Self {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--loglevel", "notice"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let ready = async {
-            while let Some(line) = lines.next_line().await.expect("redis-server output") {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        };
-        timeout(PATIENCE, ready).await.expect("redis-server ready in time");
-        // Keep reading its output, so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills it at once, as a crash would.
-    async fn kill(&mut self) {
-        self.child.kill().await.expect("kill redis-server");
-    }
-}
-
-/// A `server` binary joined to a Redis.
-struct Node {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl Node {
-    async fn start(redis: &Redis) -> Self {
-        let mut child = command(SERVER, &["--port", "0", "--redis", &redis.url()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn server");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        timeout(PATIENCE, stdout.read_line(&mut line))
-            .await
-            .expect("server starts in time")
-            .expect("read server stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ws://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        Self { addr, child }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    async fn metrics(&self) -> String {
-        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send");
-        let mut response = String::new();
-        timeout(PATIENCE, stream.read_to_string(&mut response))
-            .await
-            .expect("metrics in time")
-            .expect("read metrics");
-        response
-    }
-}
-
-type Ws = tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<TcpStream>>;
-
-/// A JSON client past its welcome; returns it with the welcome.
-async fn join(node: &Node, path: &str) -> (Ws, Value) {
-    let mut ws = connect_json(&node.url(path)).await;
-    loop {
-        let event = next_json(&mut ws).await;
-        if event["type"] == "welcome" {
-            return (ws, event);
-        }
-    }
-}
-
-async fn say(ws: &mut Ws, text: &str) {
-    let request = json!({"type": "message", "text": text}).to_string();
-    ws.send(Message::text(request)).await.expect("send");
-}
-
-/// Reads events until one matches; returns it.
-async fn until(ws: &mut Ws, matches: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let event = next_json(ws).await;
-        if matches(&event) {
-            return event;
-        }
-    }
-}
-
-fn notice(text: &'static str) -> impl Fn(&Value) -> bool {
-    move |event| event["type"] == "notice" && event["text"] == text
-}
-
-/// Messages until (and with) the one saying `last`, as (seq, from, text).
-async fn messages_through(ws: &mut Ws, last: &str) -> Vec<(u64, String, String)> {
-    let mut seen = Vec::new();
-    loop {
-        let event = next_json(ws).await;
-        if event["type"] == "message" {
-            let text = event["text"].as_str().expect("text").to_owned();
-            let from = event["from"].as_str().expect("from").to_owned();
-            let done = text == last;
-            seen.push((event["seq"].as_u64().expect("seq"), from, text));
-            if done {
-                return seen;
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn every_client_on_every_node_gets_every_message_once_in_one_order() {
@@ -350,7 +187,8 @@ async fn a_killed_node_leaves_presence() {
 async fn a_redis_outage_degrades_then_recovers() {
     let Some(mut redis) = Redis::start("outage").await else { return };
     let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
-    let (mut a1, _) = join(&one, "/outage?name=a1").await;
+    let (mut a1, welcome) = join(&one, "/outage?name=a1").await;
+    let epoch = welcome["epoch"].as_str().expect("epoch").to_owned();
     let (mut a2, _) = join(&one, "/outage?name=a2").await;
     let (mut b, _) = join(&two, "/outage?name=b").await;
     say(&mut a1, "before").await;
@@ -376,18 +214,20 @@ async fn a_redis_outage_degrades_then_recovers() {
     assert_eq!(close.as_close().map(|(code, _)| u16::from(code)), Some(1013));
 
     let _redis = Redis::start_on(redis.port).await;
-    // The restarted Redis is empty: the history was reset.
+    // The restarted Redis is empty: the history was reset, in a new epoch
+    // that the clients are given to resume in.
     for ws in [&mut a1, &mut a2, &mut b] {
         let event = until(ws, |event| event["type"] == "missed" || event["type"] == "notice").await;
-        assert_eq!(event, json!({"type": "missed", "count": null}));
+        assert_eq!(event["count"], json!(null), "{event}");
+        assert_ne!(event["epoch"].as_str().expect("the new epoch"), epoch);
         until(ws, notice(LINK_UP)).await;
     }
     say(&mut a2, "after").await;
     // What each saw between its outage message and "after": nothing from
-    // the other node's outage.
+    // the other node's outage. Numbering went on from "before" (1).
     for ws in [&mut a1, &mut a2, &mut b] {
         let seen = messages_through(ws, "after").await;
-        assert_eq!(seen, [(1, "a2".to_owned(), "after".to_owned())]);
+        assert_eq!(seen, [(2, "a2".to_owned(), "after".to_owned())]);
     }
     // Only what was said since the link came back is kept.
     let (mut c, welcome) = join(&two, "/outage?name=c").await;
@@ -459,4 +299,29 @@ async fn a_returning_session_takes_its_name_back_on_another_node() {
     // And the name stays hers after the old connection is gone.
     let mut thief = connect_json(&one.url("/back?name=alice")).await;
     assert_eq!(next_json(&mut thief).await["code"], "name_taken");
+}
+
+#[tokio::test]
+async fn readiness_fails_while_new_clients_are_turned_away_and_liveness_does_not() {
+    let Some(mut redis) = Redis::start("health").await else { return };
+    let node = Node::start(&redis).await;
+    for path in ["/healthz", "/readyz", "/livez"] {
+        assert_eq!(node.get(path).await, (200, "ok\n".to_owned()), "{path}");
+    }
+    let (mut alice, _) = join(&node, "/health?name=alice").await;
+
+    redis.kill().await;
+    until(&mut alice, notice(LINK_DOWN)).await;
+    // New clients get 1013 now, so the load balancer must look elsewhere.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(node.get(path).await.0, 503, "{path}");
+    }
+    // The process itself is fine: no reason to restart it.
+    assert_eq!(node.get("/livez").await, (200, "ok\n".to_owned()));
+
+    let _redis = Redis::start_on(redis.port).await;
+    until(&mut alice, notice(LINK_UP)).await;
+    for path in ["/healthz", "/readyz", "/livez"] {
+        assert_eq!(node.get(path).await, (200, "ok\n".to_owned()), "{path}");
+    }
 }

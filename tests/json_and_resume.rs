@@ -185,9 +185,13 @@ async fn resuming_replays_only_what_came_after_and_counts_what_is_gone() {
     }
 
     // Another epoch: the history restarted, so how much is gone is unknown.
+    // The notice carries the room's epoch, to resume in from now on.
     let mut ws = connect_json(&server.url("/?name=e&since=4&epoch=0123")).await;
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
-    assert_eq!(next_json(&mut ws).await, json!({"type": "missed", "count": null}));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "missed", "count": null, "epoch": epoch.as_str()})
+    );
     assert_eq!(next_json(&mut ws).await["count"], 3);
 
     // A number the room has not reached is an error, and nothing is replayed.

@@ -34,7 +34,7 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
     };
     let cluster = match &config.redis {
         Some(url) => Some(
-            chat::cluster::Cluster::connect(url)
+            chat::cluster::Cluster::connect(url, config.history_bytes)
                 .await
                 .context("cannot join the cluster (--redis)")?,
         ),

@@ -626,6 +626,11 @@ impl Session {
                 self.name = Some(new.to_string());
             }
             Event::Message { seq, .. } => self.seq = Some(*seq),
+            // The room's history was reset: its numbering went on from where
+            // it was, in this new epoch, so the next resume is asked in it.
+            Event::Missed { count: None, epoch: Some(epoch) } => {
+                self.epoch = Some(epoch.to_string());
+            }
             _ => {}
         }
     }
@@ -732,6 +737,16 @@ fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_history_is_resumed_in_its_new_epoch_from_the_same_place() {
+        let mut session =
+            Session { epoch: Some("old".to_owned()), seq: Some(7), ..Session::default() };
+        session.update(&Event::Missed { count: Some(3), epoch: None });
+        assert_eq!((session.epoch.as_deref(), session.seq), (Some("old"), Some(7)));
+        session.update(&Event::Missed { count: None, epoch: Some("new".into()) });
+        assert_eq!((session.epoch.as_deref(), session.seq), (Some("new"), Some(7)));
+    }
 
     #[test]
     fn sanitize_escapes_controls_and_bidi_but_keeps_joiners() {

@@ -30,8 +30,11 @@ local function holder(value)
   return string.match(value, '^(%S+) (%S+) (.+)$')
 end
 
--- Names held by nodes whose heartbeat key expired leave the room.
-local function reap()
+-- Names held by nodes whose heartbeat key expired leave the room, which is
+-- forgotten if that empties it and `forget`. A node that has clients in the
+-- room (its presence tick, its rejoin) does not forget it: an empty names
+-- hash then means Redis lost them, and the node is about to claim them again.
+local function reap(forget)
   for _, n in ipairs(redis.call('HKEYS', nodes)) do
     if redis.call('EXISTS', 'chat:node:' .. n) == 0 then
       local all = redis.call('HGETALL', names)
@@ -45,19 +48,69 @@ local function reap()
       redis.call('HDEL', nodes, n)
     end
   end
-  forget_if_empty()
+  if forget then
+    forget_if_empty()
+  end
 end
 
--- The room's epoch (created if new), last seq, first held seq and history.
-local function state(fresh_epoch)
-  redis.call('HSETNX', meta, 'epoch', fresh_epoch)
-  local epoch = redis.call('HGET', meta, 'epoch')
-  local seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
-  local entries = redis.call('XRANGE', log, '-', '+')
-  local history, first = {}, seq + 1
-  for i, entry in ipairs(entries) do
-    if i == 1 then first = tonumber(string.sub(entry[1], 3)) end
-    history[i] = entry[2][2]
+-- The room's epoch, created if Redis has none. Numbering then goes on from
+-- `floor`, the last seq the calling node delivered, so every node's and
+-- every connection's "already delivered" marks stay valid. A created epoch
+-- is published as a reset: a node that knew the room tells its clients
+-- (Redis lost its data), one that did not takes it silently.
+local function epoch(fresh, floor)
+  if redis.call('HSETNX', meta, 'epoch', fresh) == 1 then
+    if floor > 0 then
+      redis.call('HSET', meta, 'seq', floor)
+    end
+    redis.call('PUBLISH', channel, cjson.encode({type = 'missed', count = cjson.null, epoch = fresh}))
+    return fresh
   end
-  return epoch, seq, first, history
+  return redis.call('HGET', meta, 'epoch')
+end
+
+-- Entries read from the stream per call while replaying: a batch may pass
+-- the byte bound by at most this many messages, read and dropped.
+local REPLAY_BATCH = 16
+
+-- The room's epoch (created if new), last seq, and what a client replays:
+-- the messages after `since` (all held when `since` is negative or of
+-- another epoch than `their_epoch`), newest first until `count` messages or
+-- `bytes` bytes, returned oldest first with the seq of the first of them
+-- (seq + 1 when none). Only what is replayed is read: a resume with nothing
+-- to replay reads nothing from the stream.
+local function state(fresh_epoch, floor, their_epoch, since, count, bytes)
+  local room_epoch = epoch(fresh_epoch, floor)
+  local seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
+  if their_epoch ~= room_epoch then
+    since = -1
+  end
+  local newest = {}
+  local total, full = 0, since >= seq or count <= 0
+  local upper, lower = '+', since >= 0 and ('0-' .. (since + 1)) or '-'
+  while not full do
+    local want = math.min(REPLAY_BATCH, count - #newest)
+    local batch = redis.call('XREVRANGE', log, upper, lower, 'COUNT', want)
+    for _, entry in ipairs(batch) do
+      total = total + #entry[2][2]
+      if total > bytes then
+        full = true
+        break
+      end
+      newest[#newest + 1] = entry
+    end
+    if full or #batch < want or #newest >= count then
+      full = true
+    else
+      upper = '(' .. batch[#batch][1]
+    end
+  end
+  local history, first = {}, seq + 1
+  for i = #newest, 1, -1 do
+    history[#history + 1] = newest[i][2][2]
+  end
+  if #newest > 0 then
+    first = tonumber(string.sub(newest[#newest][1], 3))
+  end
+  return room_epoch, seq, first, history
 end

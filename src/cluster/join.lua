@@ -4,8 +4,8 @@
 -- names and their keys, in pairs, in order of preference.
 -- A requested name held under the presented session is taken back: its old
 -- connection is retired by the node holding it, and nothing is announced.
--- Returns {name, taken, online, epoch, seq, first held seq, history}.
-reap()
+-- Returns {name, taken, online, epoch, seq, first replayed seq, replay}.
+reap(true)
 local session = ARGV[9]
 local function claim(name, key)
   return redis.call('HSETNX', names, key, node .. ' ' .. session .. ' ' .. name) == 1
@@ -28,7 +28,7 @@ if name ~= '' and not claim(name, ARGV[7]) then
 end
 if name == '' or taken == 1 then
   name = nil
-  for i = 11, #ARGV, 2 do
+  for i = 16, #ARGV, 2 do
     if claim(ARGV[i], ARGV[i + 1]) then
       name = ARGV[i]
       break
@@ -39,7 +39,8 @@ if name == '' or taken == 1 then
   end
 end
 redis.call('HINCRBY', nodes, node, 1)
-local epoch, seq, first, history = state(ARGV[10])
+local epoch, seq, first, history = state(ARGV[10], tonumber(ARGV[11]), ARGV[12],
+  tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]))
 if not returning then
   presence('join', name)
 elseif was ~= name then

@@ -1,7 +1,8 @@
 -- ARGV[6]: the message event (JSON, any seq), ARGV[7]: history length,
--- ARGV[8]: an epoch in case the room is new. Numbers the message, keeps it
+-- ARGV[8]: an epoch in case the room is new (its data lost), ARGV[9]: the
+-- last seq this node delivered in the room. Numbers the message, keeps it
 -- and publishes it in one step, so the order of seqs is the order of delivery.
-redis.call('HSETNX', meta, 'epoch', ARGV[8])
+epoch(ARGV[8], tonumber(ARGV[9]))
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local event = cjson.decode(ARGV[6])
 event.seq = seq

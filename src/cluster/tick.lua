@@ -1,6 +1,6 @@
 -- Every heartbeat, for each room with local clients: departed nodes leave,
 -- and a large room gets its summary of joins and leaves.
-reap()
+reap(false)
 local counts = redis.call('HMGET', meta, 'joined', 'left')
 local joined, left = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
 if joined > 0 or left > 0 then
