@@ -147,7 +147,9 @@ fn route(
         return Err(if metrics.ready() {
             Answer::text(200, "ok".into())
         } else {
-            Answer::text(503, "the link to the other nodes is down".into())
+            // Counted apart from refused clients: a probe is not one.
+            let wait = Duration::from_secs(1);
+            Answer::busy(503, "not_ready", wait, "the link to the other nodes is down".into())
         });
     }
     // A browser's request names the server as the page's address bar does:
