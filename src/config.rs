@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_LAG_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
 /// Default `--max-memory`.
 pub const DEFAULT_MAX_MEMORY: usize = 256 * 1024 * 1024;
+/// `--max-memory` is at least this times `--max-message-bytes`: a message
+/// costs up to 6 times its text (text and JSON, in history and ring), and
+/// freeing memory leaves 1/8 of the total free.
+pub const MEMORY_PER_MESSAGE_BYTE: usize = 64;
 /// Default `--presence-limit`: rooms up to this size announce each join and leave.
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// How often large rooms get a summary of who joined and left.
@@ -305,6 +309,20 @@ pub fn check_token(token: Option<&str>) -> Result<(), &'static str> {
 }
 
 impl ServerConfig {
+    /// `--max-memory` must hold several of the largest messages (each kept
+    /// in both encodings, in its room's history and ring), or a message
+    /// allowed by `--max-message-bytes` could be refused for ever.
+    pub fn check_memory(&self) -> Result<(), String> {
+        let least = MEMORY_PER_MESSAGE_BYTE * self.max_message_bytes;
+        if self.max_memory < least {
+            return Err(format!(
+                "--max-memory (CHAT_MAX_MEMORY) must be at least {least} bytes: \
+                 {MEMORY_PER_MESSAGE_BYTE} times --max-message-bytes"
+            ));
+        }
+        Ok(())
+    }
+
     /// The flood control settings.
     pub fn rate_limit(&self) -> RateLimit {
         RateLimit { per_second: self.rate_limit, burst: self.burst, grace: self.flood_grace }

@@ -273,3 +273,16 @@ async fn an_empty_token_is_refused_at_start_by_both_binaries() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_memory_total_too_small_for_the_largest_message_is_refused_at_start() {
+    let args = ["--port", "0", "--max-memory", "1MiB"];
+    let child = command(SERVER, &args).spawn().expect("spawn");
+    let output = timeout(PATIENCE, child.wait_with_output()).await.expect("in time").expect("wait");
+    assert_ne!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: --max-memory (CHAT_MAX_MEMORY) must be at least 4194304 bytes: 64 times \
+         --max-message-bytes\n"
+    );
+}

@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
     chat::config::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
+    config.check_memory().map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,

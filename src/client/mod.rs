@@ -587,9 +587,12 @@ fn on_event(
         };
         answered.notify_one();
         if let (Some((number, text)), Event::Error { code, text: why, .. }) = (line, event) {
-            if code.as_deref() == Some(ClientError::SlowDown { per_second: 0 }.code()) {
-                // Paced, yet refused: the network bunched the lines up. It
-                // goes again first, after a pause.
+            let later =
+                [ClientError::SlowDown { per_second: 0 }.code(), ClientError::ServerFull.code()];
+            if code.as_deref().is_some_and(|code| later.contains(&code)) {
+                // Paced, yet refused: the network bunched the lines up (or
+                // the server is short of memory just then). It goes again
+                // first, after a pause.
                 debug!(line = number, "sent too fast; sending it again");
                 state.borrow_mut().pending.push_front((number, text));
                 return Ok(());
