@@ -115,9 +115,20 @@ pub struct Cluster {
     /// The first connection's messages, until [`Cluster::run`] takes them.
     first: std::sync::Mutex<Option<PubSubStream>>,
     scripts: Scripts,
-    /// Most bytes of messages a join replays (`--history-bytes`).
+    /// Most bytes of messages a join replays and a room's stream keeps
+    /// (`--history-bytes`).
     replay_bytes: usize,
+    /// Joins sent to Redis and not answered yet, at most
+    /// [`MAX_JOINS_IN_FLIGHT`].
+    joins_in_flight: tokio::sync::Semaphore,
 }
+
+/// Joins a node has sent to Redis and not seen answered, at once. Each
+/// answer may carry `--history-bytes` of replay: without this bound, joins
+/// coming faster than Redis answers would queue scripts on the connection
+/// and their answers in Redis's output buffer, without limit. A join that
+/// waits longer than [`REDIS_TIMEOUT`] for its turn fails (1013, try again).
+pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,6 +270,7 @@ impl Cluster {
             first: std::sync::Mutex::default(),
             scripts: Scripts::new(),
             replay_bytes,
+            joins_in_flight: tokio::sync::Semaphore::new(MAX_JOINS_IN_FLIGHT),
         };
         let (mut links, sink, stream) = cluster.open().await?;
         cluster.beat(&mut links.beats).await?;
@@ -359,6 +371,8 @@ impl Cluster {
         presence_limit: usize,
     ) -> Result<JoinReply, ClusterError> {
         let mut commands = self.links()?.joins;
+        let turn = timeout(REDIS_TIMEOUT, self.joins_in_flight.acquire()).await;
+        let Ok(Ok(_turn)) = turn else { return Err(ClusterError::Timeout) };
         let mut invocation = self.invoke(&self.scripts.join, room, presence_limit);
         let (name, key) = join.requested.as_ref().map_or(("", ""), |(n, k)| (*n, k.as_str()));
         invocation.arg(name).arg(key).arg(join.presented.unwrap_or_default());
@@ -390,7 +404,7 @@ impl Cluster {
     ) -> Result<u64, ClusterError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.say, room, 0);
-        invocation.arg(event).arg(history).arg(new_epoch()).arg(floor);
+        invocation.arg(event).arg(history).arg(new_epoch()).arg(floor).arg(self.replay_bytes);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 

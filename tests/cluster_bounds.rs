@@ -80,6 +80,23 @@ async fn a_join_replays_at_most_history_bytes_and_a_resume_is_told_what_did_not_
 }
 
 #[tokio::test]
+async fn redis_keeps_at_most_history_bytes_of_a_room() {
+    let Some(redis) = Redis::start("stream bytes").await else { return };
+    let flags = ["--history-bytes", "100KiB", "--rate-limit", "0"];
+    let node = Node::start_with(&redis, &flags).await;
+    let (mut alice, _) = join(&node, "/kept?name=alice").await;
+    // 20 messages of about 10 KB, as stored: 10 fit in 100 KiB.
+    fill(&mut alice, 20, 10_000).await;
+    let len = redis.run(&redis::cmd("XLEN").arg("chat:room:kept:log").clone()).await;
+    let len: usize = redis::from_redis_value(len).expect("a length");
+    assert_eq!(len, 10, "the stream keeps what fits in --history-bytes");
+    let bytes =
+        redis.run(&redis::cmd("HGET").arg("chat:room:kept:meta").arg("bytes").clone()).await;
+    let bytes: usize = redis::from_redis_value(bytes).expect("a count");
+    assert!((100_000..=100 * 1024).contains(&bytes), "{bytes} bytes counted");
+}
+
+#[tokio::test]
 async fn a_resume_with_nothing_to_replay_reads_nothing_from_the_stream() {
     let Some(redis) = Redis::start("nothing to replay").await else { return };
     let node = Node::start(&redis).await;
