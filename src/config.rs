@@ -121,8 +121,8 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_PORT", default_value_t = 8080)]
     pub port: u16,
 
-    /// Capacity of each room's broadcast channel: a client further behind than
-    /// this misses messages and is told how many.
+    /// Frames a client may fall behind its room before it misses some and
+    /// is told how many; nothing is allocated up front.
     #[arg(long, env = "CHAT_MAX_LAG", default_value_t = DEFAULT_MAX_LAG,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|v| v as usize))]
     pub max_lag: usize,
