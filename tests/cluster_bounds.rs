@@ -8,7 +8,7 @@ mod redis_nodes;
 
 use common::{PATIENCE, next_json};
 use futures_util::StreamExt;
-use redis_nodes::{Node, Redis, Ws, join, messages_through, say, until};
+use redis_nodes::{Node, Redis, Ws, after_welcome, join, messages_through, say, until};
 use serde_json::{Value, json};
 use tokio::time::timeout;
 use tokio_websockets::ClientBuilder;
@@ -25,19 +25,6 @@ async fn fill(ws: &mut Ws, count: usize, bytes: usize) {
         event["type"] == "message" && event["text"].as_str().is_some_and(|t| t.starts_with(&last))
     })
     .await;
-}
-
-/// The events a JSON client gets after its welcome, through its own join.
-async fn after_welcome(ws: &mut Ws) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let event = next_json(ws).await;
-        let done = event["type"] == "join";
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
 }
 
 /// Number, from its text (`mN …`), of each replayed message.

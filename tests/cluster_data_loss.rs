@@ -6,22 +6,8 @@
 mod common;
 mod redis_nodes;
 
-use common::next_json;
-use redis_nodes::{Node, Redis, join, messages_through, say, until};
-use serde_json::{Value, json};
-
-/// The events after a welcome, through the client's own join.
-async fn after_welcome(ws: &mut redis_nodes::Ws) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let event = next_json(ws).await;
-        let done = event["type"] == "join";
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
+use redis_nodes::{Node, Redis, after_welcome, join, messages_through, say, until};
+use serde_json::json;
 
 #[tokio::test]
 async fn after_redis_loses_its_data_clients_resume_in_the_new_epoch_without_duplicates() {

@@ -198,3 +198,16 @@ pub async fn messages_through(ws: &mut Ws, last: &str) -> Vec<(u64, String, Stri
         }
     }
 }
+
+/// The events a JSON client gets after its welcome, through its own join.
+pub async fn after_welcome(ws: &mut Ws) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let event = next_json(ws).await;
+        let done = event["type"] == "join";
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
