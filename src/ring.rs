@@ -241,7 +241,8 @@ impl<T: Clone, W: Wake> Ring<T, W> {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         lock(&self.inner).bytes
     }
 }
