@@ -151,8 +151,8 @@ fn bob_joins(server: &TestServer, args: &[&str]) -> Terminal {
 /// Ctrl-D, then the client must exit with 0 and leave the terminal cooked.
 fn quits(mut bob: Terminal) {
     bob.keys("\x04");
-    bob.expect_end();
-    assert_eq!(bob.exit_code(), 0);
+    let shown = bob.expect_end();
+    assert_eq!(bob.exit_code(), 0, "the client exited after showing {shown:?}");
     assert!(bob.is_cooked());
 }
 

@@ -186,9 +186,11 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
         Some(mut editor) => {
             // Quitting is watched apart from the lines, so it works in every
             // state: connecting, waiting to reconnect, or with lines queued.
+            // Quitting first: it wins over whatever else ended meanwhile.
             let result = tokio::select! {
-                result = chatting => result,
+                biased;
                 () = editor.quit_requested() => Ok(()),
+                result = chatting => result,
             };
             // The editor's thread may still hold the terminal in raw mode: it
             // is left blocked in its read, and ends with the process.

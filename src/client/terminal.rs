@@ -154,7 +154,9 @@ impl rustyline::ExternalPrinter for Relay {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(TrySendError::Disconnected(_)) => Err(io::Error::other("the printer ended").into()),
+            // The printer ends only when the editor has: the user is
+            // quitting, and `run` is about to see it.
+            Err(TrySendError::Disconnected(_)) => Ok(()),
         }
     }
 }
