@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat::config::{DEFAULT_AUTH_FAILURES_PER_IP, ServerConfig};
+use chat::server::config::{DEFAULT_AUTH_FAILURES_PER_IP, ServerConfig};
 use common::{TestServer, exchange_from, status_of};
 
 const GUESSER: [u8; 4] = [127, 0, 0, 1];

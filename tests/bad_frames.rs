@@ -69,7 +69,8 @@ async fn invalid_utf8_closes_with_1007_and_an_unmasked_frame_with_1002() {
 
 #[tokio::test]
 async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
-    let config = chat::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
+    let config =
+        chat::server::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut raw = raw_client(&server).await;

@@ -11,7 +11,7 @@ use common::TestServer;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_counts_every_delivery() {
     // A benchmark lifts the rate limit.
-    let config = chat::config::ServerConfig { rate_limit: 0, ..Default::default() };
+    let config = chat::server::config::ServerConfig { rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
     let config = BenchConfig {
         url: vec![server.url("/bench")],

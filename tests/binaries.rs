@@ -203,7 +203,8 @@ async fn server_binary_that_cannot_bind_exits_1_with_one_line() {
 
 #[tokio::test]
 async fn client_presents_its_token() {
-    let config = chat::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
+    let config =
+        chat::server::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
     let server = TestServer::with(config).await;
     let url = server.url("/");
     let (code, stdout, _) =

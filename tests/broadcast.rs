@@ -25,7 +25,7 @@ async fn three_clients_all_receive_a_message_sender_included() {
 #[tokio::test]
 async fn messages_arrive_in_the_order_they_were_sent() {
     // 100 messages at once is a flood by default.
-    let config = chat::config::ServerConfig { rate_limit: 0, ..Default::default() };
+    let config = chat::server::config::ServerConfig { rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
@@ -99,7 +99,7 @@ async fn a_message_sent_just_before_close_is_still_echoed() {
 
 #[tokio::test]
 async fn large_rooms_summarize_joins_and_leaves_instead_of_announcing_each() {
-    let config = chat::config::ServerConfig { presence_limit: 2, ..Default::default() };
+    let config = chat::server::config::ServerConfig { presence_limit: 2, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
@@ -142,7 +142,7 @@ async fn large_rooms_summarize_joins_and_leaves_instead_of_announcing_each() {
 async fn the_batch_window_never_holds_a_clients_own_echo_or_answers() {
     // A window far longer than any test timeout: if it held the frames a
     // client's own message causes, `expect` would time out.
-    let config = chat::config::ServerConfig {
+    let config = chat::server::config::ServerConfig {
         batch_window: std::time::Duration::from_hours(1),
         ..Default::default()
     };

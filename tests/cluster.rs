@@ -11,7 +11,7 @@ mod redis_nodes;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chat::hub::{LINK_DOWN, LINK_UP};
+use chat::server::{LINK_DOWN, LINK_UP};
 use common::{PATIENCE, connect, connect_json, next_json, next_text};
 use futures_util::{SinkExt, StreamExt};
 use redis_nodes::{Node, Redis, join, messages_through, notice, say, until};

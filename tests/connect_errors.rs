@@ -281,7 +281,8 @@ async fn wss_to_a_plain_server_says_it_does_not_speak_tls() {
 async fn an_untrusted_certificate_names_ca_cert_and_insecure_skips_the_check() {
     let (cert, key, _) = common::self_signed_certificate();
     let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
-    let server = TestServer::with_tls(chat::config::ServerConfig::default(), Some(acceptor)).await;
+    let server =
+        TestServer::with_tls(chat::server::config::ServerConfig::default(), Some(acceptor)).await;
     let url = format!("wss://localhost:{}/", server.addr.port());
 
     let (code, stdout, stderr) = run(CLIENT, &[&url, "--name", "eve"], "hi\n").await;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{Peer, TestServer, connect, next_text};
 
 #[tokio::test]

@@ -106,7 +106,7 @@ async fn a_plain_get_of_a_room_serves_the_web_page() {
 
 #[tokio::test]
 async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouched() {
-    let config = chat::config::ServerConfig { max_connections: 2, ..Default::default() };
+    let config = chat::server::config::ServerConfig { max_connections: 2, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
@@ -123,7 +123,7 @@ async fn past_max_connections_upgrades_get_503_and_existing_clients_are_untouche
 
 #[tokio::test]
 async fn upgrades_from_foreign_origins_get_403_unless_allowed() {
-    let config = chat::config::ServerConfig {
+    let config = chat::server::config::ServerConfig {
         allow_origin: vec!["https://chat.example.org".into()],
         ..Default::default()
     };
@@ -157,7 +157,8 @@ async fn upgrades_from_foreign_origins_get_403_unless_allowed() {
 
 #[tokio::test]
 async fn with_a_token_only_clients_presenting_it_may_upgrade() {
-    let config = chat::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
+    let config =
+        chat::server::config::ServerConfig { token: Some("s3cret".into()), ..Default::default() };
     let server = TestServer::with(config).await;
     let upgrade = |target: &str, extra: &str| {
         format!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{
     CLIENT, PATIENCE, Proxy, TestServer, command, exchange_from, join_from, status_of,
     upgrade_request,
@@ -23,7 +23,7 @@ async fn repeated_joins_from_one_address_get_429_with_retry_after() {
     // far slower than loopback joins come.
     let server = TestServer::start().await;
     let mut refused = None;
-    for i in 0..4 * chat::config::DEFAULT_JOINS_PER_IP {
+    for i in 0..4 * chat::server::config::DEFAULT_JOINS_PER_IP {
         let request = upgrade_request(&format!("/?name=j{i}"));
         let response = exchange_from(JOINER, server.addr, request.as_bytes()).await;
         match status_of(&response) {
@@ -46,7 +46,7 @@ async fn repeated_joins_from_one_address_get_429_with_retry_after() {
 async fn zero_turns_the_join_rate_off() {
     let server =
         TestServer::with(ServerConfig { joins_per_ip: 0, ..ServerConfig::default() }).await;
-    for i in 0..4 * chat::config::DEFAULT_JOINS_PER_IP {
+    for i in 0..4 * chat::server::config::DEFAULT_JOINS_PER_IP {
         let request = upgrade_request(&format!("/?name=j{i}"));
         let response = exchange_from(JOINER, server.addr, request.as_bytes()).await;
         assert_eq!(status_of(&response), "101", "join {i}: {response:?}");

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{PATIENCE, SERVER, Socket, TestServer, connect, connect_json, next_json, next_text};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -117,7 +117,8 @@ async fn a_binary_frame_gets_an_error_and_is_not_relayed() {
 
 #[tokio::test]
 async fn an_oversized_frame_closes_that_connection_with_1009_and_is_not_relayed() {
-    let config = chat::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
+    let config =
+        chat::server::config::ServerConfig { max_message_bytes: 1024, ..Default::default() };
     let server = TestServer::with(config).await;
     let mut alice = Peer::named(&server, "alice").await;
     let mut bob = Peer::named(&server, "bob").await;
@@ -137,7 +138,7 @@ async fn an_oversized_frame_closes_that_connection_with_1009_and_is_not_relayed(
 
 #[tokio::test]
 async fn over_the_rate_limit_messages_are_dropped_with_a_notice_and_a_flood_is_closed() {
-    let config = chat::config::ServerConfig {
+    let config = chat::server::config::ServerConfig {
         rate_limit: 10,
         burst: 2,
         flood_grace: std::time::Duration::from_millis(300),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{Peer, TestServer, connect, connect_json, next_json, next_text};
 use futures_util::SinkExt;
 use serde_json::json;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{PATIENCE, TestServer, status_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

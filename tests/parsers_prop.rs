@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use chat::client::sanitize;
-use chat::names::{escape_for_display, name_key, needs_display_escape};
+use chat::protocol::names::{escape_for_display, name_key, needs_display_escape};
 use chat::protocol::{
     Command, Event, MAX_NAME_CHARS, Request, now, parse_command, parse_welcome, query_param,
     room_from_path, validate_name,
@@ -158,11 +158,11 @@ proptest! {
         raw in prop::collection::vec(any::<u8>(), 0..64),
     ) {
         use std::net::IpAddr;
-        let proxies = vec![chat::address::parse_proxy("10.0.0.0/8").expect("a network")];
+        let proxies = vec![chat::server::parse_proxy("10.0.0.0/8").expect("a network")];
         let peer: IpAddr = "10.9.9.9".parse().expect("an address");
         let mut all: Vec<&[u8]> = values.iter().map(String::as_bytes).collect();
         all.push(&raw);
-        let client = chat::address::client_address(peer, &proxies, all.iter().copied());
+        let client = chat::server::client_address(peer, &proxies, all.iter().copied());
         let text = values.join(",");
         let (shown, bracketed) = (client.to_string(), format!("[{client}]"));
         let written = client == peer
@@ -170,8 +170,8 @@ proptest! {
             || text.contains(&bracketed)
             || String::from_utf8_lossy(&raw).contains(&shown);
         prop_assert!(written, "{} is not in {:?}", shown, text);
-        let _ = chat::address::AddressKey::of(client).to_string();
-        let _ = chat::address::parse_proxy(&text);
+        let _ = chat::server::AddressKey::of(client).to_string();
+        let _ = chat::server::parse_proxy(&text);
     }
 
     // Any Origin, Host or --public-url text: an answer, never a panic; and
@@ -179,14 +179,14 @@ proptest! {
     #[test]
     fn origins_and_hosts_never_panic(origin in any::<String>(), host in any::<String>(), port in 1u16..) {
         let bound = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let public: Vec<chat::origin::PublicUrl> = origin.parse().ok().into_iter().collect();
-        let own = chat::origin::OwnOrigins::new(bound, false, public);
+        let public: Vec<chat::server::PublicUrl> = origin.parse().ok().into_iter().collect();
+        let own = chat::server::OwnOrigins::new(bound, false, public);
         let _ = own.is_own_origin(&origin, Some(&host));
         let _ = own.is_own_host(Some(&host));
         let (origin_own, host_own) = (format!("http://localhost:{port}"), format!("[::1]:{port}"));
         prop_assert!(own.is_own_origin(&origin_own, Some(&host)));
         prop_assert!(own.is_own_host(Some(&host_own)));
-        let wildcard = chat::origin::OwnOrigins::new(std::net::SocketAddr::from(([0, 0, 0, 0], port)), true, Vec::new());
+        let wildcard = chat::server::OwnOrigins::new(std::net::SocketAddr::from(([0, 0, 0, 0], port)), true, Vec::new());
         let _ = wildcard.is_own_origin(&origin, Some(&host));
     }
 }

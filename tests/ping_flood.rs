@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{PATIENCE, Peer, TestServer, connect};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
@@ -60,11 +60,11 @@ async fn a_few_pings_are_answered() {
     let server = TestServer::start().await;
     let mut ws = connect(&server.url("/?name=calm")).await;
     // The burst, all answered.
-    for _ in 0..chat::config::PING_BURST {
+    for _ in 0..chat::server::config::PING_BURST {
         ws.send(Message::ping(&b"p"[..])).await.expect("send");
     }
     let mut pongs = 0;
-    while pongs < chat::config::PING_BURST {
+    while pongs < chat::server::config::PING_BURST {
         let frame =
             timeout(PATIENCE, ws.next()).await.expect("in time").expect("open").expect("ok");
         if frame.is_pong() {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{CLIENT, PATIENCE, Peer, TestServer, command, run};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;

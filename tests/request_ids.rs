@@ -4,7 +4,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{TestServer, connect_json, next_json};
 use futures_util::SinkExt;
 use serde_json::{Value, json};

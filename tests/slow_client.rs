@@ -27,7 +27,8 @@ async fn sleepy(server: &TestServer) -> WebSocketStream<TcpStream> {
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_missed() {
     let max_lag = 256;
-    let config = chat::config::ServerConfig { max_lag, rate_limit: 0, ..Default::default() };
+    let config =
+        chat::server::config::ServerConfig { max_lag, rate_limit: 0, ..Default::default() };
     let server = TestServer::with(config).await;
 
     // 1000 × 32 KiB is far more than any socket buffers.
@@ -96,7 +97,7 @@ async fn a_client_that_stops_reading_does_not_delay_others_and_learns_what_it_mi
 
 #[tokio::test]
 async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
-    let config = chat::config::ServerConfig {
+    let config = chat::server::config::ServerConfig {
         slow_client_timeout: std::time::Duration::from_millis(300),
         rate_limit: 0,
         ..Default::default()
@@ -141,7 +142,7 @@ async fn a_client_that_leaves_its_socket_full_too_long_is_closed_and_leaves() {
 async fn a_client_that_pings_without_reading_is_not_read_on_and_is_closed() {
     use tokio::io::AsyncWriteExt;
 
-    let config = chat::config::ServerConfig {
+    let config = chat::server::config::ServerConfig {
         slow_client_timeout: std::time::Duration::from_secs(1),
         ..Default::default()
     };

@@ -17,7 +17,8 @@ use tokio_rustls::rustls::{self, RootCertStore};
 async fn wss_with_the_ca_works_and_without_it_fails_in_one_line() {
     let (cert, key, der) = common::self_signed_certificate();
     let acceptor = chat::tls::acceptor(&cert, &key).expect("acceptor");
-    let server = TestServer::with_tls(chat::config::ServerConfig::default(), Some(acceptor)).await;
+    let server =
+        TestServer::with_tls(chat::server::config::ServerConfig::default(), Some(acceptor)).await;
     let url = format!("wss://localhost:{}/secure", server.addr.port());
     let ca = cert.to_str().expect("path");
 

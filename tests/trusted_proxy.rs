@@ -5,7 +5,7 @@
 
 mod common;
 
-use chat::config::ServerConfig;
+use chat::server::config::ServerConfig;
 use common::{TestServer, exchange_from, join_from, status_of, tcp_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,4 +1,4 @@
-//! `client`: the chat client. Flags in [`chat::config::ClientConfig`].
+//! `client`: the chat client. Flags in [`chat::client::config::ClientConfig`].
 
 use clap::Parser;
 
@@ -7,7 +7,7 @@ use clap::Parser;
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
-    config: chat::config::ClientConfig,
+    config: chat::client::config::ClientConfig,
 }
 
 #[tokio::main]
@@ -15,7 +15,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Quiet by default: stdout is the chat, stderr is for errors.
     chat::logging::init("warn");
-    if let Err(error) = chat::config::check_token(cli.config.token.as_deref()) {
+    if let Err(error) = chat::protocol::check_token(cli.config.token.as_deref()) {
         eprintln!("error: {error}");
         return std::process::ExitCode::from(2);
     }

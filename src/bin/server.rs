@@ -1,4 +1,4 @@
-//! `server`: the chat server. Flags in [`chat::config::ServerConfig`].
+//! `server`: the chat server. Flags in [`chat::server::config::ServerConfig`].
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
-    config: chat::config::ServerConfig,
+    config: chat::server::config::ServerConfig,
 }
 
 #[tokio::main]
@@ -26,8 +26,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
-    chat::config::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
+async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()> {
+    chat::protocol::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
     config.check_memory().map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
@@ -35,7 +35,7 @@ async fn serve(config: chat::config::ServerConfig) -> anyhow::Result<()> {
     };
     let cluster = match &config.redis {
         Some(url) => Some(
-            chat::cluster::Cluster::connect(url, config.history_bytes)
+            chat::server::Cluster::connect(url, config.history_bytes)
                 .await
                 .context("cannot join the cluster (--redis)")?,
         ),

@@ -20,7 +20,7 @@ use tokio_rustls::rustls;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, WebSocketStream};
 
 use super::{Error, Session, chat_uri, sanitize};
-use crate::config::ClientConfig;
+use crate::client::config::ClientConfig;
 use crate::protocol::JSON_PROTOCOL;
 
 /// How long connecting and upgrading may take.

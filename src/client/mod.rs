@@ -38,6 +38,7 @@ use tokio_rustls::TlsConnector;
 use tokio_websockets::{CloseCode, Message};
 use tracing::debug;
 
+pub mod config;
 mod connect;
 mod output;
 mod terminal;
@@ -45,12 +46,12 @@ mod terminal;
 pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
-use crate::config::{
-    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
-    RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
-};
 use crate::protocol::{
     ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
+};
+use config::{
+    ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
+    RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY,
 };
 use connect::{Socket, connect, describe, describe_code, tls_connector};
 use output::{Output, Refusal, Style};
@@ -326,9 +327,7 @@ fn read_line(line: Option<String>, state: &RefCell<Lines>) {
 /// [`RECONNECT_FIRST_DELAY`] up to [`RECONNECT_MAX_DELAY`], drawn between half
 /// and all of that.
 fn backoff(n: u32) -> Duration {
-    let full = RECONNECT_FIRST_DELAY.saturating_mul(1 << n.saturating_sub(1).min(16));
-    let full = full.min(RECONNECT_MAX_DELAY);
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+    crate::util::backoff(n, RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY)
 }
 
 /// How one connection ended.

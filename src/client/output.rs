@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use crate::names::escape_for_display;
+use crate::protocol::names::escape_for_display;
 use crate::protocol::{Event, is_line_break};
 
 /// How events are printed in a pipe.

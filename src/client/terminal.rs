@@ -29,8 +29,8 @@ use rustyline::error::ReadlineError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
-use crate::config::TYPED_BYTES;
-use crate::hub::lock;
+use crate::client::config::TYPED_BYTES;
+use crate::util::lock;
 
 pub(super) type Printer = Box<dyn rustyline::ExternalPrinter + Send>;
 
@@ -149,15 +149,14 @@ struct Relay {
 impl rustyline::ExternalPrinter for Relay {
     fn print(&mut self, line: String) -> rustyline::Result<()> {
         match self.tx.try_send(line) {
-            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
             }
-            // The printer ends only when the editor has: the user is
-            // quitting, and `run` is about to see it.
-            Err(TrySendError::Disconnected(_)) => Ok(()),
+            // Disconnected: the printer ends only when the editor has, so
+            // the user is quitting and `run` is about to see it.
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
         }
+        Ok(())
     }
 }
 

@@ -1,8 +1,38 @@
-//! The accept loop: takes connections from a bound listener, runs each in its
+//! The chat server. Map:
+//! - this file: the accept loop and graceful shutdown ([`run`]);
+//! - [`config`]: flags, their defaults, and the fixed bounds;
+//! - `http`: reads and checks the HTTP request, answers the page,
+//!   `/healthz` and `/metrics`, and routes upgrades;
+//! - `connection`: one client: reads its frames, writes what its room sends;
+//! - `wire`: the socket under tokio-websockets, which writes frames encoded once;
+//! - `hub`: this node's rooms, their locks, recent history and fan-out;
+//! - `backend`: what nodes share (names, numbering, history, presence),
+//!   in-process or in Redis;
+//! - `limit`, `address`, `origin`: flood control, per-address bounds, and
+//!   the Origin and Host checks;
+//! - `metrics`: the counters behind `GET /metrics`.
+//!
+//! The accept loop takes connections from a bound listener, runs each in its
 //! own task, and shuts everything down gracefully when told to.
 //!
 //! Like mini-redis, [`run`] takes a listener that is already bound and a
 //! shutdown future, so tests bind port 0 and stop the server at will.
+
+pub(crate) mod address;
+pub(crate) mod backend;
+pub mod config;
+pub(crate) mod connection;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod limit;
+pub(crate) mod metrics;
+pub(crate) mod origin;
+pub(crate) mod wire;
+
+pub use address::{AddressKey, client_address, parse_proxy};
+pub use backend::redis::Cluster;
+pub use hub::{LINK_DOWN, LINK_UP};
+pub use origin::{OwnOrigins, PublicUrl};
 
 use std::future::Future;
 use std::io;
@@ -10,9 +40,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::HeaderValue;
+use ::http::header::SEC_WEBSOCKET_PROTOCOL;
 use futures_util::SinkExt;
-use http::HeaderValue;
-use http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,21 +53,19 @@ use tokio_util::task::TaskTracker;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::address::{AddressKey, AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slot};
-use crate::cluster::Cluster;
-use crate::config::{
+use crate::protocol::{JSON_PROTOCOL, Protocol};
+use crate::server::address::{AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slot};
+use crate::server::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, BUSY_RETRY_AFTER_SECONDS, CLOSE_TIMEOUT,
     ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT,
     ServerConfig,
 };
-use crate::connection::{self, Setup};
-use crate::handshake::{Access, Answer, HandshakeError, read_head, read_request, refuse};
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::origin::OwnOrigins;
-use crate::protocol::{JSON_PROTOCOL, Protocol};
-use crate::ring::Budget;
-use crate::wire::Wire;
+use crate::server::http::{Access, Answer, HandshakeError, read_head, read_request, refuse};
+use crate::server::hub::Hub;
+use crate::server::hub::ring::Budget;
+use crate::server::metrics::Metrics;
+use crate::server::wire::Wire;
+use connection::Setup;
 
 /// Serves chat on `listener` (over TLS when `tls` is given, sharing rooms
 /// with other nodes through `cluster` when given) until `shutdown` completes,

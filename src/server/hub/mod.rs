@@ -13,26 +13,29 @@
 //! room, announces the departure and forgets the room when it empties.
 //!
 //! With `--redis`, the hub is one node's part of the room: names, seq and
-//! history live in Redis ([`crate::cluster`]), and the room's channel carries
+//! history live in Redis ([`crate::server::backend::redis`]), and the room's channel carries
 //! what Redis publishes ([`Hub::deliver`]). While the link is down, the hub
 //! relays its own clients' messages among themselves (degraded mode).
+
+pub(crate) mod ring;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use tracing::warn;
 
-use crate::cluster::{self, Cluster, ClusterError};
-use crate::config::ServerConfig;
 use crate::protocol::{
     ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
     name_key, now, validate_name,
 };
-use crate::ring::{Budget, Receiver, Ring, Wake};
+use crate::server::backend::redis::{self as cluster, Cluster, ClusterError};
+use crate::server::config::ServerConfig;
+use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
+use crate::util::lock;
 
 /// What a client is told when the cluster link goes down.
 pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
@@ -1267,10 +1270,4 @@ fn replay_skip(
             (skip.min(held), missed)
         }
     }
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the
-/// state consistent, and no lock is held across an `.await`.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

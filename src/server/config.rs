@@ -1,5 +1,5 @@
-//! Settings of the server and the client: command-line flags with their
-//! environment twins, their defaults, and the fixed bounds next to them.
+//! The server's settings: command-line flags with their environment twins,
+//! their defaults, and the fixed bounds next to them.
 //!
 //! Flags are parsed and checked once here; the rest of the crate trusts them.
 
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::limit::RateLimit;
+use crate::protocol::MAX_MESSAGE_BYTES_LIMIT;
+use crate::server::limit::RateLimit;
+use crate::util::parse_seconds;
 use clap::builder::TypedValueParser as _;
 
 /// Default `--host`.
@@ -33,8 +35,6 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Largest `--max-message-bytes`.
-pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
@@ -271,14 +271,14 @@ pub struct ServerConfig {
     /// for every per-address rule; repeat it, or separate them with commas
     /// in the environment.
     #[arg(long, env = "CHAT_TRUSTED_PROXY", value_delimiter = ',',
-          value_parser = crate::address::parse_proxy)]
+          value_parser = crate::server::address::parse_proxy)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
     /// A public origin of this server (`https://chat.example.com`), as
     /// browsers see it behind a proxy; repeat it, or separate them with
     /// commas in the environment. Pages from it may connect.
     #[arg(long, env = "CHAT_PUBLIC_URL", value_delimiter = ',')]
-    pub public_url: Vec<crate::origin::PublicUrl>,
+    pub public_url: Vec<crate::server::origin::PublicUrl>,
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -297,15 +297,6 @@ pub struct ConnectionLimits {
     pub rate: RateLimit,
     /// Largest message text, in bytes.
     pub max_message_bytes: usize,
-}
-
-/// An empty `--token` (often `CHAT_TOKEN=` left in an environment file)
-/// would make every client need an empty token: refused, not obeyed.
-pub fn check_token(token: Option<&str>) -> Result<(), &'static str> {
-    match token {
-        Some("") => Err("--token (CHAT_TOKEN) is empty: give the secret, or unset it"),
-        _ => Ok(()),
-    }
 }
 
 impl ServerConfig {
@@ -393,92 +384,6 @@ impl Default for ServerConfig {
             public_url: Vec::new(),
         }
     }
-}
-
-/// Default server URL of the client.
-pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
-/// Longest stdin line the client reads: the largest `--max-message-bytes`
-/// a server can have. Lines over the server's own limit, which it tells the
-/// client when it joins, are refused locally.
-pub const MAX_LINE_BYTES: usize = MAX_MESSAGE_BYTES_LIMIT;
-/// Lines read from stdin waiting to be sent, in the queue from the reading
-/// thread and again in the client while it is disconnected.
-pub const LINE_QUEUE: usize = 64;
-/// Bytes of typed lines the terminal client holds between its line editor
-/// and the line queue: the editor never waits for room, so that Ctrl-D and
-/// `/quit` always work; a line past this is refused with a notice.
-pub const TYPED_BYTES: usize = 1024 * 1024;
-/// Lines sent and not answered yet: past it, the client waits for answers
-/// before sending more (each is kept until answered, to send it again if the
-/// server says `slow down`).
-pub const MAX_IN_FLIGHT: usize = 64;
-
-/// The client's first wait before reconnecting; each failed attempt doubles
-/// it, up to [`RECONNECT_MAX_DELAY`], and each wait is drawn at random between
-/// half and all of it, so clients of a restarted server do not return at once.
-pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
-/// The longest wait between two reconnection attempts.
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
-/// The longest `Retry-After` the client obeys before reconnecting.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
-
-/// Client flags.
-#[derive(Debug, Clone, Args)]
-// Each bool is a flag of its own, as websocat's are.
-#[allow(clippy::struct_excessive_bools)]
-pub struct ClientConfig {
-    /// Server to join; the path names the room (`ws://HOST:PORT/rust`).
-    #[arg(env = "CHAT_URL", default_value = DEFAULT_URL)]
-    pub url: String,
-
-    /// Name to join with (sent as `?name=`); the server uses your address without it.
-    #[arg(long, env = "CHAT_NAME")]
-    pub name: Option<String>,
-
-    /// The server's shared secret, if it requires one (sent as `Authorization: Bearer`).
-    #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-
-    /// Certificates (PEM) to trust for `wss://`, besides the system's: for a
-    /// server with a private or self-signed certificate.
-    #[arg(long, env = "CHAT_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-
-    /// Reconnection attempts in a row, after the connection is lost, before
-    /// giving up; 0 never reconnects. Unlimited when not given.
-    #[arg(long, env = "CHAT_RETRIES")]
-    pub retries: Option<u32>,
-
-    /// Seconds to wait, after stdin ends, for the echoes and the server's
-    /// close; and, if the server is unreachable then, for it to come back
-    /// before giving up on the lines not sent.
-    #[arg(long, env = "CHAT_LINGER", default_value = "2", value_parser = parse_seconds)]
-    pub linger: Duration,
-
-    /// Print each event as its JSON object, one per line (for `jq`), instead
-    /// of its text line.
-    #[arg(long, env = "CHAT_JSON")]
-    pub json: bool,
-
-    /// Print messages only: no welcome, history markers, joins, leaves or
-    /// notices (errors still go to stderr).
-    #[arg(short, long, env = "CHAT_QUIET")]
-    pub quiet: bool,
-
-    /// Keep printing what the room says after stdin ends, until the server
-    /// closes or you press Ctrl-C.
-    #[arg(short = 'n', long, env = "CHAT_NO_CLOSE")]
-    pub no_close: bool,
-
-    /// Accept any TLS certificate, for a server with a self-signed one;
-    /// anyone on the path can then read and change your chat. Warns on stderr.
-    #[arg(short = 'k', long, env = "CHAT_INSECURE")]
-    pub insecure: bool,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
 /// A size in bytes, with an optional unit (`64KiB`, `4MiB`, `1GB`).

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::hub::lock;
+use crate::util::lock;
 
 /// Addresses tracked at once (each holding connections, or with a budget not
 /// yet refilled). When the table is full, addresses holding no connection are
@@ -211,11 +211,13 @@ impl Addresses {
     }
 
     /// Addresses tracked now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.table).len()
     }
 
     /// Whether no address is tracked.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

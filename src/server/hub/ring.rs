@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::hub::lock;
+use crate::util::lock;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// The bytes of frames the whole server holds for its rooms (histories and

@@ -18,8 +18,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::hub::lock;
 use crate::protocol::Frame;
+use crate::util::lock;
 
 /// Frames written in one vectored write, at most (Linux takes 1,024).
 const MAX_IOVECS: usize = 512;

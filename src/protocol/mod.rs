@@ -1,6 +1,6 @@
 //! The wire protocol, in one place: what a client's text frame asks for, the text
 //! frames the server sends, and the rules for rooms. The rules for names live
-//! in [`crate::names`]; the ones the protocol refers to are re-exported here.
+//! in [`crate::protocol::names`]; the ones the protocol refers to are re-exported here.
 //!
 //! Every server frame is one line whose first characters say what it is:
 //! `NAME: TEXT` is a message (names never hold whitespace, so the first `": "`
@@ -14,8 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod names;
+
 // Re-exported: a refused name is part of the protocol's error events.
-pub use crate::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
+pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
 
 /// The room of the path `/`.
 pub const DEFAULT_ROOM: &str = "lobby";
@@ -310,7 +312,7 @@ pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'stati
         return Err(ClientError::TooLong { max_bytes });
     }
     // Zero-width spaces or Hangul fillers alone show as nothing: blank too.
-    if text.chars().all(|c| c.is_whitespace() || crate::names::is_invisible(c)) {
+    if text.chars().all(|c| c.is_whitespace() || crate::protocol::names::is_invisible(c)) {
         return Err(ClientError::EmptyMessage);
     }
     if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
@@ -665,6 +667,19 @@ impl fmt::Display for ClientError<'_> {
 pub fn parse_welcome(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("* you are ")?;
     rest.split_once(" in room ").map(|(name, _)| name)
+}
+
+/// Largest `--max-message-bytes` a server can have, and so the longest line
+/// a client reads.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// An empty `--token` (often `CHAT_TOKEN=` left in an environment file)
+/// would make every client need an empty token: refused, not obeyed.
+pub fn check_token(token: Option<&str>) -> Result<(), &'static str> {
+    match token {
+        Some("") => Err("--token (CHAT_TOKEN) is empty: give the secret, or unset it"),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -26,21 +26,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, info, warn};
 
-use crate::cluster::ECHO_TIMEOUT;
-use crate::config::{
-    BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_BATCH_BYTES, MAX_PINGS_PER_SECOND,
-    PING_BURST,
-};
-use crate::hub::{Ack, Joined, Member, Outbound, Tenure, lock};
-use crate::limit::{Bucket, RateLimit, Verdict};
-use crate::metrics::{Metrics, Reason};
 use crate::protocol::{
     ClientError, Command, Event, Frame, HELP, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
     check_text, parse_command,
 };
-use crate::ring::{Received, Receiver};
+use crate::server::backend::redis::ECHO_TIMEOUT;
+use crate::server::config::{
+    BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_BATCH_BYTES, MAX_PINGS_PER_SECOND,
+    PING_BURST,
+};
+use crate::server::hub::ring::{Received, Receiver};
+use crate::server::hub::{Ack, Joined, Member, Outbound, Tenure};
+use crate::server::limit::{Bucket, RateLimit, Verdict};
+use crate::server::metrics::{Metrics, Reason};
+use crate::util::lock;
 
-use crate::wire::{Outgoing, Wire};
+use crate::server::wire::{Outgoing, Wire};
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -75,6 +76,7 @@ pub struct Setup {
     /// Fires when the server shuts down.
     pub shutdown: CancellationToken,
     /// The connection's slot in the server's limit, held until it ends.
+    #[expect(dead_code, reason = "held, never read: dropping it frees the slot")]
     pub slot: OwnedSemaphorePermit,
 }
 

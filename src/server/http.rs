@@ -4,7 +4,7 @@
 //!
 //! We read the head ourselves, rather than letting tokio-websockets do it, so
 //! that we can bound its size and refuse a bad path before upgrading; the bytes
-//! read are then replayed to tokio-websockets through [`crate::wire::Wire`].
+//! read are then replayed to tokio-websockets through [`crate::server::wire::Wire`].
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -16,13 +16,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::address::{AddressKey, Addresses, client_address};
-use crate::config::MAX_REQUEST_HEAD_BYTES;
-use crate::metrics::Metrics;
-use crate::origin::OwnOrigins;
 use crate::protocol::{
     ChatRequest, JSON_PROTOCOL, Protocol, Resume, name_from_query, query_param, room_from_path,
 };
+use crate::server::address::{AddressKey, Addresses, client_address};
+use crate::server::config::MAX_REQUEST_HEAD_BYTES;
+use crate::server::metrics::Metrics;
+use crate::server::origin::OwnOrigins;
 
 /// Why a request was refused before the upgrade.
 #[derive(Debug, thiserror::Error)]
@@ -432,7 +432,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::AddressLimits;
+    use crate::server::address::AddressLimits;
     use proptest::prelude::*;
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

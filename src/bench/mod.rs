@@ -25,7 +25,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_websockets::{ClientBuilder, Message};
 
-use crate::config::DEFAULT_URL;
+use crate::client::config::DEFAULT_URL;
 
 /// Latencies are kept per client and merged in batches of this many, so the
 /// shared histogram's lock is taken rarely.

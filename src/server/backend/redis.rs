@@ -9,7 +9,7 @@
 //!
 //! A node subscribes to the channels of the rooms it has clients in, so a
 //! message crosses Redis once per interested node; the node decodes and
-//! encodes it once and its local fan-out ([`crate::hub`]) shares the frames.
+//! encodes it once and its local fan-out ([`crate::server::hub`]) shares the frames.
 //!
 //! [`Cluster::run`] keeps the link: a heartbeat key that expires when the node
 //! dies (the other nodes then remove its clients from presence), and, when
@@ -33,9 +33,10 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::hub::{Hub, lock};
-use crate::metrics::Metrics;
 use crate::protocol::{MAX_WHO_NAMES, name_key, now};
+use crate::server::hub::Hub;
+use crate::server::metrics::Metrics;
+use crate::util::{backoff, lock};
 
 /// How often a node renews its heartbeat key, removes departed nodes' clients
 /// from its rooms and sends large rooms their presence summaries.
@@ -210,20 +211,20 @@ struct Scripts {
 
 macro_rules! script {
     ($file:literal) => {
-        Script::new(concat!(include_str!("cluster/common.lua"), include_str!($file)))
+        Script::new(concat!(include_str!("redis/common.lua"), include_str!($file)))
     };
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            join: script!("cluster/join.lua"),
-            say: script!("cluster/say.lua"),
-            leave: script!("cluster/leave.lua"),
-            rename: script!("cluster/rename.lua"),
-            tick: script!("cluster/tick.lua"),
-            rejoin: script!("cluster/rejoin.lua"),
-            who: script!("cluster/who.lua"),
+            join: script!("redis/join.lua"),
+            say: script!("redis/say.lua"),
+            leave: script!("redis/leave.lua"),
+            rename: script!("redis/rename.lua"),
+            tick: script!("redis/tick.lua"),
+            rejoin: script!("redis/rejoin.lua"),
+            who: script!("redis/who.lua"),
         }
     }
 }
@@ -457,11 +458,11 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let mut stream = lock(&self.first).take();
-        let mut delay = RECONNECT_FIRST;
+        let mut attempts = 0;
         metrics.cluster_link_up.set(i64::from(self.is_up()));
         loop {
             if let Some(messages) = stream.take() {
-                delay = RECONNECT_FIRST;
+                attempts = 0;
                 let failure = tokio::select! {
                     () = shutdown.cancelled() => {
                         self.goodbye().await;
@@ -477,12 +478,12 @@ impl Cluster {
                 metrics.cluster_outages.inc();
                 hub.link_down();
             }
-            let jittered = delay.mul_f64(0.5 + fastrand::f64() / 2.0);
+            attempts += 1;
+            let delay = backoff(attempts, RECONNECT_FIRST, RECONNECT_MAX);
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = sleep(jittered) => {}
+                () = sleep(delay) => {}
             }
-            delay = (delay * 2).min(RECONNECT_MAX);
             match self.reconnect(&hub).await {
                 Ok(messages) => {
                     info!("link to Redis restored");

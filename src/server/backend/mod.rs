@@ -1,0 +1,3 @@
+//! What nodes share: names, numbering, history and presence.
+
+pub(crate) mod redis;
