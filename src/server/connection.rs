@@ -36,7 +36,7 @@ use crate::server::config::{
     PING_BURST,
 };
 use crate::server::hub::ring::{Received, Receiver};
-use crate::server::hub::{Ack, Joined, Member, Outbound, Tenure};
+use crate::server::hub::{Ack, Broadcast, Joined, Member, Tenure};
 use crate::server::limit::{Bucket, RateLimit, Verdict};
 use crate::server::metrics::{Metrics, Reason};
 use crate::util::lock;
@@ -245,7 +245,7 @@ where
 /// pending into one write.
 async fn write<S>(
     shared: &Shared<'_>,
-    rx: &mut Receiver<Outbound, Tenure>,
+    rx: &mut Receiver<Broadcast, Tenure>,
     sink: &mut SplitSink<Box<WebSocketStream<Wire<S>>>, Message>,
 ) -> End
 where
@@ -305,7 +305,7 @@ where
 /// batch ([`MAX_BATCH`] frames, [`MAX_BATCH_BYTES`]); returns how many
 /// frames. With nothing left in the room, the room's next frame wakes the
 /// writer.
-fn queue(shared: &Shared<'_>, rx: &mut Receiver<Outbound, Tenure>) -> usize {
+fn queue(shared: &Shared<'_>, rx: &mut Receiver<Broadcast, Tenure>) -> usize {
     let Setup { protocol, ref metrics, .. } = *shared.setup;
     let mut out = shared.outgoing.pushing();
     let mut fed = 0;
@@ -606,7 +606,7 @@ struct Fed {
 
 /// The frame a room event is for this client, noting how far it was fed;
 /// `None` for a message it got in its history replay.
-fn received(outbound: Outbound, protocol: Protocol, fed: &Fed) -> Option<Frame> {
+fn received(outbound: Broadcast, protocol: Protocol, fed: &Fed) -> Option<Frame> {
     fed.pos.store(outbound.pos, Ordering::Relaxed);
     if outbound.seq != 0 {
         if outbound.seq <= fed.skip_through {

@@ -45,25 +45,25 @@ pub const LINK_UP: &str = "the link to the other nodes is back";
 
 /// One event broadcast to a room, with its position in the room's stream.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct Broadcast {
     /// Counts every frame broadcast in the room since it was created.
     pub pos: u64,
     /// A message's seq; 0 for other events.
     pub seq: u64,
     /// The event, encoded, shared by every recipient.
-    pub frames: Frames,
+    pub frames: Encoded,
 }
 
 /// An event encoded once per protocol, for the protocols its recipients
 /// speak: every recipient clones each frame it carries, so a frame nobody
 /// needs would cost every delivery a reference count.
 #[derive(Debug, Clone)]
-pub struct Frames {
+pub struct Encoded {
     text: Option<Frame>,
     json: Option<Frame>,
 }
 
-impl Frames {
+impl Encoded {
     /// Bytes these frames hold, with what keeping them costs.
     fn bytes(&self) -> usize {
         let len = |frame: &Option<Frame>| frame.as_ref().map_or(0, |f| f.bytes().len());
@@ -156,7 +156,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct Room {
     name: String,
-    ring: Arc<Ring<Outbound, Tenure>>,
+    ring: Arc<Ring<Broadcast, Tenure>>,
     state: Mutex<RoomState>,
     /// Set once this node is subscribed to the room in Redis.
     subscribed: tokio::sync::OnceCell<()>,
@@ -194,7 +194,7 @@ struct Kept {
     seq: u64,
     /// When it was kept ([`Budget::stamp`]).
     stamp: u64,
-    frames: Frames,
+    frames: Encoded,
 }
 
 impl RoomState {
@@ -326,7 +326,7 @@ pub struct Joined {
     /// Membership; drop it to leave.
     pub member: Member,
     /// The room's frames, starting with this client's own join notice.
-    pub rx: Receiver<Outbound, Tenure>,
+    pub rx: Receiver<Broadcast, Tenure>,
     /// Frames for this client only, to send before anything else.
     pub notices: Vec<Frame>,
     /// Messages up to this seq are in `notices` already: skip them in `rx`.
@@ -913,7 +913,7 @@ impl Room {
     /// position. Called with the state locked so positions follow the
     /// ring's order.
     fn broadcast(&self, state: &mut RoomState, event: &Event<'_>) -> u64 {
-        self.send(Frames::only(event, state.speakers), 0)
+        self.send(Encoded::only(event, state.speakers), 0)
     }
 
     /// Takes `epoch` as the room's, from Redis. Its clients are told the
@@ -941,16 +941,16 @@ impl Room {
             _ => 0,
         };
         state.seq = state.seq.max(seq);
-        self.send(Frames::only(event, state.speakers), seq);
+        self.send(Encoded::only(event, state.speakers), seq);
     }
 
     /// Sends frames whatever the budget says: events other than this
     /// node's clients' messages (joins, leaves, notices, what other nodes
     /// publish), which members must not miss.
-    fn send(&self, frames: Frames, seq: u64) -> u64 {
+    fn send(&self, frames: Encoded, seq: u64) -> u64 {
         let bytes = frames.bytes();
         self.ring.budget().charge(bytes);
-        self.ring.send(bytes, |pos| Outbound { pos, seq, frames })
+        self.ring.send(bytes, |pos| Broadcast { pos, seq, frames })
     }
 
     /// Sends a client's message numbered `seq` (0 when not numbered) and
@@ -961,12 +961,12 @@ impl Room {
         &self,
         hub: &Hub,
         state: &mut RoomState,
-        live: Frames,
+        live: Encoded,
         seq: u64,
-        kept: Option<Frames>,
+        kept: Option<Encoded>,
     ) -> Result<u64, ClientError<'static>> {
         let budget = &*hub.budget;
-        let kept_bytes = kept.as_ref().map_or(0, Frames::bytes);
+        let kept_bytes = kept.as_ref().map_or(0, Encoded::bytes);
         // A message larger than the whole history is relayed, not kept.
         let kept = kept.filter(|_| kept_bytes <= hub.history_bytes);
         if kept.is_some() {
@@ -990,7 +990,7 @@ impl Room {
             state.history_bytes += kept_bytes;
             state.history.push_back(Kept { seq, stamp: budget.stamp(), frames });
         }
-        Ok(self.ring.send(live_bytes, |pos| Outbound { pos, seq, frames: live }))
+        Ok(self.ring.send(live_bytes, |pos| Broadcast { pos, seq, frames: live }))
     }
 }
 
@@ -1058,14 +1058,14 @@ impl Member {
             ts,
         };
         if degraded || hub.history == 0 {
-            let live = Frames::only(&event, state.speakers);
+            let live = Encoded::only(&event, state.speakers);
             let numbered = if degraded { 0 } else { seq };
             let pos = self.room.send_message(hub, &mut state, live, numbered, None)?;
             state.seq = seq;
             return Ok((Ack::Pos(pos), (!degraded).then_some(seq)));
         }
         // The history keeps every protocol; the broadcast shares its bytes.
-        let frames = Frames::all(&event);
+        let frames = Encoded::all(&event);
         let live = frames.keep(state.speakers);
         let pos = self.room.send_message(hub, &mut state, live, seq, Some(frames))?;
         state.seq = seq;
