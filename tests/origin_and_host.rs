@@ -84,10 +84,15 @@ async fn on_a_wildcard_bind_without_public_urls_the_host_is_matched() {
     let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task =
-        tokio::spawn(chat::server::run(listener, ServerConfig::default(), None, None, async {
+    let task = tokio::spawn(chat::server::run(
+        listener,
+        ServerConfig::default(),
+        None,
+        chat::server::Backend::local(),
+        async {
             let _ = stopped.await;
-        }));
+        },
+    ));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let named = format!("box.example:{port}");
     assert_eq!(status(addr, &upgrade(&named, &format!("http://{named}"))).await, "101");

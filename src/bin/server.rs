@@ -33,14 +33,9 @@ async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()>
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let cluster = match &config.redis {
-        Some(url) => Some(
-            chat::server::Cluster::connect(url, config.history_bytes)
-                .await
-                .context("cannot join the cluster (--redis)")?,
-        ),
-        None => None,
-    };
+    let backend = chat::server::Backend::connect(&config)
+        .await
+        .context("cannot join the cluster (--redis)")?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let addr = (config.host.as_str(), config.port);
     let listener = TcpListener::bind(addr)
@@ -53,7 +48,7 @@ async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()>
     stdout.flush()?;
     let web = if tls.is_some() { "https" } else { "http" };
     tracing::info!("web page: open {web}://{local}/ in a browser (a path names a room: /rust)");
-    chat::server::run(listener, config, tls, cluster, shutdown_signal()).await;
+    chat::server::run(listener, config, tls, backend, shutdown_signal()).await;
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use crate::protocol::{
     ClientError, Command, Event, Frame, HELP, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
     check_text, parse_command,
 };
-use crate::server::backend::redis::ECHO_TIMEOUT;
+use crate::server::backend::ECHO_TIMEOUT;
 use crate::server::config::{
     BUSY_BATCH, CLOSE_TIMEOUT, ConnectionLimits, MAX_BATCH, MAX_BATCH_BYTES, MAX_PINGS_PER_SECOND,
     PING_BURST,

@@ -30,8 +30,8 @@ pub(crate) mod origin;
 pub(crate) mod wire;
 
 pub use address::{AddressKey, client_address, parse_proxy};
-pub use backend::redis::Cluster;
-pub use hub::{LINK_DOWN, LINK_UP};
+pub use backend::{Backend, BackendError, LINK_DOWN, LINK_UP};
+
 pub use origin::{OwnOrigins, PublicUrl};
 
 use std::future::Future;
@@ -68,29 +68,27 @@ use crate::server::wire::Wire;
 use connection::Setup;
 
 /// Serves chat on `listener` (over TLS when `tls` is given, sharing rooms
-/// with other nodes through `cluster` when given) until `shutdown` completes,
+/// with other nodes through `backend` when it is shared) until `shutdown` completes,
 /// then closes every connection with code 1001 and returns once they are gone
 /// (or after [`SHUTDOWN_TIMEOUT`]).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     tls: Option<TlsAcceptor>,
-    cluster: Option<Arc<Cluster>>,
+    backend: Backend,
     shutdown: impl Future<Output = ()>,
 ) {
-    let metrics = Arc::new(Metrics::new(cluster.is_some()));
+    let metrics = Arc::new(Metrics::new(backend.is_shared()));
     metrics.memory_limit_bytes.set(i64::try_from(config.max_memory).unwrap_or(i64::MAX));
     let budget = Arc::new(Budget::new(config.max_memory, metrics.memory_bytes.clone()));
-    let hub = Hub::new(&config, budget, cluster.clone());
+    let hub = Hub::new(&config, budget, backend.clone());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(summarize_presence(hub.clone(), metrics.clone(), token.clone()));
     let access = access(&config, &listener, tls.is_some());
     let addresses = access.addresses.clone();
     tracker.spawn(forget_idle_addresses(addresses.clone(), token.clone()));
-    if let Some(cluster) = cluster {
-        tracker.spawn(cluster.run(hub.clone(), metrics.clone(), token.clone()));
-    }
+    tracker.spawn(backend.run(hub.clone(), metrics.clone(), token.clone()));
     let context = Arc::new(Context {
         hub: hub.clone(),
         metrics: metrics.clone(),

@@ -1,3 +1,293 @@
-//! What nodes share: names, numbering, history and presence.
+//! What nodes share: names, numbering, history and presence. Map:
+//! - [`local`]: in-process, the default. There is one node, so the hub's
+//!   rooms are all there is: the hub claims names, numbers and keeps
+//!   messages under each room's lock, by the rules in that module.
+//! - [`redis`] (`--redis`): several nodes share rooms through Redis. What it
+//!   publishes comes back to the hub through [`Events`], which the hub
+//!   implements; the backend never names the hub. While its link is down it
+//!   is in degraded mode ([`Mode::Degraded`]).
+//!
+//! [`Backend`] is an enum rather than a boxed trait object: the in-process
+//! path costs one match per operation, and no allocation or dynamic call per
+//! connection or per delivery.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Event;
+use crate::server::config::ServerConfig;
+use crate::server::metrics::Metrics;
+
+pub(crate) mod local;
 pub(crate) mod redis;
+
+pub use redis::LinkError as BackendError;
+
+/// What a client is told when the link to the other nodes goes down.
+pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
+                             clients of this node see your messages, and they are not kept";
+/// What a client is told when the link to the other nodes is back.
+pub const LINK_UP: &str = "the link to the other nodes is back";
+
+/// Longest a client's next frame waits for the echo of its message from
+/// the backend (which a failing link may never bring).
+pub(crate) const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a server keeps what its nodes share: in-process
+/// ([`Backend::local`]), or in Redis ([`Backend::connect`] with `--redis`).
+#[derive(Debug, Clone)]
+pub struct Backend(Kind);
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Local,
+    Redis(Arc<redis::Redis>),
+    /// A backend in a given mode that answers nothing, for the hub's tests.
+    #[cfg(test)]
+    Fake(Mode),
+}
+
+/// Who names, numbers, keeps and announces, right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// In-process: this node, under each room's lock.
+    Alone,
+    /// The shared backend, reached: what it publishes comes back through
+    /// [`Events`], this node's clients' messages included.
+    Shared,
+    /// The shared backend, out of reach: this node's clients chat among
+    /// themselves, their messages neither numbered nor kept, and names
+    /// cannot change. New clients are refused until the link is back.
+    Degraded,
+}
+
+/// What the hub does for the backend: the events the backend publishes, and
+/// what this node's rooms hold. One dynamic call per event from Redis, never
+/// on the in-process path.
+pub(crate) trait Events: Send + Sync {
+    /// Relays an event published in `room` to this node's clients there; a
+    /// message already delivered (seen again after a catch-up) is dropped.
+    /// `bytes` is its size as published, to make room for it first.
+    fn deliver(&self, room: &str, event: &Event<'_>, bytes: usize);
+    /// A returning session took the name of key `key` in `room` on another
+    /// node: its old connection here goes.
+    fn retire(&self, room: &str, key: &str);
+    /// `room` got a new epoch: the backend lost its history. Returns whether
+    /// this node's clients there knew another one, in which case the backend
+    /// lost their names too and must claim them again.
+    fn reset(&self, room: &str, epoch: &str) -> bool;
+    /// The link is down: tells every client of this node.
+    fn link_down(&self);
+    /// The link is back: tells every client of this node.
+    fn link_up(&self);
+    /// After a rejoin: relays what `room`'s clients missed meanwhile.
+    fn recover(&self, room: &str, snapshot: &Snapshot);
+    /// The rooms this node has clients in.
+    fn local_rooms(&self) -> Vec<String>;
+    /// Where this node got to in `room`, and who holds names there.
+    fn local_room(&self, room: &str) -> Option<LocalRoom>;
+}
+
+/// What a node knows of one of its rooms, to claim it again after a loss.
+#[derive(Debug, Default)]
+pub(crate) struct LocalRoom {
+    /// The room's epoch on this node.
+    pub epoch: String,
+    /// The last seq this node delivered there.
+    pub seq: u64,
+    /// The names its clients hold there.
+    pub holders: Vec<Holding>,
+}
+
+/// A name held by a client of this node.
+#[derive(Debug)]
+pub(crate) struct Holding {
+    /// The name's look-alike key.
+    pub key: String,
+    /// Its holder's session secret.
+    pub session: String,
+    /// The name as its holder wrote it.
+    pub name: String,
+}
+
+/// What a client asks for when it joins a shared room.
+#[derive(Debug)]
+pub(crate) struct Join<'a> {
+    /// The name it asks for (valid), with its key.
+    pub requested: Option<(&'a str, String)>,
+    /// The session secret it came back with, if any.
+    pub presented: Option<&'a str>,
+    /// Its new session secret.
+    pub session: &'a str,
+    /// Names to fall back on, in order, with their keys
+    /// ([`local::fallback_names`]).
+    pub candidates: &'a [(String, String)],
+    /// The epoch and seq it resumes after, if it resumes.
+    pub resume: Option<(&'a str, u64)>,
+    /// The last seq this node delivered in the room: numbering goes on from
+    /// it if the backend lost the room.
+    pub floor: u64,
+}
+
+/// What the backend says of a room a client joins.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The name the client got.
+    pub name: String,
+    /// Whether the name it asked for was held by someone else.
+    pub taken: bool,
+    /// Clients in the room on all nodes.
+    pub online: usize,
+    /// The room's position and what to replay.
+    pub room: Snapshot,
+}
+
+/// A room's epoch, last seq and history, as the shared backend holds them.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// The room's epoch.
+    pub epoch: String,
+    /// The last message's seq.
+    pub seq: u64,
+    /// The seq of the first message in `history` (`seq + 1` when none is).
+    pub first: u64,
+    /// The messages to replay, oldest first, as published (JSON events):
+    /// the last ones, or those after a resume's seq, within the count and
+    /// byte bounds.
+    pub history: Vec<String>,
+}
+
+impl Backend {
+    /// The in-process backend: one node.
+    pub fn local() -> Self {
+        Self(Kind::Local)
+    }
+
+    /// The backend `config` asks for: Redis with `--redis`, connected now so
+    /// that a wrong URL or an unreachable server stops the node at start-up.
+    pub async fn connect(config: &ServerConfig) -> Result<Self, BackendError> {
+        match &config.redis {
+            None => Ok(Self::local()),
+            Some(url) => Ok(Self(Kind::Redis(redis::Redis::connect(url, config).await?))),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fake(mode: Mode) -> Self {
+        Self(Kind::Fake(mode))
+    }
+
+    /// Whether rooms are shared with other nodes (in any mode).
+    pub(crate) fn is_shared(&self) -> bool {
+        !matches!(self.0, Kind::Local)
+    }
+
+    /// Who names, numbers and keeps now.
+    pub(crate) fn mode(&self) -> Mode {
+        match &self.0 {
+            Kind::Local => Mode::Alone,
+            Kind::Redis(redis) if redis.is_up() => Mode::Shared,
+            Kind::Redis(_) => Mode::Degraded,
+            #[cfg(test)]
+            Kind::Fake(mode) => *mode,
+        }
+    }
+
+    /// Keeps the link until `shutdown`, delivering what the backend
+    /// publishes to `events`. Returns at once in-process.
+    pub(crate) async fn run(
+        self,
+        events: Arc<dyn Events>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        if let Kind::Redis(redis) = self.0 {
+            redis.run(events, metrics, shutdown).await;
+        }
+    }
+
+    /// The shared backend, for the operations only it carries out.
+    fn shared(&self) -> Result<&redis::Redis, BackendError> {
+        match &self.0 {
+            Kind::Redis(redis) => Ok(redis),
+            // The hub asks only in [`Mode::Shared`], never in-process; a
+            // fake answers nothing.
+            Kind::Local => Err(BackendError::Down),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
+    /// Receives `room`'s events from now on.
+    pub(crate) async fn subscribe(&self, room: &str) -> Result<(), BackendError> {
+        self.shared()?.subscribe(room).await
+    }
+
+    /// Gives a client a name in `room` (the one it asked for if free, else
+    /// the first free candidate), announces it, and returns the room.
+    pub(crate) async fn join(&self, room: &str, join: &Join<'_>) -> Result<Joined, BackendError> {
+        self.shared()?.join(room, join).await
+    }
+
+    /// Numbers, keeps and publishes a message event (JSON); returns its seq.
+    /// `floor` is the last seq this node delivered in the room.
+    pub(crate) async fn say(
+        &self,
+        room: &str,
+        event: &str,
+        floor: u64,
+    ) -> Result<u64, BackendError> {
+        self.shared()?.say(room, event, floor).await
+    }
+
+    /// Renames a client of session `session`; `false` if the new name (or
+    /// one that looks like it) is held.
+    pub(crate) async fn rename(
+        &self,
+        room: &str,
+        old: &str,
+        new: &str,
+        session: &str,
+    ) -> Result<bool, BackendError> {
+        self.shared()?.rename(room, old, new, session).await
+    }
+
+    /// How many are in `room` on all nodes, and the first names in order.
+    pub(crate) async fn who(&self, room: &str) -> Result<(usize, Vec<String>), BackendError> {
+        self.shared()?.who(room).await
+    }
+
+    /// Releases the name of key `key` in `room` if session `session` still
+    /// holds it, and announces the departure; in the background.
+    pub(crate) fn leave(&self, room: &str, key: &str, session: &str) {
+        if let Kind::Redis(redis) = &self.0 {
+            redis.clone().leave_later(room, key, session);
+        }
+    }
+
+    /// This node's last client left `room`: stop receiving its events,
+    /// unless `events` has clients there again by then; in the background.
+    pub(crate) fn forget(&self, room: &str, events: Arc<dyn Events>) {
+        if let Kind::Redis(redis) = &self.0 {
+            redis.clone().unsubscribe_later(room, events);
+        }
+    }
+
+    /// The backend lost `room`, which this node's clients are in: claims
+    /// their names again and catches the room up, through `events`.
+    pub(crate) async fn reclaim(
+        &self,
+        room: &str,
+        events: &dyn Events,
+    ) -> Result<(), BackendError> {
+        self.shared()?.reclaim(events, room).await
+    }
+}
+
+/// A random epoch for a new room: its message numbers mean something only
+/// within it.
+pub(crate) fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}

@@ -9,12 +9,12 @@
 //!
 //! A node subscribes to the channels of the rooms it has clients in, so a
 //! message crosses Redis once per interested node; the node decodes and
-//! encodes it once and its local fan-out ([`crate::server::hub`]) shares the frames.
+//! encodes it once and the hub's fan-out shares the frames.
 //!
-//! [`Cluster::run`] keeps the link: a heartbeat key that expires when the node
+//! [`Redis::run`] keeps the link: a heartbeat key that expires when the node
 //! dies (the other nodes then remove its clients from presence), and, when
-//! Redis is lost, degraded mode (the hub keeps each node's clients chatting
-//! among themselves), reconnection with backoff and a catch-up from history.
+//! Redis is lost, degraded mode (each node's clients chat among themselves:
+//! [`Mode::Degraded`](super::Mode::Degraded)), reconnection with backoff and a catch-up from history.
 //! Only the heartbeat decides that the link is lost: a client's request that
 //! times out fails alone, so no sequence of requests can put a node in
 //! degraded mode while Redis still answers its heartbeat.
@@ -33,8 +33,9 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::protocol::{MAX_WHO_NAMES, name_key, now};
-use crate::server::hub::Hub;
+use super::{Events, Join, Joined, Snapshot, new_epoch};
+use crate::protocol::{Event, MAX_WHO_NAMES, name_key, now};
+use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
 use crate::util::{backoff, lock};
 
@@ -57,16 +58,13 @@ pub const LINK_TIMEOUT: Duration = Duration::from_secs(6);
 pub const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 /// Longest wait between two attempts to reconnect to Redis.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
-/// Longest a client's next frame waits for the echo of its message from
-/// Redis (which a failing link may never bring).
-pub const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prefix of every key and channel this server uses in Redis.
 const PREFIX: &str = "chat";
 
 /// What went wrong with Redis.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClusterError {
+pub enum LinkError {
     /// The URL is not a Redis URL. (Not quoted: it may hold a password.)
     #[error("invalid Redis URL: {0}")]
     InvalidUrl(RedisError),
@@ -82,27 +80,30 @@ pub enum ClusterError {
     /// No heartbeat was answered for [`LINK_TIMEOUT`].
     #[error("Redis answered no heartbeat for {LINK_TIMEOUT:?}")]
     Unanswered,
+    /// Redis ended the subscription's stream.
+    #[error("Redis closed the subscription")]
+    Unsubscribed,
 }
 
-impl ClusterError {
+impl LinkError {
     /// Whether the connection itself failed (closed, reset, refused), as
     /// opposed to Redis answering late or refusing one request.
     fn is_dead_link(&self) -> bool {
         match self {
-            ClusterError::Redis(error) => {
+            LinkError::Redis(error) => {
                 !error.is_timeout()
                     && (error.is_io_error()
                         || error.is_connection_dropped()
                         || error.is_unrecoverable_error())
             }
-            ClusterError::Down | ClusterError::Unanswered => true,
-            ClusterError::InvalidUrl(_) | ClusterError::Timeout => false,
+            LinkError::Down | LinkError::Unanswered | LinkError::Unsubscribed => true,
+            LinkError::InvalidUrl(_) | LinkError::Timeout => false,
         }
     }
 }
 
 /// A node's link to Redis.
-pub struct Cluster {
+pub(crate) struct Redis {
     client: Client,
     /// This node's random identity, for the names it holds.
     node: String,
@@ -122,6 +123,11 @@ pub struct Cluster {
     /// Joins sent to Redis and not answered yet, at most
     /// [`MAX_JOINS_IN_FLIGHT`].
     joins_in_flight: tokio::sync::Semaphore,
+    /// Messages each room keeps and a join replays (`--history`).
+    history: usize,
+    /// Largest room whose joins and leaves are announced one by one
+    /// (`--presence-limit`).
+    presence_limit: usize,
 }
 
 /// Joins a node has sent to Redis and not seen answered, at once. Each
@@ -131,10 +137,10 @@ pub struct Cluster {
 /// waits longer than [`REDIS_TIMEOUT`] for its turn fails (1013, try again).
 pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
-impl std::fmt::Debug for Cluster {
+impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The connections and scripts say nothing useful.
-        f.debug_struct("Cluster")
+        f.debug_struct("Redis")
             .field("node", &self.node)
             .field("up", &self.is_up())
             .finish_non_exhaustive()
@@ -159,41 +165,17 @@ struct Links {
 /// What the join script returns.
 type JoinScriptReply = (String, u8, usize, String, u64, u64, Vec<String>);
 
-/// Fallback names a join offers the script (`ADDR`, `ADDR~2`, …): more are
-/// needed only if that many people took look-alikes of one address as names.
-pub const FALLBACK_CANDIDATES: usize = 8;
-
-/// What a client asks for when it joins.
-#[derive(Debug)]
-pub struct Join<'a> {
-    /// The name it asks for (valid), with its key.
-    pub requested: Option<(&'a str, String)>,
-    /// The session secret it came back with, if any.
-    pub presented: Option<&'a str>,
-    /// Its new session secret.
-    pub session: &'a str,
-    /// Names to fall back on, in order, with their keys.
-    pub candidates: &'a [(String, String)],
-    /// The epoch and seq it resumes after, if it resumes.
-    pub resume: Option<(&'a str, u64)>,
-    /// The last seq this node delivered in the room: numbering goes on from
-    /// it if Redis lost the room.
-    pub floor: u64,
-    /// Most messages it may replay (`--history`).
-    pub history: usize,
-}
-
 /// Published when a returning session took its name back: the node holding
 /// the old connection retires it.
 #[derive(Debug, serde::Deserialize)]
-pub struct Retire<'a> {
+struct Retire<'a> {
     /// The name's key.
     #[serde(borrow)]
-    pub key: crate::protocol::Str<'a>,
+    key: crate::protocol::Str<'a>,
     /// The node the session returned to, which retires its own old
     /// connection itself.
     #[serde(borrow)]
-    pub node: crate::protocol::Str<'a>,
+    node: crate::protocol::Str<'a>,
 }
 /// What the rejoin script returns.
 type RejoinScriptReply = (usize, String, u64, u64, Vec<String>);
@@ -229,49 +211,24 @@ impl Scripts {
     }
 }
 
-/// What Redis says of a room a client joins.
-#[derive(Debug)]
-pub struct JoinReply {
-    /// The name the client got.
-    pub name: String,
-    /// Whether the name it asked for was held by someone else.
-    pub taken: bool,
-    /// Clients in the room on all nodes.
-    pub online: usize,
-    /// The room's state.
-    pub room: RoomState,
-}
-
-/// A room's epoch, last seq and history, as Redis holds them.
-#[derive(Debug)]
-pub struct RoomState {
-    /// The room's epoch.
-    pub epoch: String,
-    /// The last message's seq.
-    pub seq: u64,
-    /// The seq of the first message in `history` (`seq + 1` when none is).
-    pub first: u64,
-    /// The messages to replay, oldest first, as published: the last ones,
-    /// or those after a resume's seq, within the count and byte bounds.
-    pub history: Vec<String>,
-}
-
-impl Cluster {
+impl Redis {
     /// Connects to Redis at `url`, so that a wrong URL or an unreachable
-    /// server stops the node at start-up rather than later. A join replays
-    /// at most `replay_bytes` of messages (`--history-bytes`).
-    pub async fn connect(url: &str, replay_bytes: usize) -> Result<Arc<Self>, ClusterError> {
-        let client = Client::open(url).map_err(ClusterError::InvalidUrl)?;
+    /// server stops the node at start-up rather than later; with `config`'s
+    /// history and presence bounds.
+    pub(crate) async fn connect(url: &str, config: &ServerConfig) -> Result<Arc<Self>, LinkError> {
+        let client = Client::open(url).map_err(LinkError::InvalidUrl)?;
         let cluster = Self {
             client,
-            node: format!("{:016x}", fastrand::u64(..)),
+            node: new_epoch(),
             up: AtomicBool::new(false),
             commands: std::sync::Mutex::default(),
             subscriptions: tokio::sync::Mutex::default(),
             first: std::sync::Mutex::default(),
             scripts: Scripts::new(),
-            replay_bytes,
+            replay_bytes: config.history_bytes,
             joins_in_flight: tokio::sync::Semaphore::new(MAX_JOINS_IN_FLIGHT),
+            history: config.history,
+            presence_limit: config.presence_limit,
         };
         let (mut links, sink, stream) = cluster.open().await?;
         cluster.beat(&mut links.beats).await?;
@@ -282,17 +239,12 @@ impl Cluster {
         Ok(Arc::new(cluster))
     }
 
-    /// This node's identity in Redis.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Whether the link is up; when it is not, the node is in degraded mode.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 
-    async fn open(&self) -> Result<(Links, PubSubSink, PubSubStream), ClusterError> {
+    async fn open(&self) -> Result<(Links, PubSubSink, PubSubStream), LinkError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT));
@@ -305,7 +257,7 @@ impl Cluster {
     }
 
     /// Renews this node's heartbeat key.
-    async fn beat(&self, commands: &mut MultiplexedConnection) -> Result<(), ClusterError> {
+    async fn beat(&self, commands: &mut MultiplexedConnection) -> Result<(), LinkError> {
         let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX);
         redis::cmd("SET")
             .arg(node_key(&self.node))
@@ -317,45 +269,46 @@ impl Cluster {
         Ok(())
     }
 
-    fn links(&self) -> Result<Links, ClusterError> {
+    fn links(&self) -> Result<Links, LinkError> {
         if !self.is_up() {
-            return Err(ClusterError::Down);
+            return Err(LinkError::Down);
         }
-        lock(&self.commands).clone().ok_or(ClusterError::Down)
+        lock(&self.commands).clone().ok_or(LinkError::Down)
     }
 
-    fn commands(&self) -> Result<MultiplexedConnection, ClusterError> {
+    fn commands(&self) -> Result<MultiplexedConnection, LinkError> {
         self.links().map(|links| links.commands)
     }
 
     /// Starts a script call on `room` with the arguments every script takes.
-    fn invoke<'a>(
-        &self,
-        script: &'a Script,
-        room: &str,
-        presence_limit: usize,
-    ) -> redis::ScriptInvocation<'a> {
+    fn invoke<'a>(&self, script: &'a Script, room: &str) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
         for part in ["meta", "log", "names", "nodes"] {
             invocation.key(format!("{PREFIX}:room:{room}:{part}"));
         }
         invocation.arg(channel(room)).arg(room).arg(&self.node).arg(now().to_rfc3339());
-        invocation.arg(presence_limit);
+        invocation.arg(self.presence_limit);
         invocation
     }
 
     /// Receives `room`'s messages from now on.
-    pub async fn subscribe(&self, room: &str) -> Result<(), ClusterError> {
+    pub(crate) async fn subscribe(&self, room: &str) -> Result<(), LinkError> {
         let mut subscriptions = self.subscriptions.lock().await;
-        let sink = subscriptions.as_mut().ok_or(ClusterError::Down)?;
+        let sink = subscriptions.as_mut().ok_or(LinkError::Down)?;
         within(sink.subscribe(channel(room))).await
     }
 
-    /// Stops receiving `room`'s messages, unless it has local clients again.
-    pub async fn unsubscribe(&self, room: &str, hub: &Hub) {
+    /// Stops receiving `room`'s messages, in the background, unless
+    /// `events` has clients there again by then.
+    pub(crate) fn unsubscribe_later(self: Arc<Self>, room: &str, events: Arc<dyn Events>) {
+        let room = room.to_owned();
+        spawn(async move { self.unsubscribe(&room, &*events).await });
+    }
+
+    async fn unsubscribe(&self, room: &str, events: &dyn Events) {
         let mut subscriptions = self.subscriptions.lock().await;
         if let Some(sink) = subscriptions.as_mut()
-            && !hub.has_room(room)
+            && events.local_room(room).is_none()
             && let Err(error) = within(sink.unsubscribe(channel(room))).await
         {
             // The link is failing; reconnecting subscribes afresh anyway.
@@ -365,85 +318,78 @@ impl Cluster {
 
     /// Gives a client a name in `room` (the one it asked for if free, else
     /// `fallback`), announces it, and returns the room's state.
-    pub async fn join(
-        &self,
-        room: &str,
-        join: &Join<'_>,
-        presence_limit: usize,
-    ) -> Result<JoinReply, ClusterError> {
+    pub(crate) async fn join(&self, room: &str, join: &Join<'_>) -> Result<Joined, LinkError> {
         let mut commands = self.links()?.joins;
         let turn = timeout(REDIS_TIMEOUT, self.joins_in_flight.acquire()).await;
-        let Ok(Ok(_turn)) = turn else { return Err(ClusterError::Timeout) };
-        let mut invocation = self.invoke(&self.scripts.join, room, presence_limit);
+        let Ok(Ok(_turn)) = turn else { return Err(LinkError::Timeout) };
+        let mut invocation = self.invoke(&self.scripts.join, room);
         let (name, key) = join.requested.as_ref().map_or(("", ""), |(n, k)| (*n, k.as_str()));
         invocation.arg(name).arg(key).arg(join.presented.unwrap_or_default());
         invocation.arg(join.session).arg(new_epoch()).arg(join.floor);
         let (epoch, since) = join.resume.map_or(("", -1), |(e, s)| (e, i128::from(s)));
-        invocation.arg(epoch).arg(since.to_string()).arg(join.history).arg(self.replay_bytes);
+        invocation.arg(epoch).arg(since.to_string()).arg(self.history).arg(self.replay_bytes);
         for (name, key) in join.candidates {
             invocation.arg(name).arg(key);
         }
         let (name, taken, online, epoch, seq, first, history): JoinScriptReply =
             invocation.invoke_async(&mut commands).await?;
-        Ok(JoinReply {
+        Ok(Joined {
             name,
             taken: taken == 1,
             online,
-            room: RoomState { epoch, seq, first, history },
+            room: Snapshot { epoch, seq, first, history },
         })
     }
 
     /// Numbers, keeps and publishes a message event; returns its seq.
     /// `floor` is the last seq this node delivered in the room, from which
     /// numbering goes on if Redis lost the room.
-    pub async fn say(
-        &self,
-        room: &str,
-        event: &str,
-        history: usize,
-        floor: u64,
-    ) -> Result<u64, ClusterError> {
+    pub(crate) async fn say(&self, room: &str, event: &str, floor: u64) -> Result<u64, LinkError> {
         let mut commands = self.commands()?;
-        let mut invocation = self.invoke(&self.scripts.say, room, 0);
-        invocation.arg(event).arg(history).arg(new_epoch()).arg(floor).arg(self.replay_bytes);
+        let mut invocation = self.invoke(&self.scripts.say, room);
+        invocation.arg(event).arg(self.history).arg(new_epoch()).arg(floor).arg(self.replay_bytes);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
     /// Renames a client of session `session`; `false` if the new name (or
     /// one that looks like it) is held.
-    pub async fn rename(
+    pub(crate) async fn rename(
         &self,
         room: &str,
         old: &str,
         new: &str,
         session: &str,
-    ) -> Result<bool, ClusterError> {
+    ) -> Result<bool, LinkError> {
         let mut commands = self.commands()?;
-        let mut invocation = self.invoke(&self.scripts.rename, room, 0);
+        let mut invocation = self.invoke(&self.scripts.rename, room);
         invocation.arg(name_key(old)).arg(session).arg(new).arg(name_key(new)).arg(old);
         let renamed: u8 = invocation.invoke_async(&mut commands).await?;
         Ok(renamed == 1)
     }
 
     /// Releases the name of key `key`, if session `session` of this node
-    /// still holds it, and announces its departure.
-    pub async fn leave(
-        &self,
-        room: &str,
-        key: &str,
-        session: &str,
-        presence_limit: usize,
-    ) -> Result<(), ClusterError> {
+    /// still holds it, and announces its departure; in the background. If
+    /// the link is down, its recovery releases the name.
+    pub(crate) fn leave_later(self: Arc<Self>, room: &str, key: &str, session: &str) {
+        let (room, key, session) = (room.to_owned(), key.to_owned(), session.to_owned());
+        spawn(async move {
+            if let Err(error) = self.leave(&room, &key, &session).await {
+                warn!(%error, room, "cannot announce a departure");
+            }
+        });
+    }
+
+    async fn leave(&self, room: &str, key: &str, session: &str) -> Result<(), LinkError> {
         let mut commands = self.commands()?;
-        let mut invocation = self.invoke(&self.scripts.leave, room, presence_limit);
+        let mut invocation = self.invoke(&self.scripts.leave, room);
         invocation.arg(key).arg(session);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
     /// How many are in `room` on all nodes, and the first names in order.
-    pub async fn who(&self, room: &str) -> Result<(usize, Vec<String>), ClusterError> {
+    pub(crate) async fn who(&self, room: &str) -> Result<(usize, Vec<String>), LinkError> {
         let mut commands = self.commands()?;
-        let mut invocation = self.invoke(&self.scripts.who, room, 0);
+        let mut invocation = self.invoke(&self.scripts.who, room);
         invocation.arg(MAX_WHO_NAMES);
         Ok(invocation.invoke_async(&mut commands).await?)
     }
@@ -453,7 +399,7 @@ impl Cluster {
     /// reconnects with backoff.
     pub async fn run(
         self: Arc<Self>,
-        hub: Arc<Hub>,
+        events: Arc<dyn Events>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
@@ -468,7 +414,7 @@ impl Cluster {
                         self.goodbye().await;
                         return;
                     }
-                    failure = self.serve(&hub, &metrics, messages) => failure,
+                    failure = self.serve(&*events, &metrics, messages) => failure,
                 };
                 warn!(error = %failure, "lost the link to Redis: degraded mode");
                 self.up.store(false, Ordering::Release);
@@ -476,7 +422,7 @@ impl Cluster {
                 *lock(&self.commands) = None;
                 metrics.cluster_link_up.set(0);
                 metrics.cluster_outages.inc();
-                hub.link_down();
+                events.link_down();
             }
             attempts += 1;
             let delay = backoff(attempts, RECONNECT_FIRST, RECONNECT_MAX);
@@ -484,12 +430,12 @@ impl Cluster {
                 () = shutdown.cancelled() => return,
                 () = sleep(delay) => {}
             }
-            match self.reconnect(&hub).await {
+            match self.reconnect(&*events).await {
                 Ok(messages) => {
                     info!("link to Redis restored");
                     // Ready before saying so: a client told may send at once.
                     metrics.cluster_link_up.set(1);
-                    hub.link_up();
+                    events.link_up();
                     stream = Some(messages);
                 }
                 Err(error) => warn!(%error, retry_in = ?delay, "cannot reconnect to Redis"),
@@ -500,28 +446,24 @@ impl Cluster {
     /// Delivers messages and beats until the link fails; returns why.
     async fn serve(
         &self,
-        hub: &Hub,
+        events: &dyn Events,
         metrics: &Metrics,
         mut messages: PubSubStream,
-    ) -> ClusterError {
+    ) -> LinkError {
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut answered = Instant::now();
         loop {
             tokio::select! {
                 message = messages.next() => {
-                    let Some(message) = message else {
-                        return ClusterError::Redis(RedisError::from(std::io::Error::from(
-                            std::io::ErrorKind::ConnectionReset,
-                        )));
-                    };
+                    let Some(message) = message else { return LinkError::Unsubscribed };
                     let Some(room) = message.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
                         continue;
                     };
                     metrics.cluster_received.inc();
                     if let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) {
-                        if hub.deliver(room, payload)
-                            && let Err(error) = self.reclaim(hub, room).await
+                        if self.deliver(events, room, payload)
+                            && let Err(error) = self.reclaim(events, room).await
                         {
                             if error.is_dead_link() {
                                 return error;
@@ -532,17 +474,41 @@ impl Cluster {
                         warn!(room, "ignored a message that is not UTF-8");
                     }
                 }
-                _ = ticks.tick() => match self.tick(hub).await {
+                _ = ticks.tick() => match self.tick(events).await {
                     Ok(()) => answered = Instant::now(),
                     Err(error) if error.is_dead_link() => return error,
                     // Slow, not gone (a burst of requests ahead of the
                     // heartbeat): only a silence as long as LINK_TIMEOUT is.
                     Err(error) if answered.elapsed() >= LINK_TIMEOUT => {
                         warn!(%error, "Redis answered no heartbeat for too long");
-                        return ClusterError::Unanswered;
+                        return LinkError::Unanswered;
                     }
                     Err(error) => warn!(%error, "a heartbeat failed; the link is kept"),
                 },
+            }
+        }
+    }
+
+    /// Hands what Redis published in `room` to `events`. Returns whether
+    /// Redis lost the room, which this node's clients were in: their names
+    /// must be claimed again.
+    fn deliver(&self, events: &dyn Events, room: &str, payload: &str) -> bool {
+        match serde_json::from_str::<Event<'_>>(payload) {
+            // Published by Redis when it had to draw the room a new epoch.
+            Ok(Event::Missed { count: None, epoch: Some(epoch) }) => events.reset(room, &epoch),
+            Ok(event) => {
+                events.deliver(room, &event, payload.len());
+                false
+            }
+            Err(error) => {
+                match serde_json::from_str::<Retire<'_>>(payload) {
+                    // A returning session joined on another node: its old
+                    // connection here goes. (This node retires its own.)
+                    Ok(retire) if retire.node != self.node => events.retire(room, &retire.key),
+                    Ok(_) => {}
+                    Err(_) => warn!(%error, room, "ignored an event from Redis"),
+                }
+                false
             }
         }
     }
@@ -551,13 +517,13 @@ impl Cluster {
     /// the key says whether Redis answers: a room's script that fails is
     /// logged and tried again at the next heartbeat, unless the connection
     /// itself failed.
-    async fn tick(&self, hub: &Hub) -> Result<(), ClusterError> {
+    async fn tick(&self, events: &dyn Events) -> Result<(), LinkError> {
         let Links { mut commands, mut beats, .. } = self.links()?;
         self.beat(&mut beats).await?;
-        for room in hub.room_names() {
-            let invocation = self.invoke(&self.scripts.tick, &room, hub.presence_limit());
-            let ticked: Result<(), ClusterError> =
-                invocation.invoke_async(&mut commands).await.map_err(ClusterError::from);
+        for room in events.local_rooms() {
+            let invocation = self.invoke(&self.scripts.tick, &room);
+            let ticked: Result<(), LinkError> =
+                invocation.invoke_async(&mut commands).await.map_err(LinkError::from);
             match ticked {
                 Err(error) if error.is_dead_link() => return Err(error),
                 Err(error) => warn!(%error, room, "presence tick failed"),
@@ -569,19 +535,20 @@ impl Cluster {
 
     /// Opens new connections, subscribes to every local room, claims the
     /// local clients' names again and catches each room up from history.
-    async fn reconnect(&self, hub: &Hub) -> Result<PubSubStream, ClusterError> {
+    async fn reconnect(&self, events: &dyn Events) -> Result<PubSubStream, LinkError> {
         let (mut links, mut sink, stream) = self.open().await?;
         self.beat(&mut links.beats).await?;
         // Holding the lock keeps rooms from (un)subscribing meanwhile; joins
         // wait for the link to be up anyway.
         let mut subscriptions = self.subscriptions.lock().await;
-        for room in hub.room_names() {
-            within(sink.subscribe(channel(&room))).await?;
+        let rooms = events.local_rooms();
+        for room in &rooms {
+            within(sink.subscribe(channel(room))).await?;
         }
         // Subscribed first, caught up second: a message published in between
         // comes both ways, and the hub keeps only the first.
-        for (room, names) in hub.rooms_and_names() {
-            self.rejoin(&mut links.commands, hub, &room, &names).await?;
+        for room in &rooms {
+            self.rejoin(&mut links.commands, events, room).await?;
         }
         *subscriptions = Some(sink);
         *lock(&self.commands) = Some(links);
@@ -595,36 +562,35 @@ impl Cluster {
     async fn rejoin(
         &self,
         commands: &mut MultiplexedConnection,
-        hub: &Hub,
+        events: &dyn Events,
         room: &str,
-        names: &[[String; 3]],
-    ) -> Result<(), ClusterError> {
-        let (epoch, seq) = hub.position(room).unwrap_or_default();
-        let mut invocation = self.invoke(&self.scripts.rejoin, room, hub.presence_limit());
-        invocation.arg(new_epoch()).arg(seq).arg(epoch);
-        invocation.arg(hub.history()).arg(self.replay_bytes);
-        for holder in names {
-            invocation.arg(&holder[..]);
+    ) -> Result<(), LinkError> {
+        // Gone meanwhile: nothing to claim.
+        let Some(local) = events.local_room(room) else { return Ok(()) };
+        let mut invocation = self.invoke(&self.scripts.rejoin, room);
+        invocation.arg(new_epoch()).arg(local.seq).arg(&local.epoch);
+        invocation.arg(self.history).arg(self.replay_bytes);
+        for holder in &local.holders {
+            invocation.arg(&holder.key).arg(&holder.session).arg(&holder.name);
         }
         let (clashes, epoch, seq, first, history): RejoinScriptReply =
             invocation.invoke_async(commands).await?;
         if clashes > 0 {
             warn!(room, clashes, "names taken on other nodes while the link was down");
         }
-        hub.recover(room, &RoomState { epoch, seq, first, history });
+        events.recover(room, &Snapshot { epoch, seq, first, history });
         Ok(())
     }
 
     /// After Redis lost `room` (its data flushed under a live link): this
     /// node's clients are put back in it, before anything else is delivered,
     /// so that the room is not taken for empty and forgotten again.
-    pub(crate) async fn reclaim(&self, hub: &Hub, room: &str) -> Result<(), ClusterError> {
+    pub(crate) async fn reclaim(&self, events: &dyn Events, room: &str) -> Result<(), LinkError> {
         let Links { mut commands, mut beats, .. } = self.links()?;
         // The heartbeat key went with the rest: without it, the next script
         // would take this node for dead and drop its clients again.
         self.beat(&mut beats).await?;
-        let names = hub.names(room);
-        self.rejoin(&mut commands, hub, room, &names).await
+        self.rejoin(&mut commands, events, room).await
     }
 
     /// At shutdown: the heartbeat key goes at once, so the other nodes remove
@@ -651,11 +617,16 @@ fn node_key(node: &str) -> String {
     format!("{PREFIX}:node:{node}")
 }
 
-fn new_epoch() -> String {
-    format!("{:016x}", fastrand::u64(..))
+/// Runs a Redis call on its own, if the runtime still runs: a member
+/// dropped as the process exits leaves its name to the other nodes'
+/// heartbeat.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
+    }
 }
 
 /// A Redis call bounded by [`REDIS_TIMEOUT`].
-async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ClusterError> {
-    Ok(timeout(REDIS_TIMEOUT, call).await.map_err(|_| ClusterError::Timeout)??)
+async fn within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, LinkError> {
+    Ok(timeout(REDIS_TIMEOUT, call).await.map_err(|_| LinkError::Timeout)??)
 }

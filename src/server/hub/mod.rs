@@ -12,10 +12,12 @@
 //! A client is in a room while it holds a [`Member`]; dropping it leaves the
 //! room, announces the departure and forgets the room when it empties.
 //!
-//! With `--redis`, the hub is one node's part of the room: names, seq and
-//! history live in Redis ([`crate::server::backend::redis`]), and the room's channel carries
-//! what Redis publishes ([`Hub::deliver`]). While the link is down, the hub
-//! relays its own clients' messages among themselves (degraded mode).
+//! The hub is local: what nodes share (names, numbering, history, presence)
+//! is its [`Backend`]'s. In-process, the hub applies the backend's rules
+//! itself under each room's lock. With a shared backend, the hub is one
+//! node's part of each room: it asks the backend, and relays what the
+//! backend publishes, through [`Events`]. In degraded mode it relays its own
+//! clients' messages among themselves.
 
 pub(crate) mod ring;
 
@@ -29,19 +31,17 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
-    name_key, now, validate_name,
+    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Str, name_key,
+    now, validate_name,
 };
-use crate::server::backend::redis::{self as cluster, Cluster, ClusterError};
+use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
+use crate::server::backend::{
+    Backend, BackendError, Events, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode, Snapshot,
+    new_epoch,
+};
 use crate::server::config::ServerConfig;
 use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
 use crate::util::lock;
-
-/// What a client is told when the cluster link goes down.
-pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
-                             clients of this node see your messages, and they are not kept";
-/// What a client is told when the cluster link is back.
-pub const LINK_UP: &str = "the link to the other nodes is back";
 
 /// One event broadcast to a room, with its position in the room's stream.
 #[derive(Debug, Clone)]
@@ -149,8 +149,8 @@ pub struct Hub {
     presence_limit: usize,
     /// What clients may send, told in their welcome.
     limits: Limits,
-    /// The link to the other nodes, with `--redis`.
-    cluster: Option<Arc<Cluster>>,
+    /// Where names, numbering, history and presence are shared.
+    backend: Backend,
 }
 
 #[derive(Debug)]
@@ -158,14 +158,14 @@ struct Room {
     name: String,
     ring: Arc<Ring<Broadcast, Tenure>>,
     state: Mutex<RoomState>,
-    /// Set once this node is subscribed to the room in Redis.
+    /// Set once this node receives the room's events from a shared backend.
     subscribed: tokio::sync::OnceCell<()>,
 }
 
 #[derive(Debug, Default)]
 struct RoomState {
-    /// Random, drawn when the room is created (by Redis with `--redis`): its
-    /// message numbers mean something only within this epoch.
+    /// Random, drawn when the room is created (by a shared backend, when
+    /// there is one): its message numbers mean something only within it.
     epoch: String,
     /// Clients holding a [`Member`] of this room, joining ones included.
     members: usize,
@@ -173,11 +173,10 @@ struct RoomState {
     /// alike have the same key, so only one of them can be held.
     names: HashMap<String, Holder>,
     speakers: Speakers,
-    /// The last message's number (the last delivered, with `--redis`).
+    /// The last message's number (the last delivered, with a shared backend).
     seq: u64,
     /// Arrivals and departures not announced yet, in a large room.
-    joined: u64,
-    left: u64,
+    presence: Presence,
     /// The last messages, oldest first, numbered without gaps.
     history: VecDeque<Kept>,
     /// Bytes of `history`, counted in the budget.
@@ -352,7 +351,7 @@ pub struct Member {
     room: Arc<Room>,
     name: String,
     protocol: Protocol,
-    /// Whether `name` is held, in Redis with `--redis`.
+    /// Whether `name` is held (by the backend, when shared).
     registered: bool,
     /// Shared with the name it holds.
     tenure: Arc<Tenure>,
@@ -360,12 +359,8 @@ pub struct Member {
 
 impl Hub {
     /// A hub with `config`'s bounds, counting what its rooms hold in
-    /// `budget`; shared with other nodes through `cluster` when given.
-    pub fn new(
-        config: &ServerConfig,
-        budget: Arc<Budget>,
-        cluster: Option<Arc<Cluster>>,
-    ) -> Arc<Self> {
+    /// `budget`, sharing what nodes share through `backend`.
+    pub fn new(config: &ServerConfig, budget: Arc<Budget>, backend: Backend) -> Arc<Self> {
         Arc::new(Self {
             rooms: Mutex::default(),
             max_lag: config.max_lag,
@@ -376,7 +371,7 @@ impl Hub {
             reclaiming: Mutex::new(()),
             presence_limit: config.presence_limit,
             limits: config.wire_limits(),
-            cluster,
+            backend,
         })
     }
 
@@ -421,24 +416,16 @@ impl Hub {
     /// Announces, in each room too large for individual notices, how many
     /// joined and left since the last call. The server calls it periodically,
     /// so a crowd of N joining costs N summaries' worth of frames per period
-    /// rather than N² notices. (With `--redis`, Redis counts and
-    /// [`Cluster::run`] announces.)
+    /// rather than N² notices. (A shared backend counts and announces.)
     pub fn summarize(&self) {
-        if self.cluster.is_some() {
+        if self.backend.is_shared() {
             return;
         }
         for room in self.rooms() {
             let mut state = lock(&room.state);
-            if state.joined > 0 || state.left > 0 {
-                let event = Event::Presence {
-                    room: room.name.as_str().into(),
-                    joined: state.joined,
-                    left: state.left,
-                    online: state.names.len(),
-                };
-                state.joined = 0;
-                state.left = 0;
-                room.broadcast(&mut state, &event);
+            let online = state.names.len();
+            if let Some(summary) = state.presence.summary(&room.name, online) {
+                room.broadcast(&mut state, &summary);
             }
         }
     }
@@ -457,16 +444,17 @@ impl Hub {
     /// error notice saying why. Its first frames replay the room's history,
     /// or only what it missed when it resumes.
     ///
-    /// Fails only with `--redis`, when Redis cannot be reached.
+    /// Fails only with a shared backend that cannot be reached.
     pub async fn join(
         self: &Arc<Self>,
         request: &ChatRequest,
         fallback: &str,
-    ) -> Result<Joined, ClusterError> {
-        match &self.cluster {
-            None => Ok(self.join_here(request, fallback)),
-            // Boxed: the Redis calls' state stays out of every connection's future.
-            Some(cluster) => Box::pin(self.join_cluster(cluster, request, fallback)).await,
+    ) -> Result<Joined, BackendError> {
+        match self.backend.mode() {
+            Mode::Alone => Ok(self.join_here(request, fallback)),
+            // Boxed: the backend's state stays out of every connection's future.
+            Mode::Shared => Box::pin(self.join_shared(request, fallback)).await,
+            Mode::Degraded => Err(BackendError::Down),
         }
     }
 
@@ -514,7 +502,9 @@ impl Hub {
         let secret = tenure.session.hex();
         // Keys are computed before the room's lock is taken.
         let requested = requested.map(|name| (name, validate_name(name).map(|()| name_key(name))));
-        let fallback_key = name_key(fallback);
+        // The first fallback name's key too; the others are rarely needed.
+        let mut fallbacks = local::fallback_names(fallback).peekable();
+        fallbacks.peek();
         let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
             let mut notices = Vec::new();
             let mut last_id = None;
@@ -543,7 +533,8 @@ impl Hub {
                 },
             };
             let (name, key) = granted.unwrap_or_else(|| {
-                fallback_name(fallback, fallback_key, |key| state.names.contains_key(key))
+                let mut free = fallbacks.filter(|(_, key)| !state.names.contains_key(key));
+                free.next().unwrap_or_default()
             });
             if last_id.is_none()
                 && let Some(presented) = session.as_deref()
@@ -565,7 +556,7 @@ impl Hub {
             let first_held = state.history.front().map_or(state.seq + 1, |kept| kept.seq);
             let held = state.history.len();
             let (skip, missed) =
-                replay_skip(first_held, held, state.seq, &state.epoch, resume.as_ref());
+                local::replay_skip(first_held, held, state.seq, &state.epoch, resume.as_ref());
             let replay =
                 state.history.iter().skip(skip).filter_map(|kept| kept.frames.get(protocol));
             replay_into(&mut notices, missed, held - skip, replay, protocol);
@@ -583,7 +574,7 @@ impl Hub {
                     };
                     room.broadcast(state, &event);
                 }
-            } else if state.names.len() <= self.presence_limit {
+            } else if local::announces_each(state.names.len(), self.presence_limit) {
                 let event = Event::Join {
                     room: room.name.as_str().into(),
                     name: name.as_str().into(),
@@ -591,7 +582,7 @@ impl Hub {
                 };
                 room.broadcast(state, &event);
             } else {
-                state.joined += 1;
+                state.presence.joined();
             }
             (name, notices, rx)
         });
@@ -624,23 +615,19 @@ impl Hub {
         .encode(protocol)
     }
 
-    async fn join_cluster(
+    async fn join_shared(
         self: &Arc<Self>,
-        cluster: &Cluster,
         request: &ChatRequest,
         fallback: &str,
-    ) -> Result<Joined, ClusterError> {
+    ) -> Result<Joined, BackendError> {
         let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let protocol = *protocol;
-        if !cluster.is_up() {
-            return Err(ClusterError::Down);
-        }
-        // In the room (and subscribed to its channel) before Redis announces
+        // In the room (and subscribed to its events) before the backend announces
         // the join, so the joiner sees its own notice and all that follows.
         let tenure = Arc::new(Tenure::new());
         let (room, (rx, floor)) = self.enter(room, protocol, |room, state| {
             if state.members == 1 {
-                // Nobody here knew the room: its epoch is Redis's, learnt
+                // Nobody here knew the room: its epoch is the backend's, learnt
                 // below, and a reset published meanwhile is nothing to tell.
                 state.epoch.clear();
             }
@@ -655,7 +642,7 @@ impl Hub {
             tenure,
         };
         let room = &member.room;
-        room.subscribed.get_or_try_init(|| cluster.subscribe(&room.name)).await?;
+        room.subscribed.get_or_try_init(|| self.backend.subscribe(&room.name)).await?;
 
         let mut notices = Vec::new();
         let requested = requested.as_deref().filter(|name| match validate_name(name) {
@@ -667,23 +654,17 @@ impl Hub {
         });
         // Lua has no Unicode tables: the keys are computed here, and the
         // script claims the first free candidate.
-        let candidates: Vec<(String, String)> = (1..=cluster::FALLBACK_CANDIDATES)
-            .map(|n| if n == 1 { fallback.to_owned() } else { format!("{fallback}~{n}") })
-            .map(|name| {
-                let key = name_key(&name);
-                (name, key)
-            })
-            .collect();
-        let join = cluster::Join {
+        let candidates: Vec<_> =
+            local::fallback_names(fallback).take(FALLBACK_CANDIDATES).collect();
+        let join = Join {
             requested: requested.map(|name| (name, name_key(name))),
             presented: session.as_deref(),
             session: &member.tenure.session.hex(),
             candidates: &candidates,
             resume: resume.as_ref().map(|resume| (resume.epoch.as_str(), resume.since)),
             floor,
-            history: self.history,
         };
-        let reply = cluster.join(&room.name, &join, self.presence_limit).await?;
+        let reply = self.backend.join(&room.name, &join).await?;
         if reply.taken {
             let name = requested.unwrap_or_default();
             notices.push(error_frame(ClientError::NameTaken { name }, protocol));
@@ -699,9 +680,9 @@ impl Hub {
             }
             reset
         };
-        // Redis lost the room, and this join learnt it before the reset
-        // came: this node's other clients are put back in it.
-        if reset && let Err(error) = cluster.reclaim(self, &room.name).await {
+        // The backend lost the room, and this join learnt it before the
+        // reset came: this node's other clients are put back in it.
+        if reset && let Err(error) = self.backend.reclaim(&room.name, &**self).await {
             warn!(%error, room = room.name, "cannot claim the names again after a reset");
         }
         notices.push(self.welcome(
@@ -714,7 +695,7 @@ impl Hub {
         ));
         let held = state.history.len();
         let (skip, missed) =
-            replay_skip(state.first, held, state.seq, &state.epoch, resume.as_ref());
+            local::replay_skip(state.first, held, state.seq, &state.epoch, resume.as_ref());
         let frames = state.history.iter().skip(skip).filter_map(|payload| {
             Some(serde_json::from_str::<Event<'_>>(payload).ok()?.encode(protocol))
         });
@@ -724,150 +705,83 @@ impl Hub {
         member.registered = true;
         Ok(Joined { member, rx, notices, skip_through: state.seq })
     }
+}
 
-    /// The presence limit (`--presence-limit`).
-    pub(crate) fn presence_limit(&self) -> usize {
-        self.presence_limit
-    }
-
-    /// Messages each room keeps and replays (`--history`).
-    pub(crate) fn history(&self) -> usize {
-        self.history
-    }
-
-    /// The epoch of `room` on this node and the last seq it delivered there.
-    pub(crate) fn position(&self, room: &str) -> Option<(String, u64)> {
-        let room = lock(&self.rooms).get(room).cloned()?;
-        let state = lock(&room.state);
-        Some((state.epoch.clone(), state.seq))
-    }
-
-    /// Whether this node has clients in `room`.
-    pub(crate) fn has_room(&self, room: &str) -> bool {
-        lock(&self.rooms).contains_key(room)
-    }
-
-    /// The rooms this node has clients in.
-    pub(crate) fn room_names(&self) -> Vec<String> {
-        lock(&self.rooms).keys().cloned().collect()
-    }
-
-    /// The rooms this node has clients in, with their names' keys,
-    /// sessions and names.
-    pub(crate) fn rooms_and_names(&self) -> Vec<(String, Vec<[String; 3]>)> {
-        let rooms = self.rooms();
-        rooms.iter().map(|room| (room.name.clone(), room.holders())).collect()
-    }
-
-    /// The names' keys, sessions and names of this node's clients in `room`.
-    pub(crate) fn names(&self, room: &str) -> Vec<[String; 3]> {
-        lock(&self.rooms).get(room).cloned().map(|room| room.holders()).unwrap_or_default()
-    }
-
-    /// Relays to this node's clients an event Redis published in `room`.
-    /// A message already delivered (seen again after a catch-up) is dropped.
-    /// Returns whether Redis lost the room, which this node's clients were
-    /// in: their names must be claimed again.
-    pub(crate) fn deliver(&self, room: &str, payload: &str) -> bool {
-        let Some(room) = lock(&self.rooms).get(room).cloned() else { return false };
-        // Delivered whatever the budget says (the message is the cluster's
+impl Events for Hub {
+    fn deliver(&self, room: &str, event: &Event<'_>, bytes: usize) {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+        // Delivered whatever the budget says (the message is the backend's
         // already), after the oldest of what rooms hold makes room for it.
-        if self.budget.used() + 3 * payload.len() + KEPT_OVERHEAD > self.budget.limit() {
+        if self.budget.used() + 3 * bytes + KEPT_OVERHEAD > self.budget.limit() {
             self.reclaim();
         }
-        let event = match serde_json::from_str::<Event<'_>>(payload) {
-            Ok(event) => event,
-            Err(error) => {
-                if let Ok(retire) = serde_json::from_str::<cluster::Retire<'_>>(payload) {
-                    // A returning session joined on another node: its old
-                    // connection here goes, and its name is the new one's.
-                    let mut state = lock(&room.state);
-                    if retire.node != self.cluster.as_ref().map_or("", |c| c.node())
-                        && let Some(old) = state.names.remove(retire.key.as_ref())
-                    {
-                        old.tenure.retire();
-                    }
-                    return false;
-                }
-                warn!(%error, room = room.name, "ignored an event from Redis");
-                return false;
-            }
-        };
-        let mut state = lock(&room.state);
-        if let Event::Missed { count: None, epoch: Some(epoch) } = &event {
-            // Published by Redis when it had to draw the room a new epoch.
-            return room.adopt_epoch(&mut state, epoch);
-        }
-        room.relay(&mut state, &event);
-        false
+        room.relay(&mut lock(&room.state), event);
     }
 
-    /// Tells every client of this node that the link is down.
-    pub(crate) fn link_down(&self) {
+    fn retire(&self, room: &str, key: &str) {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
+        if let Some(old) = lock(&room.state).names.remove(key) {
+            old.tenure.retire();
+        }
+    }
+
+    fn reset(&self, room: &str, epoch: &str) -> bool {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return false };
+        room.adopt_epoch(&mut lock(&room.state), epoch)
+    }
+
+    fn link_down(&self) {
         let notice = Event::Notice { text: LINK_DOWN.into() };
         for room in self.rooms() {
             room.broadcast(&mut lock(&room.state), &notice);
         }
     }
 
-    /// Tells every client of this node that the link is back.
-    pub(crate) fn link_up(&self) {
+    fn link_up(&self) {
         let notice = Event::Notice { text: LINK_UP.into() };
         for room in self.rooms() {
             room.broadcast(&mut lock(&room.state), &notice);
         }
     }
 
-    /// After the link is back: relays what `room`'s clients missed meanwhile
-    /// (or that the history was reset, with the new epoch).
-    pub(crate) fn recover(&self, room: &str, redis: &cluster::RoomState) {
+    fn recover(&self, room: &str, snapshot: &Snapshot) {
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
         let mut state = lock(&room.state);
         // Numbering went on from this node's seq if the epoch is new, so
         // what was delivered stays delivered.
-        let reset = room.adopt_epoch(&mut state, &redis.epoch);
-        let missed = redis.first.saturating_sub(state.seq + 1);
+        let reset = room.adopt_epoch(&mut state, &snapshot.epoch);
+        let missed = snapshot.first.saturating_sub(state.seq + 1);
         if missed > 0 && !reset {
             room.broadcast(&mut state, &Event::Missed { count: Some(missed), epoch: None });
         }
-        for payload in &redis.history {
+        for payload in &snapshot.history {
             if let Ok(event) = serde_json::from_str::<Event<'_>>(payload) {
                 room.relay(&mut state, &event);
             }
         }
-        state.seq = state.seq.max(redis.seq);
+        state.seq = state.seq.max(snapshot.seq);
     }
-}
 
-/// Runs a Redis call on its own, if the runtime still runs: a member dropped
-/// as the process exits leaves its name to the other nodes' heartbeat.
-fn spawn(task: impl Future<Output = ()> + Send + 'static) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(task);
+    fn local_rooms(&self) -> Vec<String> {
+        lock(&self.rooms).keys().cloned().collect()
     }
-}
 
-fn new_epoch() -> String {
-    format!("{:016x}", fastrand::u64(..))
+    fn local_room(&self, room: &str) -> Option<LocalRoom> {
+        let room = lock(&self.rooms).get(room).cloned()?;
+        let state = lock(&room.state);
+        let holders = state.names.iter().map(|(key, holder)| Holding {
+            key: key.clone(),
+            session: holder.tenure.session.hex(),
+            name: holder.name.clone(),
+        });
+        Some(LocalRoom { epoch: state.epoch.clone(), seq: state.seq, holders: holders.collect() })
+    }
 }
 
 /// The last id of the departed session `presented`, forgotten once told.
 fn take_departed(departed: &mut VecDeque<(Secret, Box<str>)>, presented: &str) -> Option<Box<str>> {
     let at = departed.iter().position(|(session, _)| session.proven_by(presented))?;
     departed.remove(at).map(|(_, last_id)| last_id)
-}
-
-/// `fallback`, or `fallback~2`, `~3`… : the first whose key `taken` says is
-/// free, with its key. Someone may have taken an address as a name.
-fn fallback_name(fallback: &str, key: String, taken: impl Fn(&str) -> bool) -> (String, String) {
-    let (mut name, mut key) = (fallback.to_owned(), key);
-    let mut n = 1;
-    while taken(&key) {
-        n += 1;
-        name = format!("{fallback}~{n}");
-        key = name_key(&name);
-    }
-    (name, key)
 }
 
 fn error_frame(error: ClientError<'_>, protocol: Protocol) -> Frame {
@@ -902,13 +816,6 @@ impl Drop for Room {
 }
 
 impl Room {
-    /// The names' keys, sessions and names of this node's clients here.
-    fn holders(&self) -> Vec<[String; 3]> {
-        let state = lock(&self.state);
-        let holders = state.names.iter();
-        holders.map(|(key, h)| [key.clone(), h.tenure.session.hex(), h.name.clone()]).collect()
-    }
-
     /// Sends an event to every member, the sender included; returns its
     /// position. Called with the state locked so positions follow the
     /// ring's order.
@@ -916,7 +823,7 @@ impl Room {
         self.send(Encoded::only(event, state.speakers), 0)
     }
 
-    /// Takes `epoch` as the room's, from Redis. Its clients are told the
+    /// Takes `epoch` as the room's, from the shared backend. Its clients are told the
     /// history was reset, with the new epoch to resume in, if they knew
     /// another one; returns whether they were.
     fn adopt_epoch(&self, state: &mut RoomState, epoch: &str) -> bool {
@@ -932,7 +839,7 @@ impl Room {
         known
     }
 
-    /// Sends an event Redis published; a message this node has delivered
+    /// Sends an event the backend published; a message this node has delivered
     /// already (seen again after a catch-up) is dropped.
     fn relay(&self, state: &mut RoomState, event: &Event<'_>) {
         let seq = match *event {
@@ -1016,22 +923,18 @@ impl Member {
         Arc::ptr_eq(&holder.tenure, &self.tenure)
     }
 
-    /// The link to use, if the room is shared with other nodes and the link is up.
-    fn link(&self) -> Option<&Arc<Cluster>> {
-        self.hub.cluster.as_ref().filter(|cluster| cluster.is_up())
-    }
-
     /// Relays `message` to the room; returns what its echo is, and its seq
-    /// (none while the cluster link is down: such messages are not numbered).
+    /// (none in degraded mode: such messages are not numbered).
     pub async fn say(&self, message: &str) -> Result<(Ack, Option<u64>), ClientError<'static>> {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
         let ts = now();
         let room = self.room.name.as_str();
-        if let Some(cluster) = self.link() {
+        let mode = self.hub.backend.mode();
+        if mode == Mode::Shared {
             // Boxed whole: its state stays out of every connection's future.
-            return Box::pin(self.say_cluster(cluster, message, ts)).await;
+            return Box::pin(self.say_shared(message, ts)).await;
         }
         let hub = &*self.hub;
         // What the message may cost at most (JSON doubles quotes, in its
@@ -1046,9 +949,9 @@ impl Member {
             // Its successor speaks for it now; this connection is closing.
             return Ok((Ack::None, None));
         }
-        // Degraded mode (--redis, link down): this node's clients only, not
-        // kept, numbered after the last message Redis numbered.
-        let degraded = hub.cluster.is_some();
+        // Degraded mode: this node's clients only, not kept, numbered after
+        // the last message the backend numbered.
+        let degraded = mode == Mode::Degraded;
         let seq = if degraded { state.seq } else { state.seq + 1 };
         let event = Event::Message {
             room: room.into(),
@@ -1072,11 +975,10 @@ impl Member {
         Ok((Ack::Pos(pos), Some(seq)))
     }
 
-    /// Has Redis number a message and publish it: it comes back to this node
-    /// like to any other.
-    async fn say_cluster(
+    /// Has the backend number a message and publish it: it comes back to
+    /// this node like to any other.
+    async fn say_shared(
         &self,
-        cluster: &Cluster,
         message: &str,
         ts: crate::protocol::Timestamp,
     ) -> Result<(Ack, Option<u64>), ClientError<'static>> {
@@ -1084,7 +986,7 @@ impl Member {
         let from = self.name.as_str().into();
         let event = Event::Message { room: room.into(), seq: 0, from, text: message.into(), ts };
         let floor = lock(&self.room.state).seq;
-        let said = cluster.say(room, &event.encode_json(), self.hub.history, floor).await;
+        let said = self.hub.backend.say(room, &event.encode_json(), floor).await;
         said.map(|seq| (Ack::Seq(seq), Some(seq))).map_err(|error| {
             warn!(%error, "message not relayed");
             ClientError::LinkDown
@@ -1095,9 +997,9 @@ impl Member {
     /// notice is.
     pub async fn rename<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
-        if self.hub.cluster.is_some() {
+        if self.hub.backend.is_shared() {
             // Boxed whole: its state stays out of every connection's future.
-            return Box::pin(self.rename_cluster(new)).await;
+            return Box::pin(self.rename_shared(new)).await;
         }
         let (key, old_key) = (name_key(new), name_key(&self.name));
         let mut state = lock(&self.room.state);
@@ -1117,16 +1019,18 @@ impl Member {
         Ok(Ack::Pos(self.room.broadcast(&mut state, &event)))
     }
 
-    /// Renames through Redis, which holds the names.
-    async fn rename_cluster<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
+    /// Renames through the shared backend, which holds the names.
+    async fn rename_shared<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
         let key = name_key(new);
         if lock(&self.room.state).names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
         }
-        // Names are the cluster's: no renaming while it cannot be asked.
-        let cluster = self.link().ok_or(ClientError::LinkDown)?.clone();
+        // Names are the backend's: no renaming while it cannot be asked.
+        if self.hub.backend.mode() != Mode::Shared {
+            return Err(ClientError::LinkDown);
+        }
         let session = self.tenure.session.hex();
-        let renamed = cluster.rename(&self.room.name, &self.name, new, &session).await;
+        let renamed = self.hub.backend.rename(&self.room.name, &self.name, new, &session).await;
         match renamed {
             Ok(true) => {}
             Ok(false) => return Err(ClientError::NameTaken { name: new }),
@@ -1144,15 +1048,15 @@ impl Member {
         let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
         new.clone_into(&mut self.name);
-        // The notice comes back from Redis, after any message sent before it.
+        // The notice comes back from the backend, after any message sent before it.
         Ok(Ack::None)
     }
 
     /// The `/who` answer: this room's names, sorted (only this node's
-    /// while the cluster link is down).
+    /// in degraded mode).
     pub async fn who(&self) -> Event<'static> {
-        if let Some(cluster) = self.link() {
-            match Box::pin(cluster.who(&self.room.name)).await {
+        if self.hub.backend.mode() == Mode::Shared {
+            match Box::pin(self.hub.backend.who(&self.room.name)).await {
                 Ok((count, names)) => {
                     let names = names.into_iter().map(Str::Owned).collect();
                     let room = self.room.name.clone().into();
@@ -1186,22 +1090,15 @@ impl Drop for Member {
         // A retired connection's name is its successor's now.
         let holds = self.registered && state.names.get(&key).is_some_and(|h| self.holds(h));
         if holds {
-            match self.link() {
-                Some(cluster) => {
-                    // Redis releases the name and announces the departure.
-                    let (cluster, room, name) =
-                        (cluster.clone(), self.room.name.clone(), self.name.clone());
-                    let (limit, session, key) =
-                        (self.hub.presence_limit, self.tenure.session.hex(), key.clone());
-                    spawn(async move {
-                        if let Err(error) = cluster.leave(&room, &key, &session, limit).await {
-                            // The link is down: its recovery releases the name.
-                            warn!(%error, room, name, "cannot announce a departure");
-                        }
-                    });
+            let mode = self.hub.backend.mode();
+            match mode {
+                // The backend releases the name and announces the departure.
+                Mode::Shared => {
+                    self.hub.backend.leave(&self.room.name, &key, &self.tenure.session.hex());
                 }
-                None if state.names.len() <= self.hub.presence_limit
-                    || self.hub.cluster.is_some() =>
+                // Degraded: announced to this node's clients, whatever the size.
+                _ if mode == Mode::Degraded
+                    || local::announces_each(state.names.len(), self.hub.presence_limit) =>
                 {
                     let event = Event::Leave {
                         room: self.room.name.as_str().into(),
@@ -1210,7 +1107,7 @@ impl Drop for Member {
                     };
                     self.room.broadcast(&mut state, &event);
                 }
-                None => state.left += 1,
+                _ => state.presence.left(),
             }
             state.names.remove(&key);
             if let Some(last_id) = self.tenure.last_id() {
@@ -1233,41 +1130,168 @@ impl Drop for Member {
             if ours && lock(&self.room.state).members == 0 {
                 rooms.remove(&self.room.name);
                 drop(rooms);
-                if let Some(cluster) = &self.hub.cluster {
-                    let (cluster, hub, room) =
-                        (cluster.clone(), self.hub.clone(), self.room.name.clone());
-                    spawn(async move { cluster.unsubscribe(&room, &hub).await });
-                }
+                self.hub.backend.forget(&self.room.name, self.hub.clone());
             }
         }
     }
 }
 
-/// How many of the held messages a joining client skips (those it already
-/// has), and what it is told it missed. `first_held` is the seq of the first
-/// of the `held` messages, `seq` the room's last.
-fn replay_skip(
-    first_held: u64,
-    held: usize,
-    seq: u64,
-    epoch: &str,
-    resume: Option<&Resume>,
-) -> (usize, Option<Event<'static>>) {
-    match resume {
-        // A newcomer gets all that is held.
-        None => (0, None),
-        Some(Resume { epoch: theirs, .. }) if theirs != epoch => {
-            (0, Some(Event::Missed { count: None, epoch: Some(epoch.to_owned().into()) }))
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use super::*;
+    use crate::server::hub::ring::Received;
+
+    fn hub(backend: Backend, config: &ServerConfig) -> Arc<Hub> {
+        let budget = Arc::new(Budget::new(config.max_memory, Gauge::default()));
+        Hub::new(config, budget, backend)
+    }
+
+    fn request(room: &str, name: Option<&str>) -> ChatRequest {
+        ChatRequest {
+            room: room.to_owned(),
+            name: name.map(str::to_owned),
+            protocol: Protocol::Text,
+            ..ChatRequest::default()
         }
-        Some(Resume { since, .. }) if *since > seq => {
-            (held, Some(Event::from(ClientError::ResumeAhead { since: *since, seq })))
+    }
+
+    /// Joins in-process, which never waits.
+    fn join(hub: &Arc<Hub>, room: &str, name: Option<&str>) -> Joined {
+        hub.join_here(&request(room, name), "10.0.0.1")
+    }
+
+    fn text(frame: &Frame) -> String {
+        frame.as_text().expect("a text frame").trim_end().to_owned()
+    }
+
+    /// The text lines a member has been sent since it last looked.
+    fn taken(rx: &mut Receiver<Broadcast, Tenure>) -> Vec<String> {
+        let mut lines = Vec::new();
+        rx.take_while(|received| {
+            match received {
+                Received::Item(sent) => {
+                    lines.extend(sent.frames.take(Protocol::Text).map(|f| text(&f)))
+                }
+                Received::Missed(count) => lines.push(format!("missed {count}")),
+            }
+            true
+        });
+        lines
+    }
+
+    /// A member of `room` in degraded mode, put there as a join would have
+    /// while the link was up.
+    fn member_while_linked(hub: &Arc<Hub>, room: &str, name: &str) -> Joined {
+        let tenure = Arc::new(Tenure::new());
+        let (room, rx) = hub.enter(room, Protocol::Text, |room, state| {
+            let holder = Holder { name: name.to_owned(), tenure: tenure.clone() };
+            state.names.insert(name_key(name), holder);
+            room.ring.subscribe(tenure.clone())
+        });
+        let member = Member {
+            hub: hub.clone(),
+            room,
+            name: name.to_owned(),
+            protocol: Protocol::Text,
+            registered: true,
+            tenure,
+        };
+        Joined { member, rx, notices: Vec::new(), skip_through: 0 }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(future)
+    }
+
+    #[test]
+    fn in_process_a_taken_name_falls_back_to_the_address_with_a_notice() {
+        let hub = hub(Backend::local(), &ServerConfig::default());
+        let alice = join(&hub, "lobby", Some("alice"));
+        let other = join(&hub, "lobby", Some("ALICE"));
+        assert_eq!(alice.member.name(), "alice");
+        assert_eq!(other.member.name(), "10.0.0.1");
+        let notices: Vec<_> = other.notices.iter().map(text).collect();
+        assert!(notices[0].starts_with("! ") && notices[0].contains("ALICE"), "{notices:?}");
+        // A third without a name gets the next free fallback.
+        let third = join(&hub, "lobby", None);
+        assert_eq!(third.member.name(), "10.0.0.1~2");
+    }
+
+    #[test]
+    fn in_process_messages_are_numbered_kept_and_replayed_to_a_late_joiner() {
+        let hub = hub(Backend::local(), &ServerConfig::default());
+        let mut alice = join(&hub, "lobby", Some("alice"));
+        assert_eq!(taken(&mut alice.rx), ["* alice joined"]);
+        for (n, text) in ["one", "two"].into_iter().enumerate() {
+            let (ack, seq) = block_on(alice.member.say(text)).expect("said");
+            assert_eq!(seq, Some(n as u64 + 1));
+            assert!(matches!(ack, Ack::Pos(_)));
         }
-        Some(Resume { since, .. }) => {
-            let missed = first_held.saturating_sub(since + 1);
-            let skip =
-                usize::try_from((since + 1).saturating_sub(first_held)).unwrap_or(usize::MAX);
-            let missed = (missed > 0).then_some(Event::Missed { count: Some(missed), epoch: None });
-            (skip.min(held), missed)
-        }
+        assert_eq!(taken(&mut alice.rx), ["alice: one", "alice: two"]);
+        let bob = join(&hub, "lobby", Some("bob"));
+        let notices: Vec<_> = bob.notices.iter().map(text).collect();
+        assert!(notices.iter().any(|line| line == "alice: one"), "{notices:?}");
+        assert!(notices.iter().any(|line| line == "alice: two"), "{notices:?}");
+        assert_eq!(taken(&mut alice.rx), ["* bob joined"]);
+    }
+
+    #[test]
+    fn in_process_a_crowd_is_summarized_not_announced_one_by_one() {
+        let config = ServerConfig { presence_limit: 1, ..ServerConfig::default() };
+        let hub = hub(Backend::local(), &config);
+        let mut alice = join(&hub, "big", Some("alice"));
+        let bob = join(&hub, "big", Some("bob"));
+        let carol = join(&hub, "big", Some("carol"));
+        drop(bob);
+        assert_eq!(taken(&mut alice.rx), ["* alice joined"]);
+        hub.summarize();
+        assert_eq!(taken(&mut alice.rx), ["* 2 joined, 1 left; 2 online"]);
+        hub.summarize();
+        assert!(taken(&mut alice.rx).is_empty(), "nothing new to summarize");
+        drop(carol);
+    }
+
+    #[test]
+    fn degraded_messages_reach_this_nodes_clients_unnumbered_and_unkept() {
+        let hub = hub(Backend::fake(Mode::Degraded), &ServerConfig::default());
+        let mut alice = member_while_linked(&hub, "lobby", "alice");
+        let mut bob = member_while_linked(&hub, "lobby", "bob");
+        let (ack, seq) = block_on(alice.member.say("anyone?")).expect("relayed");
+        assert!(matches!(ack, Ack::Pos(_)));
+        assert_eq!(seq, None, "not numbered");
+        assert_eq!(taken(&mut bob.rx), ["alice: anyone?"]);
+        assert_eq!(taken(&mut alice.rx), ["alice: anyone?"]);
+        let room = lock(&hub.rooms).get("lobby").cloned().expect("the room");
+        assert!(lock(&room.state).history.is_empty(), "not kept");
+    }
+
+    #[test]
+    fn degraded_names_cannot_change_and_who_lists_this_node() {
+        let hub = hub(Backend::fake(Mode::Degraded), &ServerConfig::default());
+        let mut alice = member_while_linked(&hub, "lobby", "alice");
+        let _bob = member_while_linked(&hub, "lobby", "bob");
+        let renamed = block_on(alice.member.rename("alicia"));
+        assert!(matches!(renamed, Err(ClientError::LinkDown)), "{renamed:?}");
+        let Event::Who { count, names, .. } = block_on(alice.member.who()) else {
+            panic!("a who answer");
+        };
+        assert_eq!(count, 2);
+        assert_eq!(names.iter().map(AsRef::as_ref).collect::<Vec<&str>>(), ["alice", "bob"]);
+    }
+
+    #[test]
+    fn degraded_joins_are_refused_and_departures_announced_here() {
+        let config = ServerConfig { presence_limit: 0, ..ServerConfig::default() };
+        let hub = hub(Backend::fake(Mode::Degraded), &config);
+        let joined = block_on(hub.join(&request("lobby", Some("carol")), "10.0.0.1"));
+        assert!(matches!(joined, Err(BackendError::Down)), "{joined:?}");
+        let mut alice = member_while_linked(&hub, "lobby", "alice");
+        let bob = member_while_linked(&hub, "lobby", "bob");
+        drop(bob);
+        // Past the presence limit, yet announced: no summary comes from
+        // the backend while it is out of reach.
+        assert_eq!(taken(&mut alice.rx), ["* bob left"]);
     }
 }
