@@ -40,7 +40,7 @@ pub struct Metrics {
     /// Frames skipped for clients that fell behind.
     pub frames_missed: Counter,
     /// Bytes of frames rooms hold (histories, frames not taken yet),
-    /// counted against `--max-memory`; kept by [`crate::server::hub::ring::Budget`].
+    /// counted against `--max-memory`; kept by the hub's `Budget`.
     pub memory_bytes: Gauge,
     /// `--max-memory`.
     pub memory_limit_bytes: Gauge,

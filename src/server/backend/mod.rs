@@ -23,7 +23,17 @@ use crate::server::metrics::Metrics;
 pub(crate) mod local;
 pub(crate) mod redis;
 
-pub use redis::LinkError as BackendError;
+/// Why the shared backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// It is out of reach: the node is in degraded mode.
+    #[error("the link to the other nodes is down")]
+    Down,
+    /// Redis failed, refused or did not answer.
+    #[error(transparent)]
+    Redis(#[from] redis::LinkError),
+}
 
 /// What a client is told when the link to the other nodes goes down.
 pub const LINK_DOWN: &str = "the link to the other nodes is down: until it is back, only \
@@ -222,13 +232,13 @@ impl Backend {
 
     /// Receives `room`'s events from now on.
     pub(crate) async fn subscribe(&self, room: &str) -> Result<(), BackendError> {
-        self.shared()?.subscribe(room).await
+        Ok(self.shared()?.subscribe(room).await?)
     }
 
     /// Gives a client a name in `room` (the one it asked for if free, else
     /// the first free candidate), announces it, and returns the room.
     pub(crate) async fn join(&self, room: &str, join: &Join<'_>) -> Result<Joined, BackendError> {
-        self.shared()?.join(room, join).await
+        Ok(self.shared()?.join(room, join).await?)
     }
 
     /// Numbers, keeps and publishes a message event (JSON); returns its seq.
@@ -239,7 +249,7 @@ impl Backend {
         event: &str,
         floor: u64,
     ) -> Result<u64, BackendError> {
-        self.shared()?.say(room, event, floor).await
+        Ok(self.shared()?.say(room, event, floor).await?)
     }
 
     /// Renames a client of session `session`; `false` if the new name (or
@@ -251,12 +261,12 @@ impl Backend {
         new: &str,
         session: &str,
     ) -> Result<bool, BackendError> {
-        self.shared()?.rename(room, old, new, session).await
+        Ok(self.shared()?.rename(room, old, new, session).await?)
     }
 
     /// How many are in `room` on all nodes, and the first names in order.
     pub(crate) async fn who(&self, room: &str) -> Result<(usize, Vec<String>), BackendError> {
-        self.shared()?.who(room).await
+        Ok(self.shared()?.who(room).await?)
     }
 
     /// Releases the name of key `key` in `room` if session `session` still
@@ -282,7 +292,7 @@ impl Backend {
         room: &str,
         events: &dyn Events,
     ) -> Result<(), BackendError> {
-        self.shared()?.reclaim(events, room).await
+        Ok(self.shared()?.reclaim(events, room).await?)
     }
 }
 
