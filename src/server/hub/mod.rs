@@ -1172,7 +1172,7 @@ mod tests {
         rx.take_while(|received| {
             match received {
                 Received::Item(sent) => {
-                    lines.extend(sent.frames.take(Protocol::Text).map(|f| text(&f)))
+                    lines.extend(sent.frames.take(Protocol::Text).map(|f| text(&f)));
                 }
                 Received::Missed(count) => lines.push(format!("missed {count}")),
             }
