@@ -7,7 +7,7 @@
 //!   connections, commands, the local hub, the backends for what nodes
 //!   share, per-address limits, metrics.
 //! - [`client`]: the terminal and pipe client ([`client::run`]).
-//! - [`bench`]: the load generator behind `chat-bench`.
+//! - [`bench`](mod@bench): the load generator behind `chat-bench`.
 //! - [`tls`]: rustls set-up for `wss://` on both ends.
 //! - [`logging`]: the binaries' log set-up.
 

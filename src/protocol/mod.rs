@@ -1,6 +1,7 @@
-//! The wire protocol, in one place: what a client's text frame asks for, the text
-//! frames the server sends, and the rules for rooms. The rules for names live
-//! in [`crate::protocol::names`]; the ones the protocol refers to are re-exported here.
+//! The wire protocol, shared by server, client and tests. Map: this file
+//! holds what a client's text frame asks for, the frames the server sends,
+//! and the rules for rooms; [`names`] holds the rules for names (the ones
+//! the protocol refers to are re-exported here) and for escaping received text.
 //!
 //! Every server frame is one line whose first characters say what it is:
 //! `NAME: TEXT` is a message (names never hold whitespace, so the first `": "`

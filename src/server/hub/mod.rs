@@ -1,6 +1,9 @@
-//! Rooms and names, and the fan-out: each room has one [`Ring`] whose items
-//! are frames encoded once in each protocol, cloned by reference count for
-//! every recipient, never copied.
+//! This node's rooms. Map: this file holds the rooms, their names, recent
+//! history and members, and implements [`Events`] for a shared backend;
+//! `ring.rs` is each room's fan-out and the server's memory [`Budget`].
+//!
+//! Each room has one [`Ring`] whose items are frames encoded once in each
+//! protocol, cloned by reference count for every recipient, never copied.
 //!
 //! What rooms hold is counted in bytes against one [`Budget`]
 //! (`--max-memory`): when it runs short, the oldest history of any room goes
