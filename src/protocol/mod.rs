@@ -1,7 +1,12 @@
-//! The wire protocol, shared by server, client and tests. Map: this file
-//! holds what a client's text frame asks for, the frames the server sends,
-//! and the rules for rooms; [`names`] holds the rules for names (the ones
-//! the protocol refers to are re-exported here) and for escaping received text.
+//! The wire protocol, shared by server, client and tests. Map:
+//! - this file: the upgrade request and the rules for rooms, the limits and
+//!   codes both sides know, and the encodings ([`Protocol`]);
+//! - `command.rs`: what a client's frame asks for ([`Command`], [`Request`])
+//!   and what it can do wrong ([`ClientError`]);
+//! - `event.rs`: what the server sends ([`Event`]), in text and JSON, and the
+//!   frames it is encoded into once ([`Frame`]);
+//! - [`names`]: the rules for names (the ones the protocol refers to are
+//!   re-exported here) and for escaping received text.
 //!
 //! Every server frame is one line whose first characters say what it is:
 //! `NAME: TEXT` is a message (names never hold whitespace, so the first `": "`
@@ -9,13 +14,16 @@
 //! reader only.
 
 use std::borrow::Cow;
-use std::fmt::{self, Write as _};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
+mod command;
+mod event;
 pub mod names;
+
+pub use command::*;
+pub use event::*;
 
 // Re-exported: a refused name is part of the protocol's error events.
 pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
@@ -50,45 +58,6 @@ pub struct Resume {
     pub since: u64,
     /// The epoch that number belongs to.
     pub epoch: String,
-}
-
-/// What one text frame from a client asks the server to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command<'a> {
-    /// Relay this text to the room.
-    Say(&'a str),
-    /// `/nick NAME`: change name.
-    Nick(&'a str),
-    /// `/who`: list the room.
-    Who,
-    /// `/help`: list the commands.
-    Help,
-    /// `/nick` without a name.
-    MissingArgument(&'static str),
-    /// Any other `/command`.
-    Unknown(&'a str),
-}
-
-/// Reads one client text frame. A leading `//` escapes a literal `/`.
-pub fn parse_command(text: &str) -> Command<'_> {
-    if text.starts_with("//") {
-        // Keep one slash: `//help` says `/help`.
-        return Command::Say(&text[1..]);
-    }
-    let Some(rest) = text.strip_prefix('/') else {
-        return Command::Say(text);
-    };
-    let (name, arg) = match rest.split_once(char::is_whitespace) {
-        Some((name, arg)) => (name, arg.trim()),
-        None => (rest, ""),
-    };
-    match name {
-        "nick" if arg.is_empty() => Command::MissingArgument("/nick NAME"),
-        "nick" => Command::Nick(arg),
-        "who" => Command::Who,
-        "help" => Command::Help,
-        _ => Command::Unknown(name),
-    }
 }
 
 /// Paths of the server's own, now or to come, that can never be rooms (rooms
@@ -138,147 +107,6 @@ pub fn now() -> Timestamp {
     Utc::now().trunc_subsecs(3)
 }
 
-/// One frame from the server. Its text form (the default protocol) is its
-/// [`fmt::Display`]; its JSON form (subprotocol [`JSON_PROTOCOL`]) is its serde
-/// form: one object whose `type` names the variant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Event<'a> {
-    /// `NAME: TEXT`
-    Message {
-        /// The room.
-        room: Str<'a>,
-        /// The message's number in its room: strictly increasing.
-        seq: u64,
-        /// Sender's name.
-        from: Str<'a>,
-        /// The text, verbatim.
-        text: Str<'a>,
-        /// When the server relayed it.
-        ts: Timestamp,
-    },
-    /// `* NAME joined`
-    Join {
-        /// The room.
-        room: Str<'a>,
-        /// Who joined.
-        name: Str<'a>,
-        /// When.
-        ts: Timestamp,
-    },
-    /// `* NAME left`
-    Leave {
-        /// The room.
-        room: Str<'a>,
-        /// Who left.
-        name: Str<'a>,
-        /// When.
-        ts: Timestamp,
-    },
-    /// `* OLD is now NEW`
-    Nick {
-        /// The room.
-        room: Str<'a>,
-        /// Name before.
-        old: Str<'a>,
-        /// Name after.
-        new: Str<'a>,
-    },
-    /// Sent to a client when it joins, before anything else but an error about
-    /// its requested name.
-    Welcome {
-        /// Its room.
-        room: Str<'a>,
-        /// The client's name.
-        name: Str<'a>,
-        /// Clients in the room, itself included.
-        online: usize,
-        /// Identifies the room's history: a different epoch means the
-        /// numbering restarted (a restarted server, or a room that emptied).
-        epoch: Str<'a>,
-        /// The room's last message number; later ones are live.
-        seq: u64,
-        /// What this client may send (JSON only).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        limits: Option<Limits>,
-        /// A secret that gets this client its name back when it reconnects
-        /// with `?session=` (JSON only; never printed or logged).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        session: Option<Str<'a>>,
-        /// For a returning session: the id of the last message request its
-        /// old connection carried out, so that it sends again only the rest.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        last_id: Option<Str<'a>>,
-    },
-    /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
-    /// [`MAX_WHO_NAMES`]).
-    Who {
-        /// The room.
-        room: Str<'a>,
-        /// How many are in the room.
-        count: usize,
-        /// Names, sorted; at most [`MAX_WHO_NAMES`].
-        names: Vec<Str<'a>>,
-        /// The request's id, if it had one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<Str<'a>>,
-    },
-    /// In a room too large to announce each arrival: what changed lately.
-    Presence {
-        /// The room.
-        room: Str<'a>,
-        /// Arrivals since the last summary.
-        joined: u64,
-        /// Departures since the last summary.
-        left: u64,
-        /// Clients in the room now.
-        online: usize,
-    },
-    /// Around the room's earlier messages replayed to a client that joins:
-    /// `* N earlier messages` before, `* end of history` after.
-    History {
-        /// Start or end.
-        phase: Phase,
-        /// How many messages are replayed.
-        count: usize,
-    },
-    /// Messages this client will not get: it fell behind, or asked to resume
-    /// from further back than the history holds.
-    Missed {
-        /// How many; unknown (`null`) when the room's history was reset since.
-        count: Option<u64>,
-        /// With an unknown count: the room's epoch now, for the client's
-        /// next resume (`?epoch=`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        epoch: Option<Str<'a>>,
-    },
-    /// Information for this client only: `* TEXT`.
-    Notice {
-        /// The information.
-        text: Str<'a>,
-    },
-    /// Something this client sent was refused; only it sees this: `! TEXT`.
-    Error {
-        /// What and why.
-        text: Str<'a>,
-        /// What went wrong, for programs: [`ClientError::code`].
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        code: Option<Str<'a>>,
-        /// The refused request's id, if it had one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<Str<'a>>,
-    },
-    /// A request with an id was carried out (JSON only): after a message's
-    /// own echo, or a rename's notice.
-    Ack {
-        /// The request's id.
-        id: Str<'a>,
-        /// The message's number, for a message.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-    },
-}
-
 /// What a client may send, told in its welcome so it can keep within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -297,377 +125,17 @@ pub const REPLACED_CLOSE_CODE: u16 = 4001;
 /// Longest request id, in bytes.
 pub const MAX_ID_BYTES: usize = 64;
 
-/// What the text protocol shows for each line break in a message, so that
-/// one message is one line and nobody can forge a line of someone else's.
-pub const LINE_BREAK_MARK: char = '\u{2424}';
-
-/// Whether `c` breaks a line: `\n`, `\r`, NEL, LINE and PARAGRAPH SEPARATOR.
-pub fn is_line_break(c: char) -> bool {
-    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
-}
-
-/// Checks a message's text: not blank, at most `max_bytes` bytes, and free
-/// of control characters other than tab and line breaks.
-pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'static>> {
-    if text.len() > max_bytes {
-        return Err(ClientError::TooLong { max_bytes });
-    }
-    // Zero-width spaces or Hangul fillers alone show as nothing: blank too.
-    if text.chars().all(|c| c.is_whitespace() || crate::protocol::names::is_invisible(c)) {
-        return Err(ClientError::EmptyMessage);
-    }
-    if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
-        return Err(ClientError::ControlCharacter);
-    }
-    Ok(())
-}
-
-/// Writes `text` on one line: each line break (`\r\n` counts as one)
-/// becomes [`LINE_BREAK_MARK`].
-fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
-    let mut rest = text;
-    while let Some(at) = rest.find(is_line_break) {
-        f.write_str(&rest[..at])?;
-        f.write_char(LINE_BREAK_MARK)?;
-        let after = &rest[at..];
-        let skip = if after.starts_with("\r\n") {
-            2
-        } else {
-            after.chars().next().map_or(1, char::len_utf8)
-        };
-        rest = &after[skip..];
-    }
-    f.write_str(rest)
-}
-
-/// Which side of a history replay a [`Event::History`] marks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Before the first replayed message.
-    Start,
-    /// After the last.
-    End,
-}
-
 /// The subprotocol (`Sec-WebSocket-Protocol`) of JSON events.
 pub const JSON_PROTOCOL: &str = "chat.v1.json";
 
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// One line per frame ([`fmt::Display`]): the default.
+    /// One line per frame ([`Display`](std::fmt::Display)): the default.
     #[default]
     Text,
     /// One JSON object per frame ([`JSON_PROTOCOL`]).
     Json,
-}
-
-impl Event<'_> {
-    /// The event as a frame of `protocol`.
-    pub fn encode(&self, protocol: Protocol) -> Frame {
-        match protocol {
-            Protocol::Text => Frame::text(&self.to_string()),
-            Protocol::Json => Frame::text(&self.encode_json()),
-        }
-    }
-
-    /// The event's JSON form.
-    pub fn encode_json(&self) -> String {
-        // Serializing this enum cannot fail: every key is a string.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-/// One frame from the server, header and payload, as it goes on the wire.
-///
-/// A room encodes each event once and every recipient writes the same bytes:
-/// server frames are not masked, so they are the same for everyone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
-
-impl Frame {
-    /// A text frame (RFC 6455, section 5.2), not fragmented.
-    pub fn text(text: &str) -> Self {
-        Self::new(OPCODE_TEXT, text.as_bytes())
-    }
-
-    /// A ping with no payload.
-    pub fn ping() -> Self {
-        Self::new(OPCODE_PING, &[])
-    }
-
-    fn new(opcode: u8, payload: &[u8]) -> Self {
-        let mut frame = BytesMut::with_capacity(payload.len() + 10);
-        frame.put_u8(0x80 | opcode);
-        let len = payload.len();
-        if let Ok(short @ 0..=125) = u8::try_from(len) {
-            frame.put_u8(short);
-        } else if let Ok(medium) = u16::try_from(len) {
-            frame.put_u8(126);
-            frame.put_u16(medium);
-        } else {
-            frame.put_u8(127);
-            frame.put_u64(len as u64);
-        }
-        frame.put_slice(payload);
-        Self(frame.freeze())
-    }
-
-    /// The frame's bytes, header first.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The payload of a text frame (for tests and logs).
-    pub fn as_text(&self) -> Option<&str> {
-        let header = match self.0.get(1)? & 0x7f {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        std::str::from_utf8(self.0.get(header..)?).ok()
-    }
-}
-
-/// The WebSocket opcodes the server encodes itself.
-const OPCODE_TEXT: u8 = 0x1;
-const OPCODE_PING: u8 = 0x9;
-
-impl<'a> From<ClientError<'a>> for Event<'a> {
-    fn from(error: ClientError<'a>) -> Self {
-        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id: None }
-    }
-}
-
-impl<'a> Event<'a> {
-    /// An error answering the request with this id.
-    pub fn error_for(error: ClientError<'_>, id: Option<Str<'a>>) -> Self {
-        Event::Error { text: error.to_string().into(), code: Some(error.code().into()), id }
-    }
-}
-
-/// What a client sends under [`JSON_PROTOCOL`]: one object per frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Request<'a> {
-    /// Relay `text` to the room, as is (a leading `/` is not a command).
-    Message {
-        /// The text.
-        #[serde(borrow)]
-        text: Str<'a>,
-        /// Echoed in the answer: [`Event::Ack`] or [`Event::Error`].
-        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-        id: Option<Str<'a>>,
-    },
-    /// Change name.
-    Nick {
-        /// The new name.
-        #[serde(borrow)]
-        name: Str<'a>,
-        /// Echoed in the answer.
-        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-        id: Option<Str<'a>>,
-    },
-    /// List the room.
-    Who {
-        /// Echoed in the answer.
-        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
-        id: Option<Str<'a>>,
-    },
-}
-
-impl Request<'_> {
-    /// What the request asks for.
-    pub fn command(&self) -> Command<'_> {
-        match self {
-            Request::Message { text, .. } => Command::Say(text),
-            Request::Nick { name, .. } => Command::Nick(name),
-            Request::Who { .. } => Command::Who,
-        }
-    }
-
-    /// The id the answer must carry.
-    pub fn id(&self) -> Option<&Str<'_>> {
-        match self {
-            Request::Message { id, .. } | Request::Nick { id, .. } | Request::Who { id } => {
-                id.as_ref()
-            }
-        }
-    }
-}
-
-/// What a client did wrong; sent to that client only, as `! ...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientError<'a> {
-    /// A name that breaks [`validate_name`].
-    InvalidName {
-        /// The refused name.
-        name: &'a str,
-        /// Why.
-        reason: NameError,
-    },
-    /// Someone in the room already has this name.
-    NameTaken {
-        /// The refused name.
-        name: &'a str,
-    },
-    /// A `/command` the server does not know.
-    UnknownCommand {
-        /// The command without its slash.
-        command: &'a str,
-    },
-    /// A command without its argument.
-    Usage {
-        /// How to call it.
-        usage: &'static str,
-    },
-    /// An empty text frame.
-    EmptyMessage,
-    /// A binary frame: this protocol is text.
-    BinaryFrame,
-    /// A frame that is not a JSON request, under [`JSON_PROTOCOL`].
-    Malformed {
-        /// What the JSON parser said.
-        reason: &'a str,
-    },
-    /// `?since=` names a message the room has not reached.
-    ResumeAhead {
-        /// The number asked for.
-        since: u64,
-        /// The room's last message number.
-        seq: u64,
-    },
-    /// Over the rate limit: the frame was dropped.
-    SlowDown {
-        /// The limit, in messages per second.
-        per_second: u32,
-    },
-    /// With `--redis`: the request needed Redis at a moment it was lost.
-    LinkDown,
-    /// A message's text is over the largest size.
-    TooLong {
-        /// The limit, in bytes of text.
-        max_bytes: usize,
-    },
-    /// A message holds a control character other than tab or a line break.
-    ControlCharacter,
-    /// The server holds all the messages its memory bound allows
-    /// (`--max-memory`), and none could be dropped for this one.
-    ServerFull,
-}
-
-impl ClientError<'_> {
-    /// The error's machine-readable code, carried in JSON error events.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ClientError::InvalidName { .. } => "invalid_name",
-            ClientError::NameTaken { .. } => "name_taken",
-            ClientError::UnknownCommand { .. } => "unknown_command",
-            ClientError::Usage { .. } => "usage",
-            ClientError::EmptyMessage => "empty",
-            ClientError::BinaryFrame => "binary",
-            ClientError::Malformed { .. } => "malformed",
-            ClientError::ResumeAhead { .. } => "resume_ahead",
-            ClientError::SlowDown { .. } => "slow_down",
-            ClientError::LinkDown => "link_down",
-            ClientError::TooLong { .. } => "too_long",
-            ClientError::ControlCharacter => "control_character",
-            ClientError::ServerFull => "server_full",
-        }
-    }
-}
-
-/// `/help`'s answer.
-pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
-                        /help shows this; start a message with // to send a literal /";
-
-impl fmt::Display for Event<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Message { from, text, .. } => {
-                write!(f, "{from}: ")?;
-                write_one_line(f, text)
-            }
-            Event::Join { name, .. } => write!(f, "* {name} joined"),
-            Event::Leave { name, .. } => write!(f, "* {name} left"),
-            Event::Nick { old, new, .. } => write!(f, "* {old} is now {new}"),
-            Event::Welcome { name, room, online, .. } => write!(
-                f,
-                "* you are {name} in room {room}, {online} online; /help lists the commands"
-            ),
-            Event::Who { room, count, names, .. } => {
-                write!(f, "* {count} in {room}: {}", names.join(", "))?;
-                if *count > names.len() {
-                    write!(f, ", and {} more", count - names.len())?;
-                }
-                Ok(())
-            }
-            Event::Presence { joined, left, online, .. } => {
-                write!(f, "* {joined} joined, {left} left; {online} online")
-            }
-            Event::History { phase: Phase::Start, count } => {
-                write!(f, "* {count} earlier messages")
-            }
-            Event::History { phase: Phase::End, .. } => f.write_str("* end of history"),
-            Event::Missed { count: Some(count), .. } => write!(f, "! missed {count} messages"),
-            Event::Missed { count: None, .. } => {
-                f.write_str("! missed an unknown number of messages: the room's history was reset")
-            }
-            Event::Notice { text } => write!(f, "* {text}"),
-            Event::Error { text, .. } => write!(f, "! {text}"),
-            Event::Ack { id, .. } => write!(f, "* done: {id}"),
-        }
-    }
-}
-
-impl fmt::Display for ClientError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            // Debug quoting escapes whatever control characters the name holds.
-            ClientError::InvalidName { name, reason } => {
-                write!(f, "invalid name {name:?}: {reason}")
-            }
-            ClientError::NameTaken { name } => write!(f, "name {name:?} is taken"),
-            ClientError::UnknownCommand { command } => {
-                write!(f, "unknown command /{}; /help lists the commands", command.escape_debug())
-            }
-            ClientError::Usage { usage } => write!(f, "usage: {usage}"),
-            ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
-            ClientError::TooLong { max_bytes } => {
-                write!(f, "message too long: at most {max_bytes} bytes; nothing was sent")
-            }
-            ClientError::ControlCharacter => f.write_str(
-                "messages may not hold control characters (tab and line breaks excepted); \
-                 nothing was sent",
-            ),
-            ClientError::LinkDown => {
-                f.write_str("the link to the other nodes failed: nothing was done; try again")
-            }
-            ClientError::SlowDown { per_second } => write!(
-                f,
-                "slow down: at most {per_second} messages a second; this one was not sent"
-            ),
-            ClientError::ResumeAhead { since, seq } => {
-                write!(f, "cannot resume after message {since}: the room's last message is {seq}")
-            }
-            ClientError::Malformed { reason } => {
-                write!(f, "malformed request: {reason}; nothing was sent")
-            }
-            ClientError::BinaryFrame => {
-                f.write_str("binary frames are not chat: send text frames; nothing was sent")
-            }
-            ClientError::ServerFull => f.write_str(
-                "the server is out of memory for messages: this one was not sent; try again",
-            ),
-        }
-    }
-}
-
-/// The name in a [`Event::Welcome`] line, for clients that track their own name.
-pub fn parse_welcome(line: &str) -> Option<&str> {
-    let rest = line.strip_prefix("* you are ")?;
-    rest.split_once(" in room ").map(|(name, _)| name)
 }
 
 /// Largest `--max-message-bytes` a server can have, and so the longest line

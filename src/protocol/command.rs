@@ -1,0 +1,240 @@
+//! What a client's text frame asks for, and what it can do wrong.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{NameError, Str, is_line_break};
+
+/// What one text frame from a client asks the server to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Relay this text to the room.
+    Say(&'a str),
+    /// `/nick NAME`: change name.
+    Nick(&'a str),
+    /// `/who`: list the room.
+    Who,
+    /// `/help`: list the commands.
+    Help,
+    /// `/nick` without a name.
+    MissingArgument(&'static str),
+    /// Any other `/command`.
+    Unknown(&'a str),
+}
+
+/// Reads one client text frame. A leading `//` escapes a literal `/`.
+pub fn parse_command(text: &str) -> Command<'_> {
+    if text.starts_with("//") {
+        // Keep one slash: `//help` says `/help`.
+        return Command::Say(&text[1..]);
+    }
+    let Some(rest) = text.strip_prefix('/') else {
+        return Command::Say(text);
+    };
+    let (name, arg) = match rest.split_once(char::is_whitespace) {
+        Some((name, arg)) => (name, arg.trim()),
+        None => (rest, ""),
+    };
+    match name {
+        "nick" if arg.is_empty() => Command::MissingArgument("/nick NAME"),
+        "nick" => Command::Nick(arg),
+        "who" => Command::Who,
+        "help" => Command::Help,
+        _ => Command::Unknown(name),
+    }
+}
+
+/// Checks a message's text: not blank, at most `max_bytes` bytes, and free
+/// of control characters other than tab and line breaks.
+pub fn check_text(text: &str, max_bytes: usize) -> Result<(), ClientError<'static>> {
+    if text.len() > max_bytes {
+        return Err(ClientError::TooLong { max_bytes });
+    }
+    // Zero-width spaces or Hangul fillers alone show as nothing: blank too.
+    if text.chars().all(|c| c.is_whitespace() || crate::protocol::names::is_invisible(c)) {
+        return Err(ClientError::EmptyMessage);
+    }
+    if text.chars().any(|c| c.is_control() && c != '\t' && !is_line_break(c)) {
+        return Err(ClientError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// What a client sends under [`JSON_PROTOCOL`](super::JSON_PROTOCOL): one object per frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Request<'a> {
+    /// Relay `text` to the room, as is (a leading `/` is not a command).
+    Message {
+        /// The text.
+        #[serde(borrow)]
+        text: Str<'a>,
+        /// Echoed in the answer: [`Event::Ack`](super::Event::Ack) or [`Event::Error`](super::Event::Error).
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// Change name.
+    Nick {
+        /// The new name.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// List the room.
+    Who {
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+}
+
+impl Request<'_> {
+    /// What the request asks for.
+    pub fn command(&self) -> Command<'_> {
+        match self {
+            Request::Message { text, .. } => Command::Say(text),
+            Request::Nick { name, .. } => Command::Nick(name),
+            Request::Who { .. } => Command::Who,
+        }
+    }
+
+    /// The id the answer must carry.
+    pub fn id(&self) -> Option<&Str<'_>> {
+        match self {
+            Request::Message { id, .. } | Request::Nick { id, .. } | Request::Who { id } => {
+                id.as_ref()
+            }
+        }
+    }
+}
+
+/// What a client did wrong; sent to that client only, as `! ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError<'a> {
+    /// A name that breaks [`validate_name`](super::validate_name).
+    InvalidName {
+        /// The refused name.
+        name: &'a str,
+        /// Why.
+        reason: NameError,
+    },
+    /// Someone in the room already has this name.
+    NameTaken {
+        /// The refused name.
+        name: &'a str,
+    },
+    /// A `/command` the server does not know.
+    UnknownCommand {
+        /// The command without its slash.
+        command: &'a str,
+    },
+    /// A command without its argument.
+    Usage {
+        /// How to call it.
+        usage: &'static str,
+    },
+    /// An empty text frame.
+    EmptyMessage,
+    /// A binary frame: this protocol is text.
+    BinaryFrame,
+    /// A frame that is not a JSON request, under [`JSON_PROTOCOL`](super::JSON_PROTOCOL).
+    Malformed {
+        /// What the JSON parser said.
+        reason: &'a str,
+    },
+    /// `?since=` names a message the room has not reached.
+    ResumeAhead {
+        /// The number asked for.
+        since: u64,
+        /// The room's last message number.
+        seq: u64,
+    },
+    /// Over the rate limit: the frame was dropped.
+    SlowDown {
+        /// The limit, in messages per second.
+        per_second: u32,
+    },
+    /// With `--redis`: the request needed Redis at a moment it was lost.
+    LinkDown,
+    /// A message's text is over the largest size.
+    TooLong {
+        /// The limit, in bytes of text.
+        max_bytes: usize,
+    },
+    /// A message holds a control character other than tab or a line break.
+    ControlCharacter,
+    /// The server holds all the messages its memory bound allows
+    /// (`--max-memory`), and none could be dropped for this one.
+    ServerFull,
+}
+
+impl ClientError<'_> {
+    /// The error's machine-readable code, carried in JSON error events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::InvalidName { .. } => "invalid_name",
+            ClientError::NameTaken { .. } => "name_taken",
+            ClientError::UnknownCommand { .. } => "unknown_command",
+            ClientError::Usage { .. } => "usage",
+            ClientError::EmptyMessage => "empty",
+            ClientError::BinaryFrame => "binary",
+            ClientError::Malformed { .. } => "malformed",
+            ClientError::ResumeAhead { .. } => "resume_ahead",
+            ClientError::SlowDown { .. } => "slow_down",
+            ClientError::LinkDown => "link_down",
+            ClientError::TooLong { .. } => "too_long",
+            ClientError::ControlCharacter => "control_character",
+            ClientError::ServerFull => "server_full",
+        }
+    }
+}
+
+/// `/help`'s answer.
+pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
+                        /help shows this; start a message with // to send a literal /";
+
+impl fmt::Display for ClientError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Debug quoting escapes whatever control characters the name holds.
+            ClientError::InvalidName { name, reason } => {
+                write!(f, "invalid name {name:?}: {reason}")
+            }
+            ClientError::NameTaken { name } => write!(f, "name {name:?} is taken"),
+            ClientError::UnknownCommand { command } => {
+                write!(f, "unknown command /{}; /help lists the commands", command.escape_debug())
+            }
+            ClientError::Usage { usage } => write!(f, "usage: {usage}"),
+            ClientError::EmptyMessage => f.write_str("empty message: nothing was sent"),
+            ClientError::TooLong { max_bytes } => {
+                write!(f, "message too long: at most {max_bytes} bytes; nothing was sent")
+            }
+            ClientError::ControlCharacter => f.write_str(
+                "messages may not hold control characters (tab and line breaks excepted); \
+                 nothing was sent",
+            ),
+            ClientError::LinkDown => {
+                f.write_str("the link to the other nodes failed: nothing was done; try again")
+            }
+            ClientError::SlowDown { per_second } => write!(
+                f,
+                "slow down: at most {per_second} messages a second; this one was not sent"
+            ),
+            ClientError::ResumeAhead { since, seq } => {
+                write!(f, "cannot resume after message {since}: the room's last message is {seq}")
+            }
+            ClientError::Malformed { reason } => {
+                write!(f, "malformed request: {reason}; nothing was sent")
+            }
+            ClientError::BinaryFrame => {
+                f.write_str("binary frames are not chat: send text frames; nothing was sent")
+            }
+            ClientError::ServerFull => f.write_str(
+                "the server is out of memory for messages: this one was not sent; try again",
+            ),
+        }
+    }
+}
