@@ -181,7 +181,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     let mut session = Session { name: config.name.clone(), ..Session::default() };
     let state = RefCell::new(Lines::default());
 
-    let chatting = chat(&config, &tls, &mut session, &mut lines, &state, &output);
+    let chatting = stay_connected(&config, &tls, &mut session, &mut lines, &state, &output);
     let result = match editor {
         None => chatting.await,
         Some(mut editor) => {
@@ -211,7 +211,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 }
 
 /// Connects, and reconnects while the connection is lost, until the end.
-async fn chat(
+async fn stay_connected(
     config: &ClientConfig,
     tls: &TlsConnector,
     session: &mut Session,

@@ -83,9 +83,8 @@ pub struct Setup {
 
 /// What the reader, writer and pinger share. They run in one task, so the
 /// locks are never contended; they are thread-safe types only because tasks
-/// may move between threads. Borrowed whole, so that each half's future holds
-/// one reference rather than one per field, which keeps an idle connection's
-/// task small.
+/// may move between threads. Borrowed whole: one reference in each half's
+/// future, not one per field (sizes tested in `connection_futures_stay_small`).
 struct Shared<'a> {
     setup: &'a Setup,
     /// Frames waiting for the socket.
@@ -111,8 +110,7 @@ where
 {
     setup.metrics.connections.inc();
     setup.metrics.connections_opened.inc();
-    // `joined`'s fields are used in place: moving them into new locals would
-    // keep both copies in this future.
+    // `joined`'s fields are used in place: copies would stay in this future.
     let shared = Shared {
         setup: &setup,
         socket_queue: ws.get_ref().socket_queue().clone(),
@@ -353,8 +351,8 @@ async fn fed_up_to(ack: Ack, shared: &Shared<'_>) {
         }
     };
     if let Ack::Seq(_) = ack {
-        // Boxed: only with --redis, and its timer would otherwise be part of
-        // every connection's memory.
+        // Boxed: only with --redis; its timer stays out of every connection's
+        // future (see `connection_futures_stay_small`).
         if Box::pin(timeout(ECHO_TIMEOUT, waiting(ack))).await.is_err() {
             debug!("no echo in time: reading on");
         }
@@ -589,7 +587,9 @@ mod tests {
     use crate::server::config::{HANDSHAKE_TIMEOUT, ServerConfig};
     use crate::server::hub::Hub;
     use crate::server::hub::ring::Budget;
-    use crate::server::{Context, Start, access, websockets};
+    use crate::server::{
+        Context, Start, access, tls_upgrade_and_join, upgrade_and_join, websockets,
+    };
 
     /// What `run` gives every connection, with the default flags and no TLS.
     fn context(config: &ServerConfig, listener: &TcpListener) -> Arc<Context> {
@@ -609,6 +609,35 @@ mod tests {
         })
     }
 
+    /// What `run` gives an accepted connection's task.
+    fn start(context: &Arc<Context>, peer: SocketAddr) -> Start {
+        let slot = context.addresses.handshake(AddressKey::of(peer.ip()), false).unwrap();
+        Start {
+            peer,
+            handshake: (Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(), slot),
+            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+            context: context.clone(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// A server's TLS, with a self-signed certificate.
+    fn acceptor() -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls;
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// Both ends of a loopback TCP connection: ours (as accepted) and the peer's.
     async fn tcp_pair(listener: &TcpListener) -> (TcpStream, SocketAddr, TcpStream) {
         let theirs = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
@@ -616,34 +645,30 @@ mod tests {
         (ours, peer, theirs)
     }
 
-    // Each connection's futures are built (never polled) from the real
-    // functions and types, and their sizes bounded: these are what every
-    // client costs the server in memory, so what they hold is kept small by
-    // boxing what is rare or large (see "Boxed" in this module and the hub).
+    // Each connection's futures, built from the real functions and types and
+    // never polled, are what every client costs the server while it is idle:
+    // what is rare or large is boxed to keep them small ("Boxed" comments
+    // here and in the hub). This keeps them so.
     #[tokio::test]
     async fn connection_futures_stay_small() {
         let config = ServerConfig::default();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let context = context(&config, &listener);
-        let shutdown = CancellationToken::new();
 
         // The handshake: one per accepted TCP connection, until it joins.
         let (stream, peer, _theirs) = tcp_pair(&listener).await;
-        let slot = context.addresses.handshake(AddressKey::of(peer.ip()), false).unwrap();
-        let start = Start {
-            peer,
-            handshake: (Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(), slot),
-            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
-            context: context.clone(),
-            shutdown: shutdown.clone(),
-            tracker: TaskTracker::new(),
-        };
-        let handshake = crate::server::upgrade_and_join(stream, start);
+        let handshake = upgrade_and_join(stream, start(&context, peer));
         let handshake_size = std::mem::size_of_val(&handshake);
         drop(handshake);
 
+        // Over TLS, a task of its own kind, with the TLS state.
+        let (stream, peer, _theirs) = tcp_pair(&listener).await;
+        let tls_handshake = tls_upgrade_and_join(acceptor(), stream, start(&context, peer));
+        let tls_handshake_size = std::mem::size_of_val(&tls_handshake);
+        drop(tls_handshake);
+
         // The connection, once joined: what an idle client holds for as long
-        // as it stays.
+        // as it stays (its task adds the address slot and the span).
         let (stream, peer, _theirs) = tcp_pair(&listener).await;
         let request = ChatRequest {
             room: "lobby".into(),
@@ -658,15 +683,25 @@ mod tests {
             protocol: Protocol::Text,
             limits: context.limits,
             metrics: context.metrics.clone(),
-            shutdown,
+            shutdown: CancellationToken::new(),
             slot: context.slots.clone().try_acquire_owned().unwrap(),
         };
         let connection = serve(ws, joined, setup);
         let connection_size = std::mem::size_of_val(&connection);
         drop(connection);
 
-        eprintln!("handshake: {handshake_size} bytes, connection: {connection_size} bytes");
-        assert!(handshake_size <= 100_000, "the handshake's future is {handshake_size} bytes");
-        assert!(connection_size <= 100_000, "a connection's future is {connection_size} bytes");
+        eprintln!(
+            "handshake: {handshake_size} bytes, over TLS: {tls_handshake_size} bytes, \
+             connection: {connection_size} bytes"
+        );
+        // Measured in December 2026 (debug / release): handshake 2,072 / 2,040
+        // bytes, over TLS 8,336 / 8,288, connection 1,864 / 1,864. Bounds are
+        // about 1.5 times the larger, to hold across profiles and compilers.
+        assert!(handshake_size <= 3_100, "the handshake's future is {handshake_size} bytes");
+        assert!(
+            tls_handshake_size <= 12_500,
+            "the TLS handshake's future is {tls_handshake_size} bytes"
+        );
+        assert!(connection_size <= 2_800, "a connection's future is {connection_size} bytes");
     }
 }

@@ -109,8 +109,8 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
 }
 
 /// Parses what has arrived of a request head: `None` while it is incomplete,
-/// else where it goes, or the refusal. Kept out of the async function so
-/// that the header array is not part of every connection's future.
+/// else where it goes, or the refusal. Kept out of the async function: the
+/// header array stays out of every handshake's future.
 fn parse(
     buf: &[u8],
     peer: IpAddr,

@@ -443,9 +443,8 @@ where
             upgrading.metrics.refuse("bad_request");
             HandshakeError::Refused { status: 400, reason: error.to_string() }
         })?;
-        // Boxed once here, so that it is not part of the connection future's
-        // state (which keeps its arguments) as well as of the split halves'
-        // shared allocation.
+        // Boxed once here: not in the connection's future as well as in the
+        // split halves' allocation (see `connection_futures_stay_small`).
         Ok::<_, HandshakeError>(Some((request, Box::new(ws), slot, address_slot)))
     };
     let upgraded = tokio::select! {
