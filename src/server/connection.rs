@@ -482,7 +482,7 @@ async fn on_frame(
         return Break(End::Flood);
     }
     let Some(text) = frame.as_text() else {
-        push(own, error(ClientError::BinaryFrame, None, protocol));
+        push(own, error_frame(ClientError::BinaryFrame, None, protocol));
         return Continue(Done::NOTHING);
     };
     let request;
@@ -492,13 +492,19 @@ async fn on_frame(
             request = match serde_json::from_str::<Request<'_>>(text) {
                 Ok(request) if request.id().is_some_and(|id| id.len() > MAX_ID_BYTES) => {
                     let reason = format!("id is longer than {MAX_ID_BYTES} bytes");
-                    push(own, error(ClientError::Malformed { reason: &reason }, None, protocol));
+                    push(
+                        own,
+                        error_frame(ClientError::Malformed { reason: &reason }, None, protocol),
+                    );
                     return Continue(Done::NOTHING);
                 }
                 Ok(request) => request,
                 Err(malformed) => {
                     let reason = malformed.to_string();
-                    push(own, error(ClientError::Malformed { reason: &reason }, None, protocol));
+                    push(
+                        own,
+                        error_frame(ClientError::Malformed { reason: &reason }, None, protocol),
+                    );
                     return Continue(Done::NOTHING);
                 }
             };
@@ -507,14 +513,14 @@ async fn on_frame(
     };
     if verdict == Verdict::Drop {
         let per_second = bucket.limit().per_second;
-        push(own, error(ClientError::SlowDown { per_second }, id, protocol));
+        push(own, error_frame(ClientError::SlowDown { per_second }, id, protocol));
         return Continue(Done::NOTHING);
     }
     let metrics = &shared.setup.metrics;
     let answer = match act(member, command, id, limits.max_message_bytes, protocol, metrics).await {
         Ok(Outcome::Done { wait, ack }) => return Continue(Done { wait, then: ack }),
         Ok(Outcome::Answer(answer)) => answer,
-        Err(refusal) => error(refusal, id, protocol),
+        Err(refusal) => error_frame(refusal, id, protocol),
     };
     push(own, answer);
     Continue(Done::NOTHING)
@@ -568,7 +574,7 @@ fn missed(count: u64, protocol: Protocol, metrics: &Metrics) -> Frame {
 }
 
 /// An error for this client, answering the request `id`.
-fn error(error: ClientError<'_>, id: Option<&str>, protocol: Protocol) -> Frame {
+fn error_frame(error: ClientError<'_>, id: Option<&str>, protocol: Protocol) -> Frame {
     Event::error_for(error, id.map(Into::into)).encode(protocol)
 }
 

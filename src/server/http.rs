@@ -412,8 +412,8 @@ impl Answer {
     }
 
     /// A plain-text answer; a trailing newline is added.
-    pub fn text(status: u16, reason: String) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", (reason + "\n").into())
+    pub fn text(status: u16, text: String) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", (text + "\n").into())
     }
 }
 
