@@ -167,7 +167,7 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     chat_uri(&config.url, config.name.as_deref(), None, None)?;
     let tls = tls_connector(&config)?;
     let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
-    let (tx, mut lines) = mpsc::channel(LINE_QUEUE);
+    let (tx, mut stdin) = mpsc::channel(LINE_QUEUE);
     let unsent = Arc::new(AtomicU64::new(0));
     let (output, editor) = if interactive {
         let (printer, editor) = spawn_editor(tx)?;
@@ -179,9 +179,9 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
     };
     let output = RefCell::new(output);
     let mut session = Session { name: config.name.clone(), ..Session::default() };
-    let state = RefCell::new(Lines::default());
+    let lines = RefCell::new(Lines::default());
 
-    let chatting = chat(&config, &tls, &mut session, &mut lines, &state, &output);
+    let chatting = stay_connected(&config, &tls, &mut session, &mut stdin, &lines, &output);
     let result = match editor {
         None => chatting.await,
         Some(mut editor) => {
@@ -196,14 +196,14 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
             // The editor's thread may still hold the terminal in raw mode: it
             // is left blocked in its read, and ends with the process.
             editor.restore();
-            if let Some(line) = editor.not_sent(lines.len() + state.borrow().pending.len()) {
+            if let Some(line) = editor.not_sent(stdin.len() + lines.borrow().pending.len()) {
                 eprintln!("{line}");
             }
             result
         }
     };
     result?;
-    let count = state.borrow().unsent + unsent.load(Ordering::Relaxed);
+    let count = lines.borrow().unsent + unsent.load(Ordering::Relaxed);
     if count > 0 {
         return Err(Error::Unsent { count, why: String::new() });
     }
@@ -211,12 +211,12 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
 }
 
 /// Connects, and reconnects while the connection is lost, until the end.
-async fn chat(
+async fn stay_connected(
     config: &ClientConfig,
     tls: &TlsConnector,
     session: &mut Session,
-    lines: &mut mpsc::Receiver<String>,
-    state: &RefCell<Lines>,
+    stdin: &mut mpsc::Receiver<String>,
+    lines: &RefCell<Lines>,
     output: &RefCell<Output>,
 ) -> Result<(), Error> {
     let mut failures = 0;
@@ -228,7 +228,7 @@ async fn chat(
             Ok(ws) => {
                 connected_once = true;
                 failures = 0;
-                match converse(ws, config, session, lines, state, output).await {
+                match converse(ws, config, session, stdin, lines, output).await {
                     Ended::Quit => return Ok(()),
                     Ended::Closed { code, reason } => {
                         let reason = if reason.is_empty() { describe_code(code) } else { reason };
@@ -274,27 +274,27 @@ async fn chat(
         tokio::pin!(wait);
         loop {
             // With --no-close, the end of stdin ends nothing: keep coming back.
-            if state.borrow().ended && !config.no_close {
+            if lines.borrow().ended && !config.no_close {
                 let deadline = *give_up.get_or_insert_with(|| Instant::now() + config.linger);
-                if state.borrow().pending.is_empty() {
+                if lines.borrow().pending.is_empty() {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    let count = state.borrow().pending.len() as u64;
-                    state.borrow_mut().pending.clear();
-                    state.borrow_mut().unsent += count;
+                    let count = lines.borrow().pending.len() as u64;
+                    lines.borrow_mut().pending.clear();
+                    lines.borrow_mut().unsent += count;
                     return Err(Error::Unsent {
                         count,
                         why: format!(": the server was unreachable ({failure})"),
                     });
                 }
             }
-            let room = state.borrow().pending.len() < LINE_QUEUE;
+            let room = lines.borrow().pending.len() < LINE_QUEUE;
             tokio::select! {
                 () = &mut wait => break,
                 () = sleep_until(give_up.unwrap_or_else(far_future)), if give_up.is_some() => {}
-                line = lines.recv(), if room && !state.borrow().ended => {
-                    read_line(line, state);
+                line = stdin.recv(), if room && !lines.borrow().ended => {
+                    read_line(line, lines);
                 }
             }
         }
@@ -307,19 +307,19 @@ fn far_future() -> Instant {
 }
 
 /// Takes one line from stdin (`None` at its end) into the pending lines.
-fn read_line(line: Option<String>, state: &RefCell<Lines>) {
-    let mut state = state.borrow_mut();
+fn read_line(line: Option<String>, lines: &RefCell<Lines>) {
+    let mut lines = lines.borrow_mut();
     match line {
         Some(line) => {
-            state.read += 1;
+            lines.read += 1;
             // A blank line is nothing to say; it still counts, so that line
             // numbers are stdin's.
             if !line.trim().is_empty() {
-                let number = state.read;
-                state.pending.push_back((number, line));
+                let number = lines.read;
+                lines.pending.push_back((number, line));
             }
         }
-        None => state.ended = true,
+        None => lines.ended = true,
     }
 }
 
@@ -347,8 +347,8 @@ async fn converse(
     ws: Socket,
     config: &ClientConfig,
     session: &mut Session,
-    lines: &mut mpsc::Receiver<String>,
-    state: &RefCell<Lines>,
+    stdin: &mut mpsc::Receiver<String>,
+    lines: &RefCell<Lines>,
     output: &RefCell<Output>,
 ) -> Ended {
     let (mut sink, mut stream) = ws.split();
@@ -370,23 +370,23 @@ async fn converse(
                 continue;
             };
             let pacer = pacer.get_or_insert_with(|| Pacer::new(limits));
-            if state.borrow().pending.is_empty() {
-                if !state.borrow().ended {
+            if lines.borrow().pending.is_empty() {
+                if !lines.borrow().ended {
                     tokio::select! {
-                        line = lines.recv() => read_line(line, state),
+                        line = stdin.recv() => read_line(line, lines),
                         // A refused line may come back to be sent again.
                         () = answered.notified() => {}
                     }
                     continue;
                 }
                 // Stdin ended: the last answers may still send a line again.
-                if state.borrow().in_flight.is_empty() {
+                if lines.borrow().in_flight.is_empty() {
                     break;
                 }
                 answered.notified().await;
                 continue;
             }
-            if state.borrow().in_flight.len() >= MAX_IN_FLIGHT {
+            if lines.borrow().in_flight.len() >= MAX_IN_FLIGHT {
                 answered.notified().await;
                 continue;
             }
@@ -394,19 +394,19 @@ async fn converse(
             // dropped while it waits (the connection lost), and the line
             // must then still be there.
             pacer.ready().await;
-            let Some((number, line)) = state.borrow_mut().pending.pop_front() else { continue };
+            let Some((number, line)) = lines.borrow_mut().pending.pop_front() else { continue };
             if line.len() > limits.max_bytes {
                 let why = format!(
                     "it is {} bytes, and the server takes at most {}",
                     line.len(),
                     limits.max_bytes
                 );
-                unsent(state, output, number, &why);
+                unsent(lines, output, number, &why);
                 continue;
             }
             let Some(request) = request(number, &line, output) else { continue };
             // A line stays in flight until answered: a `slow down` sends it again.
-            state.borrow_mut().in_flight.push_back((number, line));
+            lines.borrow_mut().in_flight.push_back((number, line));
             sink.send(request).await?;
         }
         if config.no_close {
@@ -414,7 +414,7 @@ async fn converse(
         }
         sink.send(Message::close(Some(CloseCode::NORMAL_CLOSURE), "")).await
     };
-    let receiving = receive(&mut stream, &session, state, &answered, output);
+    let receiving = receive(&mut stream, &session, lines, &answered, output);
     tokio::pin!(receiving);
     tokio::select! {
         ended = &mut receiving => ended,
@@ -434,8 +434,8 @@ async fn converse(
 }
 
 /// Reports a line that was not sent, and counts it.
-fn unsent(state: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &str) {
-    state.borrow_mut().unsent += 1;
+fn unsent(lines: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &str) {
+    lines.borrow_mut().unsent += 1;
     if let Err(error) = output.borrow_mut().line_refused(number, why, Refusal::Local) {
         debug!(%error, "cannot print");
     }
@@ -513,7 +513,7 @@ const PACE_MARGIN: f64 = 0.9;
 async fn receive<S>(
     stream: &mut S,
     session: &RefCell<&mut Session>,
-    state: &RefCell<Lines>,
+    lines: &RefCell<Lines>,
     answered: &Notify,
     output: &RefCell<Output>,
 ) -> Ended
@@ -526,7 +526,7 @@ where
             Some(Ok(frame)) => {
                 if let Some(text) = frame.as_text() {
                     let printed = match serde_json::from_str::<Event<'_>>(text) {
-                        Ok(event) => on_event(&event, session, state, answered, output),
+                        Ok(event) => on_event(&event, session, lines, answered, output),
                         Err(error) => output
                             .borrow_mut()
                             .notice(&format!("the server sent an unreadable event: {error}")),
@@ -555,7 +555,7 @@ where
 fn on_event(
     event: &Event<'_>,
     session: &RefCell<&mut Session>,
-    state: &RefCell<Lines>,
+    lines: &RefCell<Lines>,
     answered: &Notify,
     output: &RefCell<Output>,
 ) -> io::Result<()> {
@@ -567,11 +567,11 @@ fn on_event(
             // and only those after it go. (Without that, after a server
             // restart, a line may come twice, never not at all.)
             let last = last_id.as_ref().and_then(|id| id.parse::<u64>().ok());
-            let mut state = state.borrow_mut();
-            let mut unanswered = std::mem::take(&mut state.in_flight);
+            let mut lines = lines.borrow_mut();
+            let mut unanswered = std::mem::take(&mut lines.in_flight);
             unanswered.retain(|(number, _)| last.is_none_or(|last| *number > last));
             while let Some(line) = unanswered.pop_back() {
-                state.pending.push_front(line);
+                lines.pending.push_front(line);
             }
             answered.notify_one();
             None
@@ -582,9 +582,9 @@ fn on_event(
     };
     if let Some(id) = id.and_then(|id| id.parse::<u64>().ok()) {
         let line = {
-            let mut state = state.borrow_mut();
-            let at = state.in_flight.iter().position(|(number, _)| *number == id);
-            at.and_then(|at| state.in_flight.remove(at))
+            let mut lines = lines.borrow_mut();
+            let at = lines.in_flight.iter().position(|(number, _)| *number == id);
+            at.and_then(|at| lines.in_flight.remove(at))
         };
         answered.notify_one();
         if let (Some((number, text)), Event::Error { code, text: why, .. }) = (line, event) {
@@ -595,10 +595,10 @@ fn on_event(
                 // the server is short of memory just then). It goes again
                 // first, after a pause.
                 debug!(line = number, "sent too fast; sending it again");
-                state.borrow_mut().pending.push_front((number, text));
+                lines.borrow_mut().pending.push_front((number, text));
                 return Ok(());
             }
-            state.borrow_mut().unsent += 1;
+            lines.borrow_mut().unsent += 1;
             return output.borrow_mut().line_refused(number, why, Refusal::Server);
         }
         if matches!(event, Event::Ack { .. }) {

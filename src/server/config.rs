@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, FromArgMatches as _};
 
 use crate::protocol::MAX_MESSAGE_BYTES_LIMIT;
 use crate::server::limit::RateLimit;
@@ -15,6 +15,8 @@ use clap::builder::TypedValueParser as _;
 
 /// Default `--host`.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default `--port`.
+pub const DEFAULT_PORT: u16 = 8080;
 /// Default `--max-lag`: messages a client may fall behind before it misses some.
 pub const DEFAULT_MAX_LAG: usize = 1024;
 /// Default `--history`: messages a room keeps for those who join later.
@@ -108,7 +110,17 @@ pub const DEFAULT_AUTH_FAILURES_PER_IP: u32 = 64;
 /// told to wait (`Retry-After`), in seconds.
 pub const BUSY_RETRY_AFTER_SECONDS: u64 = 2;
 
-/// Server flags.
+/// A default's text for clap, written once from its constant by `$show`
+/// (what `default_value_t` does for types whose text is what they parse).
+macro_rules! shown {
+    ($value:expr, $show:path) => {{
+        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $show($value)).as_str()
+    }};
+}
+
+/// Server flags. Their defaults are declared here only: [`ServerConfig::default`]
+/// parses no flags.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
     /// Address or host name to listen on (`localhost` binds its first
@@ -118,7 +130,7 @@ pub struct ServerConfig {
     pub host: String,
 
     /// Port to listen on; 0 picks a free one.
-    #[arg(long, env = "CHAT_PORT", default_value_t = 8080)]
+    #[arg(long, env = "CHAT_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// Frames a client may fall behind its room before it misses some and
@@ -136,20 +148,23 @@ pub struct ServerConfig {
     /// fall behind before it misses messages and is told how many: with
     /// `--max-lag`, the most a client that does not read can hold up.
     /// Accepts units: `4MiB`, `512KiB`.
-    #[arg(long, env = "CHAT_MAX_LAG_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "CHAT_MAX_LAG_BYTES", default_value = shown!(DEFAULT_MAX_LAG_BYTES, size_text),
+          value_parser = parse_bytes)]
     pub max_lag_bytes: usize,
 
     /// Bytes each room's history may hold, every encoding counted; the
     /// oldest messages go first past it. Also the most a join or a resume
     /// is replayed.
-    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value = shown!(DEFAULT_HISTORY_BYTES, size_text),
+          value_parser = parse_bytes)]
     pub history_bytes: usize,
 
     /// Bytes of frames all rooms together may hold: their histories and
     /// what their clients have not read yet. Past it, the oldest history
     /// (of any room) goes first, then clients too far behind miss messages;
     /// a message that still does not fit is refused with `server_full`.
-    #[arg(long, env = "CHAT_MAX_MEMORY", default_value = "256MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "CHAT_MAX_MEMORY", default_value = shown!(DEFAULT_MAX_MEMORY, size_text),
+          value_parser = parse_bytes)]
     pub max_memory: usize,
 
     /// Largest room whose joins and leaves are announced one by one; larger
@@ -164,12 +179,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
 
     /// Seconds between two pings to a client.
-    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30", value_parser = parse_positive_seconds)]
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = shown!(DEFAULT_PING_INTERVAL, seconds_text),
+          value_parser = parse_positive_seconds)]
     pub ping_interval: Duration,
 
     /// Seconds a client may stay silent (not even answering pings) before it
     /// is closed with code 1008 and its leave is announced.
-    #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = "60", value_parser = parse_positive_seconds)]
+    #[arg(long, env = "CHAT_PING_TIMEOUT", default_value = shown!(DEFAULT_PING_TIMEOUT, seconds_text),
+          value_parser = parse_positive_seconds)]
     pub ping_timeout: Duration,
 
     /// Seconds a busy client's room frames are gathered for after a write
@@ -178,13 +195,15 @@ pub struct ServerConfig {
     /// when its last write carried 4 frames or more; one that gets a few
     /// frames at a time gets each at once, and a client's own echo and
     /// answers are never held. 0 writes whenever frames are pending.
-    #[arg(long, env = "CHAT_BATCH_WINDOW", default_value = "0.02", value_parser = parse_batch_window)]
+    #[arg(long, env = "CHAT_BATCH_WINDOW", default_value = shown!(DEFAULT_BATCH_WINDOW, seconds_text),
+          value_parser = parse_batch_window)]
     pub batch_window: Duration,
 
     /// Seconds a client may leave the server unable to write to it (its
     /// socket full) before it is closed with code 1008 "too slow"; it can
     /// reconnect.
-    #[arg(long, env = "CHAT_SLOW_CLIENT_TIMEOUT", default_value = "30", value_parser = parse_positive_seconds)]
+    #[arg(long, env = "CHAT_SLOW_CLIENT_TIMEOUT", default_value = shown!(DEFAULT_SLOW_CLIENT_TIMEOUT, seconds_text),
+          value_parser = parse_positive_seconds)]
     pub slow_client_timeout: Duration,
 
     /// Messages per second a client may send on average; past it messages are
@@ -199,7 +218,8 @@ pub struct ServerConfig {
 
     /// Seconds a client may stay over the rate limit before it is closed with
     /// code 1008.
-    #[arg(long, env = "CHAT_FLOOD_GRACE", default_value = "10", value_parser = parse_positive_seconds)]
+    #[arg(long, env = "CHAT_FLOOD_GRACE", default_value = shown!(DEFAULT_FLOOD_GRACE, seconds_text),
+          value_parser = parse_positive_seconds)]
     pub flood_grace: Duration,
 
     /// An origin (`https://chat.example.com`) whose pages may connect, besides
@@ -351,39 +371,31 @@ impl ServerConfig {
 }
 
 impl Default for ServerConfig {
+    /// What no flags give, whatever the environment holds.
     fn default() -> Self {
-        Self {
-            host: DEFAULT_HOST.to_owned(),
-            port: 8080,
-            max_lag: DEFAULT_MAX_LAG,
-            presence_limit: DEFAULT_PRESENCE_LIMIT,
-            history: DEFAULT_HISTORY,
-            max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
-            history_bytes: DEFAULT_HISTORY_BYTES,
-            max_memory: DEFAULT_MAX_MEMORY,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            tls_cert: None,
-            tls_key: None,
-            redis: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            ping_interval: DEFAULT_PING_INTERVAL,
-            ping_timeout: DEFAULT_PING_TIMEOUT,
-            slow_client_timeout: DEFAULT_SLOW_CLIENT_TIMEOUT,
-            batch_window: DEFAULT_BATCH_WINDOW,
-            allow_origin: Vec::new(),
-            token: None,
-            rate_limit: DEFAULT_RATE_LIMIT,
-            burst: DEFAULT_BURST,
-            flood_grace: DEFAULT_FLOOD_GRACE,
-            max_handshakes: DEFAULT_MAX_HANDSHAKES,
-            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
-            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            joins_per_ip: DEFAULT_JOINS_PER_IP,
-            auth_failures_per_ip: DEFAULT_AUTH_FAILURES_PER_IP,
-            trusted_proxy: Vec::new(),
-            public_url: Vec::new(),
-        }
+        let matches =
+            defaults_command().try_get_matches_from(["server"]).expect("the defaults parse");
+        Self::from_arg_matches(&matches).expect("the defaults are a configuration")
     }
+}
+
+/// The server's flags without their environment twins.
+fn defaults_command() -> clap::Command {
+    ServerConfig::augment_args(clap::Command::new("server")).mut_args(|arg| arg.env(None))
+}
+
+/// A size as `--max-memory` and the like take it, in the largest binary unit
+/// that divides it (`4MiB`).
+fn size_text(bytes: usize) -> String {
+    [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        .into_iter()
+        .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
+        .map_or_else(|| bytes.to_string(), |(unit, name)| format!("{}{name}", bytes / unit))
+}
+
+/// A duration as the flags take it, in seconds (`30`, `0.02`).
+fn seconds_text(duration: Duration) -> String {
+    duration.as_secs_f64().to_string()
 }
 
 /// A size in bytes, with an optional unit (`64KiB`, `4MiB`, `1GB`).
@@ -406,4 +418,48 @@ fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
         return Err("must be more than 0 seconds".into());
     }
     Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_what_no_flags_give() {
+        let config = ServerConfig::default();
+        assert_eq!(config.host, DEFAULT_HOST);
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert_eq!(config.max_lag, DEFAULT_MAX_LAG);
+        assert_eq!(config.max_lag_bytes, DEFAULT_MAX_LAG_BYTES);
+        assert_eq!(config.history_bytes, DEFAULT_HISTORY_BYTES);
+        assert_eq!(config.max_memory, DEFAULT_MAX_MEMORY);
+        assert_eq!(config.ping_interval, DEFAULT_PING_INTERVAL);
+        assert_eq!(config.ping_timeout, DEFAULT_PING_TIMEOUT);
+        assert_eq!(config.batch_window, DEFAULT_BATCH_WINDOW);
+        assert_eq!(config.slow_client_timeout, DEFAULT_SLOW_CLIENT_TIMEOUT);
+        assert_eq!(config.flood_grace, DEFAULT_FLOOD_GRACE);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(config.auth_failures_per_ip, DEFAULT_AUTH_FAILURES_PER_IP);
+        assert!(config.token.is_none() && config.redis.is_none() && config.tls_cert.is_none());
+        assert!(config.allow_origin.is_empty() && config.trusted_proxy.is_empty());
+        config.check_memory().expect("the defaults fit in memory");
+    }
+
+    // So CHAT_PORT and the like, set for the process, do not leak into it.
+    #[test]
+    fn the_default_reads_no_environment() {
+        assert!(defaults_command().get_arguments().all(|arg| arg.get_env().is_none()));
+        let flags = ServerConfig::augment_args(clap::Command::new("server"));
+        let port = flags.get_arguments().find(|arg| arg.get_id() == "port").expect("--port");
+        assert_eq!(port.get_env(), Some(std::ffi::OsStr::new("CHAT_PORT")));
+    }
+
+    #[test]
+    fn defaults_are_shown_as_they_are_written() {
+        assert_eq!(size_text(DEFAULT_MAX_LAG_BYTES), "4MiB");
+        assert_eq!(size_text(DEFAULT_MAX_MEMORY), "256MiB");
+        assert_eq!(size_text(1536), "1536");
+        assert_eq!(seconds_text(DEFAULT_PING_TIMEOUT), "60");
+        assert_eq!(seconds_text(DEFAULT_BATCH_WINDOW), "0.02");
+    }
 }

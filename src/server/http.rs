@@ -30,7 +30,7 @@ pub enum HandshakeError {
     /// The socket failed or closed before a whole request head arrived.
     #[error("connection ended during the handshake: {0}")]
     Io(#[from] io::Error),
-    /// The request was answered with an HTTP status instead of an upgrade.
+    /// The request was refused with an HTTP status instead of an upgrade.
     #[error("answered with HTTP {status}: {reason}")]
     Refused {
         /// The status sent.
@@ -44,14 +44,27 @@ pub enum HandshakeError {
 /// and the address the per-address rules count it against.
 pub type Upgrade = (ChatRequest, BytesMut, AddressKey);
 
+/// What a request head came to, when it was not refused.
+#[derive(Debug)]
+pub enum Handshake {
+    /// A chat upgrade, for tokio-websockets to finish.
+    Upgrade(Upgrade),
+    /// Served here and closed: the page, a health check or `/metrics`.
+    Served {
+        /// The status sent.
+        status: u16,
+    },
+}
+
 /// Reads one request head from `peer` and decides: a chat upgrade
-/// (returned) or a refusal (already answered).
+/// (returned), an answer served here, or a refusal (the error). Either
+/// answer is sent already.
 pub async fn read_request<S>(
     stream: &mut S,
     peer: IpAddr,
     access: &Access,
     metrics: &Metrics,
-) -> Result<Upgrade, HandshakeError>
+) -> Result<Handshake, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -69,7 +82,14 @@ where
                 let reason = format!("request head over {MAX_REQUEST_HEAD_BYTES} bytes");
                 return Err(refuse(stream, Answer::text(431, reason), Some(metrics)).await);
             }
-            Some(Ok((chat, client))) => return Ok((chat, buf, client)),
+            Some(Ok((Route::Upgrade(chat), client))) => {
+                return Ok(Handshake::Upgrade((chat, buf, client)));
+            }
+            Some(Ok((Route::Serve(answer), _))) => {
+                let status = answer.status;
+                respond(stream, answer, Some(metrics)).await;
+                return Ok(Handshake::Served { status });
+            }
             Some(Err(answer)) => return Err(refuse(stream, answer, Some(metrics)).await),
         }
     }
@@ -89,22 +109,27 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
 }
 
 /// Parses what has arrived of a request head: `None` while it is incomplete,
-/// else the decision. Kept out of the async function so that the header array
-/// is not part of every connection's future.
+/// else where it goes, or the refusal. Kept out of the async function: the
+/// header array stays out of every handshake's future.
 fn parse(
     buf: &[u8],
     peer: IpAddr,
     access: &Access,
     metrics: &Metrics,
-) -> Option<Result<(ChatRequest, AddressKey), Answer>> {
+) -> Option<Result<(Route, AddressKey), Answer>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_REQUEST_HEAD_BYTES => {
             let head = request.method == Some("HEAD");
             let client = access.client(peer, &request);
-            let decided = route(&request, client, access, metrics);
-            Some(decided.map(|chat| (chat, client)).map_err(|answer| Answer { head, ..answer }))
+            // HEAD gets whichever answer without its body.
+            let routed = match route(&request, client, access, metrics) {
+                Ok(Route::Serve(answer)) => Ok(Route::Serve(Answer { head, ..answer })),
+                Ok(upgrade) => Ok(upgrade),
+                Err(answer) => Err(Answer { head, ..answer }),
+            };
+            Some(routed.map(|route| (route, client)))
         }
         Ok(httparse::Status::Complete(_)) => Some(Err(Answer::text(
             431,
@@ -118,13 +143,23 @@ fn parse(
     }
 }
 
-/// Decides what to do with a complete request head.
+/// Where a request goes that is not refused.
+#[derive(Debug)]
+enum Route {
+    /// A chat upgrade.
+    Upgrade(ChatRequest),
+    /// Answered here: the page, a health check or `/metrics`.
+    Serve(Answer),
+}
+
+/// Decides what to do with a complete request head: where it goes, or the
+/// refusal (the error).
 fn route(
     request: &httparse::Request<'_, '_>,
     client: AddressKey,
     access: &Access,
     metrics: &Metrics,
-) -> Result<ChatRequest, Answer> {
+) -> Result<Route, Answer> {
     let target = origin_form(request.path.unwrap_or("/"));
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -141,16 +176,16 @@ fn route(
     // For supervisors: the process serves. For load balancers: new clients
     // are taken (not while the Redis link is down, when they get 1013).
     if path == "/livez" && readable && !upgrade {
-        return Err(Answer::text(200, "ok".into()));
+        return Ok(Route::Serve(Answer::text(200, "ok".into())));
     }
     if matches!(path, "/readyz" | "/healthz") && readable && !upgrade {
-        return Err(if metrics.ready() {
+        return Ok(Route::Serve(if metrics.ready() {
             Answer::text(200, "ok".into())
         } else {
             // Counted apart from refused clients: a probe is not one.
             let wait = Duration::from_secs(1);
             Answer::busy(503, "not_ready", wait, "the link to the other nodes is down".into())
-        });
+        }));
     }
     // A browser's request names the server as the page's address bar does:
     // on loopback, a name that is not the server's own is a DNS-rebinding
@@ -202,7 +237,7 @@ fn route(
     }
     // For Prometheus; behind the token when there is one.
     let Some(room) = room else {
-        return Err(Answer::new(200, OPENMETRICS, metrics.encode().into()));
+        return Ok(Route::Serve(Answer::new(200, OPENMETRICS, metrics.encode().into())));
     };
     if let Some(origin) = header(request, "origin")
         && !access.allows(origin, host)
@@ -214,7 +249,7 @@ fn route(
     }
     // A browser visiting a room: the web page, which then connects to it.
     if !upgrade {
-        return Err(Answer::new(200, HTML, PAGE.into()));
+        return Ok(Route::Serve(Answer::new(200, HTML, PAGE.into())));
     }
     // Each join replays up to --history-bytes: paced per address.
     if let Err(wait) = access.addresses.join(client, now) {
@@ -231,13 +266,13 @@ fn route(
             && std::str::from_utf8(h.value)
                 .is_ok_and(|v| v.split(',').any(|p| p.trim() == JSON_PROTOCOL))
     });
-    Ok(ChatRequest {
+    Ok(Route::Upgrade(ChatRequest {
         room: room.to_owned(),
         name: name_from_query(query),
         resume: resume(query)?,
         protocol: if json { Protocol::Json } else { Protocol::Text },
         session: query_param(query, "session"),
-    })
+    }))
 }
 
 /// A request target in origin form (`/room?x`): an absolute-form target
@@ -346,7 +381,8 @@ fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a 
 /// The content type of `/metrics`.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// An HTTP response given instead of an upgrade.
+/// An HTTP response given instead of an upgrade: an answer served here, or
+/// a refusal.
 #[derive(Debug)]
 pub struct Answer {
     /// The status.
@@ -376,18 +412,33 @@ impl Answer {
     }
 
     /// A plain-text answer; a trailing newline is added.
-    pub fn text(status: u16, reason: String) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", (reason + "\n").into())
+    pub fn text(status: u16, text: String) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", (text + "\n").into())
     }
 }
 
-/// Answers instead of upgrading, counts the refusal by its status in
-/// `metrics` if given, and closes; returns the matching error.
+/// Refuses the upgrade with `answer` (see [`respond`]); returns the
+/// matching error.
 pub async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     answer: Answer,
     metrics: Option<&Metrics>,
 ) -> HandshakeError {
+    let error = HandshakeError::Refused {
+        status: answer.status,
+        reason: answer.body.trim_end().to_owned(),
+    };
+    respond(stream, answer, metrics).await;
+    error
+}
+
+/// Sends `answer` instead of upgrading, counts it as a refusal by its
+/// reason or status in `metrics` if given (a 200 is not one), and closes.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    answer: Answer,
+    metrics: Option<&Metrics>,
+) {
     let Answer { status, content_type, body, head, retry_after, reason } = answer;
     let reason = reason.or(match status {
         200 => None,
@@ -423,10 +474,9 @@ pub async fn refuse<S: AsyncWrite + Unpin>(
         body.len(),
         if head { "" } else { &*body },
     );
-    // The peer may already be gone; the refusal stands either way.
+    // The peer may already be gone; the answer stands either way.
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
-    HandshakeError::Refused { status, reason: body.trim_end().to_owned() }
 }
 
 #[cfg(test)]
@@ -501,11 +551,11 @@ mod tests {
             };
             let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n{upgrade}\r\n");
             match parse(head.as_bytes(), PEER, &Access::default(), &Metrics::default()) {
-                Some(Ok((chat, _))) => {
+                Some(Ok((Route::Upgrade(chat), _))) => {
                     let path = target.split('?').next().unwrap_or_default();
                     prop_assert_eq!(room_from_path(path), Ok(chat.room.as_str()));
                 }
-                Some(Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
+                Some(Ok((Route::Serve(answer), _)) | Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
                 None => prop_assert!(false, "a complete head must be decided"),
             }
         }
@@ -543,8 +593,8 @@ mod tests {
             head.extend_from_slice(b"\r\n");
             for _ in 0..4 {
                 match parse(&head, PEER, &access, &Metrics::default()) {
-                    Some(Ok(_)) => prop_assert!(upgrade),
-                    Some(Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
+                    Some(Ok((Route::Upgrade(_), _))) => prop_assert!(upgrade),
+                    Some(Ok((Route::Serve(answer), _)) | Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
                     None => prop_assert!(false, "a complete head must be decided"),
                 }
             }
@@ -555,8 +605,8 @@ mod tests {
     fn a_rebinding_page_is_refused_and_a_guesser_is_slowed_down() {
         let access = guarded();
         let decide = |head: &str| match parse(head.as_bytes(), PEER, &access, &Metrics::default()) {
-            Some(Ok(_)) => 101,
-            Some(Err(answer)) => answer.status,
+            Some(Ok((Route::Upgrade(_), _))) => 101,
+            Some(Ok((Route::Serve(answer), _)) | Err(answer)) => answer.status,
             None => 0,
         };
         let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n";

@@ -4,6 +4,7 @@
 //! - `http`: reads and checks the HTTP request, answers the page,
 //!   `/healthz` and `/metrics`, and routes upgrades;
 //! - `connection`: one client: reads its frames, writes what its room sends;
+//! - `commands`: what a client's commands do (a message, `/nick`, `/who`);
 //! - `wire`: the socket under tokio-websockets, which writes frames encoded once;
 //! - `hub`: this node's rooms, their locks, recent history and fan-out;
 //! - `backend`: what nodes share (names, numbering, history, presence),
@@ -20,6 +21,7 @@
 
 pub(crate) mod address;
 pub(crate) mod backend;
+pub(crate) mod commands;
 pub mod config;
 pub(crate) mod connection;
 pub(crate) mod http;
@@ -60,7 +62,9 @@ use crate::server::config::{
     ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT,
     ServerConfig,
 };
-use crate::server::http::{Access, Answer, HandshakeError, read_head, read_request, refuse};
+use crate::server::http::{
+    Access, Answer, Handshake, HandshakeError, read_head, read_request, refuse, respond,
+};
 use crate::server::hub::Hub;
 use crate::server::hub::ring::Budget;
 use crate::server::metrics::Metrics;
@@ -141,8 +145,9 @@ pub async fn run(
                 // Two kinds of task, so that plain connections do not carry
                 // the TLS state.
                 match &context.tls {
-                    None => tracker.spawn(chat(stream, start).instrument(span)),
-                    Some(tls) => tracker.spawn(secure(tls.clone(), stream, start).instrument(span)),
+                    None => tracker.spawn(upgrade_and_join(stream, start).instrument(span)),
+                    Some(tls) => tracker
+                        .spawn(tls_upgrade_and_join(tls.clone(), stream, start).instrument(span)),
                 };
             }
             Err(error) if is_per_connection(&error) => {
@@ -258,7 +263,7 @@ async fn refuse_busy(mut stream: TcpStream, status: u16, permit: OwnedSemaphoreP
     };
     let _ = timeout(CLOSE_TIMEOUT, async {
         // Counted by the caller, before the answer.
-        refuse(&mut stream, answer, None).await;
+        respond(&mut stream, answer, None).await;
         let _ = read_head(&mut stream).await;
     })
     .await;
@@ -310,7 +315,7 @@ async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     if read_head(&mut stream).await.is_ok() {
         let answer = Answer::text(503, "the server is shutting down".into());
         // Not counted: from now on nobody can read the metrics.
-        refuse(&mut stream, answer, None).await;
+        respond(&mut stream, answer, None).await;
     }
 }
 
@@ -368,14 +373,14 @@ struct Start {
     tracker: TaskTracker,
 }
 
-/// A TLS connection: the TLS handshake, then [`chat`].
-async fn secure(tls: TlsAcceptor, stream: TcpStream, start: Start) {
+/// A TLS connection: the TLS handshake, then [`upgrade_and_join`].
+async fn tls_upgrade_and_join(tls: TlsAcceptor, stream: TcpStream, start: Start) {
     let accepted = tokio::select! {
         () = start.shutdown.cancelled() => return,
         accepted = timeout_at(start.deadline, tls.accept(stream)) => accepted,
     };
     match accepted {
-        Ok(Ok(stream)) => chat(stream, start).await,
+        Ok(Ok(stream)) => upgrade_and_join(stream, start).await,
         Ok(Err(error)) => {
             debug!(%error, "TLS handshake failed");
             start.context.metrics.refuse("tls");
@@ -389,7 +394,7 @@ async fn secure(tls: TlsAcceptor, stream: TcpStream, start: Start) {
 
 /// One connection's HTTP handshake and join; the chat itself is spawned as
 /// [`connection::serve`]. Errors end here, logged.
-async fn chat<S>(mut stream: S, start: Start)
+async fn upgrade_and_join<S>(mut stream: S, start: Start)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -397,7 +402,15 @@ where
     let upgrading = context.clone();
     let upgrade = async move {
         let (request, read, client) =
-            read_request(&mut stream, peer.ip(), &upgrading.access, &upgrading.metrics).await?;
+            match read_request(&mut stream, peer.ip(), &upgrading.access, &upgrading.metrics)
+                .await?
+            {
+                Handshake::Upgrade(upgrade) => upgrade,
+                Handshake::Served { status } => {
+                    debug!(status, "served without upgrading");
+                    return Ok(None);
+                }
+            };
         // The chat slots, overall and of the client's address, held for the
         // whole connection.
         let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
@@ -428,10 +441,9 @@ where
             upgrading.metrics.refuse("bad_request");
             HandshakeError::Refused { status: 400, reason: error.to_string() }
         })?;
-        // Boxed once here, so that it is not part of the connection future's
-        // state (which keeps its arguments) as well as of the split halves'
-        // shared allocation.
-        Ok::<_, HandshakeError>((request, Box::new(ws), slot, address_slot))
+        // Boxed once here: not in the connection's future as well as in the
+        // split halves' allocation (see `connection_futures_stay_small`).
+        Ok::<_, HandshakeError>(Some((request, Box::new(ws), slot, address_slot)))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
@@ -439,7 +451,9 @@ where
     };
     drop(handshake);
     let (request, mut ws, slot, address_slot) = match upgraded {
-        Ok(Ok(upgraded)) => upgraded,
+        Ok(Ok(Some(upgraded))) => upgraded,
+        // Answered already: nothing to join.
+        Ok(Ok(None)) => return,
         Ok(Err(error)) => {
             debug!(%error, "handshake failed");
             return;

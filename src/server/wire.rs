@@ -27,7 +27,7 @@ const MAX_IOVECS: usize = 512;
 /// Frames waiting for the socket, shared by the connection (which queues
 /// them) and its [`Wire`] (which writes them).
 #[derive(Debug, Clone, Default)]
-pub struct Outgoing(Arc<Mutex<Queue>>);
+pub struct SocketQueue(Arc<Mutex<Queue>>);
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -36,7 +36,7 @@ struct Queue {
     written: usize,
 }
 
-impl Outgoing {
+impl SocketQueue {
     /// Holds the queue for frames pushed in a row (one lock for a batch);
     /// they go out at the next flush of the stream.
     pub fn pushing(&self) -> Pushing<'_> {
@@ -64,23 +64,23 @@ impl Pushing<'_> {
 
 /// A stream that first yields bytes already read from it (the request head,
 /// read before tokio-websockets took over), then reads on; and that writes
-/// the [`Outgoing`] frames whenever it is flushed.
+/// the [`SocketQueue`] frames whenever it is flushed.
 #[derive(Debug)]
 pub struct Wire<S> {
     read: BytesMut,
     inner: S,
-    outgoing: Outgoing,
+    socket_queue: SocketQueue,
 }
 
 impl<S> Wire<S> {
     /// Wraps `inner`, replaying `read` first.
     pub fn new(read: BytesMut, inner: S) -> Self {
-        Self { read, inner, outgoing: Outgoing::default() }
+        Self { read, inner, socket_queue: SocketQueue::default() }
     }
 
     /// Where to queue frames for this stream.
-    pub fn outgoing(&self) -> &Outgoing {
-        &self.outgoing
+    pub fn socket_queue(&self) -> &SocketQueue {
+        &self.socket_queue
     }
 }
 
@@ -88,7 +88,7 @@ impl<S: AsyncWrite + Unpin> Wire<S> {
     /// Writes queued frames until none is left, or only the rest of a
     /// frame begun when `whole_only`.
     fn poll_queue(&mut self, cx: &mut Context<'_>, whole_only: bool) -> Poll<io::Result<()>> {
-        let mut queue = lock(&self.outgoing.0);
+        let mut queue = lock(&self.socket_queue.0);
         loop {
             if queue.frames.is_empty() || (whole_only && queue.written == 0) {
                 return Poll::Ready(Ok(()));
@@ -198,10 +198,10 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         let mut wire = Wire::new(BytesMut::new(), ours);
         for text in &texts {
-            wire.outgoing().pushing().push(Frame::text(text));
+            wire.socket_queue().pushing().push(Frame::text(text));
             assert_eq!(Frame::text(text).as_text(), Some(text.as_str()));
         }
-        wire.outgoing().pushing().push(Frame::ping());
+        wire.socket_queue().pushing().push(Frame::ping());
         wire.flush().await.unwrap();
         let mut client = ClientBuilder::new().limits(Limits::unlimited()).take_over(theirs);
         for text in &texts {
@@ -247,8 +247,8 @@ mod tests {
     fn writes_never_cut_into_a_frame() {
         let (a, b) = (Frame::text("first frame"), Frame::text("second"));
         let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 4 });
-        wire.outgoing().pushing().push(a.clone());
-        wire.outgoing().pushing().push(b.clone());
+        wire.socket_queue().pushing().push(a.clone());
+        wire.socket_queue().pushing().push(b.clone());
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
         assert_eq!(wire.inner.taken, a.bytes()[..4]);
@@ -270,11 +270,11 @@ mod tests {
         let frames = [Frame::text("begun"), Frame::text("not begun")];
         let mut wire = Wire::new(BytesMut::new(), Stingy { taken: Vec::new(), budget: 2 });
         for frame in &frames {
-            wire.outgoing().pushing().push(frame.clone());
+            wire.socket_queue().pushing().push(frame.clone());
         }
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_pending());
-        wire.outgoing().discard_unsent();
+        wire.socket_queue().discard_unsent();
         wire.inner.budget = 1000;
         assert!(Pin::new(&mut wire).poll_flush(&mut cx).is_ready());
         assert_eq!(wire.inner.taken, frames[0].bytes().to_vec());
