@@ -3,7 +3,7 @@
 //! body, the `Authorization` scheme is case-insensitive, and the server's own
 //! paths (and `.`, `..`) are never rooms.
 
-use crate::common::{PATIENCE, Peer, TestServer};
+use crate::common::{PATIENCE, Peer, TestServer, status_of as status};
 use chat::server::config::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,10 +28,6 @@ async fn exchange(server: &TestServer, request: &str) -> String {
             return text.into_owned();
         }
     }
-}
-
-fn status(response: &str) -> &str {
-    response.get(9..12).unwrap_or(response)
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! What is not a chat upgrade gets an HTTP status and a closed connection,
 //! never a hang, and the server keeps serving.
 
-use crate::common::{self, PATIENCE, Peer, TestServer};
+use crate::common::{self, PATIENCE, Peer, TestServer, status_of as status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -16,10 +16,6 @@ async fn exchange(server: &TestServer, request: &[u8]) -> String {
         .expect("an answer in time")
         .expect("read");
     String::from_utf8_lossy(&response).into_owned()
-}
-
-fn status(response: &str) -> &str {
-    response.get(9..12).unwrap_or(response)
 }
 
 #[tokio::test]

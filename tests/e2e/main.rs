@@ -2,6 +2,13 @@
 //! own `tests/*.rs` binary, so that the library and the helpers are compiled
 //! and linked once. `common` runs a server in-process and speaks to it;
 //! `redis_nodes` runs `redis-server` and `server` binaries joined to it.
+//!
+//! None needs a process of its own: no test sets environment variables
+//! (`common::command` removes the settings' ones from each child only) or
+//! resource limits, the library keeps no process-wide state, and the
+//! per-address limits belong to each test's own server. `bench_counts` reports this process's RSS and CPU
+//! time but checks only that they were read; `memory_bounds` measures the RSS
+//! of a child `server` process, not of this one.
 
 mod common;
 mod redis_nodes;
