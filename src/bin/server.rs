@@ -33,9 +33,13 @@ async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()>
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,
     };
-    let backend = chat::server::Backend::connect(&config)
-        .await
-        .context("cannot join the cluster (--redis)")?;
+    let backend = chat::server::Backend::connect(&config).await;
+    let backend = match (backend, &config.redis) {
+        (Ok(backend), _) => backend,
+        (Err(error), Some(_)) => Err(error).context("cannot join the cluster (--redis)")?,
+        // The store's error names its file.
+        (Err(error), None) => Err(error)?,
+    };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let addr = (config.host.as_str(), config.port);
     let listener = TcpListener::bind(addr)

@@ -17,7 +17,15 @@ pub enum Command<'a> {
     Who,
     /// `/help`: list the commands.
     Help,
-    /// `/nick` without a name.
+    /// `/history [N] [BEFORE]`: the room's last `limit` messages before the
+    /// one numbered `before` (before the newest, without it).
+    History {
+        /// How many, at most [`HISTORY_PAGE_MESSAGES`](super::HISTORY_PAGE_MESSAGES).
+        limit: usize,
+        /// Older than this seq.
+        before: Option<u64>,
+    },
+    /// `/nick` without a name, or `/history` with words that are not numbers.
     MissingArgument(&'static str),
     /// Any other `/command`.
     Unknown(&'a str),
@@ -41,8 +49,30 @@ pub fn parse_command(text: &str) -> Command<'_> {
         "nick" => Command::Nick(arg),
         "who" => Command::Who,
         "help" => Command::Help,
+        "history" => parse_history(arg),
         _ => Command::Unknown(name),
     }
+}
+
+/// `/history`'s usage.
+const HISTORY_USAGE: &str = "/history [N] [BEFORE]: the N messages before message BEFORE";
+
+fn parse_history(arg: &str) -> Command<'static> {
+    let mut words = arg.split_whitespace().map(str::parse::<u64>);
+    let limit = match words.next() {
+        None => super::HISTORY_PAGE_DEFAULT,
+        Some(Ok(limit)) => usize::try_from(limit).unwrap_or(usize::MAX),
+        Some(Err(_)) => return Command::MissingArgument(HISTORY_USAGE),
+    };
+    let before = match words.next() {
+        None => None,
+        Some(Ok(before)) => Some(before),
+        Some(Err(_)) => return Command::MissingArgument(HISTORY_USAGE),
+    };
+    if words.next().is_some() {
+        return Command::MissingArgument(HISTORY_USAGE);
+    }
+    Command::History { limit, before }
 }
 
 /// Checks a message's text: not blank, at most `max_bytes` bytes, and free
@@ -89,6 +119,20 @@ pub enum Request<'a> {
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         id: Option<Str<'a>>,
     },
+    /// The room's messages before `before` (before the newest, without it),
+    /// answered with one [`Event::Earlier`](super::Event::Earlier).
+    History {
+        /// Older than this seq.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// How many at most; [`HISTORY_PAGE_DEFAULT`](super::HISTORY_PAGE_DEFAULT) without it,
+        /// never more than [`HISTORY_PAGE_MESSAGES`](super::HISTORY_PAGE_MESSAGES).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
 }
 
 impl Request<'_> {
@@ -98,15 +142,20 @@ impl Request<'_> {
             Request::Message { text, .. } => Command::Say(text),
             Request::Nick { name, .. } => Command::Nick(name),
             Request::Who { .. } => Command::Who,
+            Request::History { before, limit, .. } => Command::History {
+                limit: limit.unwrap_or(super::HISTORY_PAGE_DEFAULT),
+                before: *before,
+            },
         }
     }
 
     /// The id the answer must carry.
     pub fn id(&self) -> Option<&Str<'_>> {
         match self {
-            Request::Message { id, .. } | Request::Nick { id, .. } | Request::Who { id } => {
-                id.as_ref()
-            }
+            Request::Message { id, .. }
+            | Request::Nick { id, .. }
+            | Request::Who { id }
+            | Request::History { id, .. } => id.as_ref(),
         }
     }
 }
@@ -166,6 +215,9 @@ pub enum ClientError<'a> {
     },
     /// A message holds a control character other than tab or a line break.
     ControlCharacter,
+    /// The room's earlier messages cannot be read now (the store or the
+    /// link to the other nodes failed).
+    HistoryUnavailable,
     /// The server holds all the messages its memory bound allows
     /// (`--max-memory`), and none could be dropped for this one.
     ServerFull,
@@ -188,13 +240,15 @@ impl ClientError<'_> {
             ClientError::TooLong { .. } => "too_long",
             ClientError::ControlCharacter => "control_character",
             ClientError::ServerFull => "server_full",
+            ClientError::HistoryUnavailable => "history_unavailable",
         }
     }
 }
 
 /// `/help`'s answer.
 pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
-                        /help shows this; start a message with // to send a literal /";
+                        /history [N] [BEFORE] shows earlier messages, /help shows this; \
+                        start a message with // to send a literal /";
 
 impl fmt::Display for ClientError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -231,6 +285,9 @@ impl fmt::Display for ClientError<'_> {
             }
             ClientError::BinaryFrame => {
                 f.write_str("binary frames are not chat: send text frames; nothing was sent")
+            }
+            ClientError::HistoryUnavailable => {
+                f.write_str("earlier messages cannot be read right now; try again")
             }
             ClientError::ServerFull => f.write_str(
                 "the server is out of memory for messages: this one was not sent; try again",

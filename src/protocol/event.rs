@@ -138,6 +138,22 @@ pub enum Event<'a> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Str<'a>>,
     },
+    /// Answer to a history request, to its client only: the room's messages
+    /// before `before`, oldest first. A type of its own, not `message`
+    /// events, so that a client's resume position never moves back.
+    Earlier {
+        /// The room.
+        room: Str<'a>,
+        /// The messages, oldest first, numbered below the request's `before`
+        /// (a gap in their numbers: messages the store no longer holds).
+        #[serde(borrow)]
+        messages: Vec<PastMessage<'a>>,
+        /// Whether the store holds messages older than the first of these.
+        more: bool,
+        /// The request's id, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
     /// A request with an id was carried out (JSON only): after a message's
     /// own echo, or a rename's notice.
     Ack {
@@ -174,6 +190,21 @@ fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
         rest = &after[skip..];
     }
     f.write_str(rest)
+}
+
+/// A message of a [`Event::Earlier`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastMessage<'a> {
+    /// Its number in the room.
+    pub seq: u64,
+    /// Sender's name.
+    #[serde(borrow)]
+    pub from: Str<'a>,
+    /// The text, verbatim.
+    #[serde(borrow)]
+    pub text: Str<'a>,
+    /// When the server relayed it.
+    pub ts: Timestamp,
 }
 
 /// Which side of a history replay a [`Event::History`] marks.
@@ -305,6 +336,25 @@ impl fmt::Display for Event<'_> {
             Event::Notice { text } => write!(f, "* {text}"),
             Event::Error { text, .. } => write!(f, "! {text}"),
             Event::Ack { id, .. } => write!(f, "* done: {id}"),
+            Event::Earlier { messages, more, .. } => {
+                // One frame, one line per message: each message's line
+                // breaks are marked, so no line can be forged.
+                match messages.first() {
+                    None => f.write_str("* no earlier messages")?,
+                    Some(first) => {
+                        let count = messages.len();
+                        write!(f, "* {count} earlier messages from #{}:", first.seq)?;
+                    }
+                }
+                for PastMessage { seq, from, text, ts } in messages {
+                    write!(f, "\n#{seq} {} {from}: ", ts.format("%Y-%m-%d %H:%M:%SZ"))?;
+                    write_one_line(f, text)?;
+                }
+                if let (true, Some(first)) = (more, messages.first()) {
+                    write!(f, "\n* more: /history N {}", first.seq)?;
+                }
+                Ok(())
+            }
         }
     }
 }

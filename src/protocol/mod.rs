@@ -32,6 +32,14 @@ pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_n
 pub const DEFAULT_ROOM: &str = "lobby";
 /// Most names a `/who` answer lists; the rest are counted.
 pub const MAX_WHO_NAMES: usize = 100;
+/// Messages a history request gets without a `limit`.
+pub const HISTORY_PAGE_DEFAULT: usize = 20;
+/// Most messages one history answer holds.
+pub const HISTORY_PAGE_MESSAGES: usize = 200;
+/// Most bytes of text (and sender names) one history answer holds, though
+/// never less than one message: its frame is at most about six times this
+/// (JSON escapes).
+pub const HISTORY_PAGE_BYTES: usize = 256 * 1024;
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 32;
 

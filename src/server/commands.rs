@@ -1,4 +1,4 @@
-//! What a client's commands do: a message, `/nick`, `/who` and `/help`,
+//! What a client's commands do: a message, `/nick`, `/who`, `/history` and `/help`,
 //! each carried out in the room, answered to the client alone, or refused.
 
 use crate::protocol::{ClientError, Command, Event, Frame, HELP, Protocol, check_text};
@@ -56,6 +56,13 @@ pub(crate) async fn act<'a>(
                 *answer_id = id.map(|id| id.to_owned().into());
             }
             Ok(Outcome::Answer(who.encode(protocol)))
+        }
+        Command::History { limit, before } => {
+            let mut earlier = member.history(limit, before).await?;
+            if let Event::Earlier { id: answer_id, .. } = &mut earlier {
+                *answer_id = id.map(|id| id.to_owned().into());
+            }
+            Ok(Outcome::Answer(earlier.encode(protocol)))
         }
         Command::Help => Ok(Outcome::Answer(Event::Notice { text: HELP.into() }.encode(protocol))),
         Command::MissingArgument(usage) => Err(ClientError::Usage { usage }),

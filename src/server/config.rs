@@ -85,6 +85,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connections to close before returning; under the
 /// 5 s a supervisor usually allows.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long shutdown waits for the store to write what is queued, after
+/// the connections closed.
+pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First wait after a failed `accept` (for example out of file descriptors);
 /// doubles on each failure in a row.
 pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
@@ -109,6 +112,22 @@ pub const DEFAULT_AUTH_FAILURES_PER_IP: u32 = 64;
 /// How long a connection past a per-address or the overall handshake cap is
 /// told to wait (`Retry-After`), in seconds.
 pub const BUSY_RETRY_AFTER_SECONDS: u64 = 2;
+
+/// Default `--db`: the store beside the server. The library's
+/// [`ServerConfig::default`] uses [`MEMORY_DB`] instead, so that tests keep
+/// nothing on disk: the one deliberate difference from the binary's defaults.
+pub const DEFAULT_DB: &str = "chat.db";
+/// The `--db` that keeps the store in memory only (SQLite's own name).
+pub const MEMORY_DB: &str = ":memory:";
+/// Default `--keep-messages`: messages the store keeps per room.
+pub const DEFAULT_KEEP_MESSAGES: u64 = 10_000;
+/// Default `--keep-for`: how long the store (or Redis) keeps a message.
+pub const DEFAULT_KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default `--db-max-bytes`: message bytes (text and sender) the whole
+/// store keeps.
+pub const DEFAULT_DB_MAX_BYTES: usize = 1024 * 1024 * 1024;
+/// Default `--db-queue-bytes`: message bytes waiting for the store's writer.
+pub const DEFAULT_DB_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A default's text for clap, written once from its constant by `$show`
 /// (what `default_value_t` does for types whose text is what they parse).
@@ -299,6 +318,38 @@ pub struct ServerConfig {
     /// commas in the environment. Pages from it may connect.
     #[arg(long, env = "CHAT_PUBLIC_URL", value_delimiter = ',')]
     pub public_url: Vec<crate::server::origin::PublicUrl>,
+
+    /// SQLite file that keeps every room's messages, numbering and epoch
+    /// across restarts; `:memory:` keeps them in memory only. Not used with
+    /// --redis, where Redis keeps them.
+    #[arg(long, env = "CHAT_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// Messages the store keeps per room, the oldest going first (with
+    /// --redis: --history is the stream's length instead).
+    #[arg(long, env = "CHAT_KEEP_MESSAGES", default_value_t = DEFAULT_KEEP_MESSAGES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_messages: u64,
+
+    /// How long a message is kept, in the store or in Redis (`30d`, `12h`,
+    /// `90s`). With --redis, a room's keys expire this long after its last
+    /// message.
+    #[arg(long, env = "CHAT_KEEP_FOR", default_value = shown!(DEFAULT_KEEP_FOR, duration_text),
+          value_parser = parse_keep_for)]
+    pub keep_for: Duration,
+
+    /// Message bytes (text and sender names) the whole store keeps, the
+    /// oldest messages of any room going first. With `--db :memory:`, at
+    /// most --max-memory.
+    #[arg(long, env = "CHAT_DB_MAX_BYTES", default_value = shown!(DEFAULT_DB_MAX_BYTES, size_text),
+          value_parser = parse_bytes)]
+    pub db_max_bytes: usize,
+
+    /// Message bytes waiting for the store's writer. Past it, messages are
+    /// still delivered but not stored (counted in /metrics).
+    #[arg(long, env = "CHAT_DB_QUEUE_BYTES", default_value = shown!(DEFAULT_DB_QUEUE_BYTES, size_text),
+          value_parser = parse_bytes)]
+    pub db_queue_bytes: usize,
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -375,7 +426,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         let matches =
             defaults_command().try_get_matches_from(["server"]).expect("the defaults parse");
-        Self::from_arg_matches(&matches).expect("the defaults are a configuration")
+        let config = Self::from_arg_matches(&matches).expect("the defaults are a configuration");
+        // Deliberately not the binary's default (see DEFAULT_DB).
+        Self { db: MEMORY_DB.into(), ..config }
     }
 }
 
@@ -391,6 +444,20 @@ fn size_text(bytes: usize) -> String {
         .into_iter()
         .find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit))
         .map_or_else(|| bytes.to_string(), |(unit, name)| format!("{}{name}", bytes / unit))
+}
+
+/// A duration as `--keep-for` takes it (`30days`).
+fn duration_text(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// `--keep-for`: a duration with its unit, more than 0.
+fn parse_keep_for(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(duration)
 }
 
 /// A duration as the flags take it, in seconds (`30`, `0.02`).
@@ -440,6 +507,11 @@ mod tests {
         assert_eq!(config.flood_grace, DEFAULT_FLOOD_GRACE);
         assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(config.auth_failures_per_ip, DEFAULT_AUTH_FAILURES_PER_IP);
+        assert_eq!(config.db, std::path::Path::new(MEMORY_DB), "tests keep nothing on disk");
+        assert_eq!(config.keep_messages, DEFAULT_KEEP_MESSAGES);
+        assert_eq!(config.keep_for, DEFAULT_KEEP_FOR);
+        assert_eq!(config.db_max_bytes, DEFAULT_DB_MAX_BYTES);
+        assert_eq!(config.db_queue_bytes, DEFAULT_DB_QUEUE_BYTES);
         assert!(config.token.is_none() && config.redis.is_none() && config.tls_cert.is_none());
         assert!(config.allow_origin.is_empty() && config.trusted_proxy.is_empty());
         config.check_memory().expect("the defaults fit in memory");
@@ -461,5 +533,8 @@ mod tests {
         assert_eq!(size_text(1536), "1536");
         assert_eq!(seconds_text(DEFAULT_PING_TIMEOUT), "60");
         assert_eq!(seconds_text(DEFAULT_BATCH_WINDOW), "0.02");
+        assert_eq!(duration_text(DEFAULT_KEEP_FOR), "30days");
+        assert_eq!(parse_keep_for("30days"), Ok(DEFAULT_KEEP_FOR));
+        assert!(parse_keep_for("0s").is_err() && parse_keep_for("soon").is_err());
     }
 }

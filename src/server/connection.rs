@@ -599,11 +599,11 @@ mod tests {
 
     /// What `run` gives every connection, with the default flags and no TLS.
     fn context(config: &ServerConfig, listener: &TcpListener) -> Arc<Context> {
-        let metrics = Arc::new(Metrics::new(false));
+        let metrics = Arc::new(Metrics::new(false, None));
         let budget = Arc::new(Budget::new(config.max_memory, metrics.memory_bytes.clone()));
         let access = access(config, listener, false);
         Arc::new(Context {
-            hub: Hub::new(config, budget, crate::server::Backend::local()),
+            hub: Hub::new(config, budget, crate::server::Backend::open(config).expect("a store")),
             metrics,
             websockets: websockets(config, Protocol::Text),
             websockets_json: websockets(config, Protocol::Json),

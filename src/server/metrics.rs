@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::server::backend::StoreCounters;
+
 /// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -58,7 +60,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(false)
+        Self::new(false, None)
     }
 }
 
@@ -69,8 +71,9 @@ impl Metrics {
         !self.clustered || self.cluster_link_up.get() == 1
     }
 
-    /// The counters of a server, with those of the Redis link if `clustered`.
-    pub fn new(clustered: bool) -> Self {
+    /// The counters of a server, with those of the Redis link if
+    /// `clustered`, and those of its store if it has one.
+    pub fn new(clustered: bool, store: Option<&StoreCounters>) -> Self {
         let mut registry = Registry::with_prefix("chat");
         let metrics = Self {
             connections: Gauge::default(),
@@ -155,6 +158,47 @@ impl Metrics {
                 "Events received from Redis",
                 metrics.cluster_received.clone(),
             );
+        }
+        if let Some(store) = store {
+            let counters: [(&str, &str, &Counter); 5] = [
+                ("store_written", "Messages written to the store (--db)", &store.written),
+                (
+                    "store_dropped",
+                    "Messages delivered but not stored: the writer's queue was full \
+                     (--db-queue-bytes)",
+                    &store.dropped,
+                ),
+                (
+                    "store_failed",
+                    "Messages delivered but not stored: their write failed",
+                    &store.failed,
+                ),
+                ("store_errors", "Store transactions that failed", &store.errors),
+                (
+                    "store_trimmed",
+                    "Messages deleted by retention (--keep-messages, --keep-for, --db-max-bytes)",
+                    &store.trimmed,
+                ),
+            ];
+            for (name, help, counter) in counters {
+                registry.register(name, help, counter.clone());
+            }
+            let gauges: [(&str, &str, &Gauge); 3] = [
+                (
+                    "store_queue_bytes",
+                    "Message bytes waiting for the store's writer",
+                    &store.queue_bytes,
+                ),
+                (
+                    "store_bytes",
+                    "Message bytes the store holds, against --db-max-bytes",
+                    &store.bytes,
+                ),
+                ("store_up", "1 while the store's last transaction succeeded, else 0", &store.up),
+            ];
+            for (name, help, gauge) in gauges {
+                registry.register(name, help, gauge.clone());
+            }
         }
         Self { registry, ..metrics }
     }

@@ -60,7 +60,7 @@ use crate::server::address::{AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slo
 use crate::server::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, BUSY_RETRY_AFTER_SECONDS, CLOSE_TIMEOUT,
     ConnectionLimits, HANDSHAKE_TIMEOUT, MAX_PENDING_REFUSALS, PRESENCE_INTERVAL, SHUTDOWN_TIMEOUT,
-    ServerConfig,
+    STORE_CLOSE_TIMEOUT, ServerConfig,
 };
 use crate::server::http::{
     Access, Answer, Handshake, HandshakeError, read_head, read_request, refuse, respond,
@@ -82,7 +82,7 @@ pub async fn run(
     backend: Backend,
     shutdown: impl Future<Output = ()>,
 ) {
-    let metrics = Arc::new(Metrics::new(backend.is_shared()));
+    let metrics = Arc::new(Metrics::new(backend.is_shared(), backend.store_counters()));
     metrics.memory_limit_bytes.set(i64::try_from(config.max_memory).unwrap_or(i64::MAX));
     let budget = Arc::new(Budget::new(config.max_memory, metrics.memory_bytes.clone()));
     let hub = Hub::new(&config, budget, backend.clone());
@@ -92,7 +92,7 @@ pub async fn run(
     let access = access(&config, &listener, tls.is_some());
     let addresses = access.addresses.clone();
     tracker.spawn(forget_idle_addresses(addresses.clone(), token.clone()));
-    tracker.spawn(backend.run(hub.clone(), metrics.clone(), token.clone()));
+    tracker.spawn(backend.clone().run(hub.clone(), metrics.clone(), token.clone()));
     let context = Arc::new(Context {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -177,6 +177,8 @@ pub async fn run(
         },
         () = turn_away => {}
     }
+    // Every room left is settled by now: the store stops clean.
+    backend.close(STORE_CLOSE_TIMEOUT).await;
 }
 
 /// Who may connect, and the per-address table.

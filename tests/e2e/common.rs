@@ -44,15 +44,10 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat::server::run(
-            listener,
-            config,
-            tls,
-            chat::server::Backend::local(),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let backend = chat::server::Backend::open(&config).expect("the store opens");
+        let task = tokio::spawn(chat::server::run(listener, config, tls, backend, async {
+            let _ = stopped.await;
+        }));
         Self { addr, stop: Some(stop), task }
     }
 

@@ -86,7 +86,7 @@ async fn on_a_wildcard_bind_without_public_urls_the_host_is_matched() {
         listener,
         ServerConfig::default(),
         None,
-        chat::server::Backend::local(),
+        chat::server::Backend::open(&ServerConfig::default()).expect("the store opens"),
         async {
             let _ = stopped.await;
         },

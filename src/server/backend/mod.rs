@@ -1,7 +1,8 @@
 //! What nodes share: names, numbering, history and presence. Map:
 //! - [`local`]: in-process, the default. There is one node, so the hub's
 //!   rooms are all there is: the hub claims names, numbers and keeps
-//!   messages under each room's lock, by the rules in that module.
+//!   messages under each room's lock, by the rules in that module, and
+//!   [`store`] keeps them on disk (`--db`).
 //! - [`redis`] (`--redis`): several nodes share rooms through Redis. What it
 //!   publishes comes back to the hub through [`Events`], which the hub
 //!   implements; the backend never names the hub. While its link is down it
@@ -22,6 +23,10 @@ use crate::server::metrics::Metrics;
 
 pub(crate) mod local;
 pub(crate) mod redis;
+pub(crate) mod store;
+
+use store::Store;
+pub use store::{StoreCounters, StoreError};
 
 /// Why the shared backend could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,9 @@ pub enum BackendError {
     /// Redis failed, refused or did not answer.
     #[error(transparent)]
     Redis(#[from] redis::LinkError),
+    /// The store (`--db`) failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What a client is told when the link to the other nodes goes down.
@@ -52,7 +60,7 @@ pub struct Backend(Kind);
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Local,
+    Local(Store),
     Redis(Arc<redis::Redis>),
     /// A backend in a given mode that answers nothing, for the hub's tests.
     #[cfg(test)]
@@ -170,17 +178,57 @@ pub(crate) struct Snapshot {
 }
 
 impl Backend {
-    /// The in-process backend: one node.
-    pub fn local() -> Self {
-        Self(Kind::Local)
+    /// The in-process backend: one node, its store opened now (`--db`), so
+    /// that a file that cannot be used stops the server at start-up.
+    pub fn open(config: &ServerConfig) -> Result<Self, BackendError> {
+        Ok(Self(Kind::Local(Store::open(config)?)))
     }
 
     /// The backend `config` asks for: Redis with `--redis`, connected now so
-    /// that a wrong URL or an unreachable server stops the node at start-up.
+    /// that a wrong URL or an unreachable server stops the node at start-up;
+    /// else the in-process one ([`Backend::open`]).
     pub async fn connect(config: &ServerConfig) -> Result<Self, BackendError> {
         match &config.redis {
-            None => Ok(Self::local()),
+            None => Self::open(config),
             Some(url) => Ok(Self(Kind::Redis(redis::Redis::connect(url, config).await?))),
+        }
+    }
+
+    /// The store's counters, for `/metrics`: in-process only.
+    pub fn store_counters(&self) -> Option<&StoreCounters> {
+        self.store().map(Store::counters)
+    }
+
+    /// The in-process store.
+    pub(crate) fn store(&self) -> Option<&Store> {
+        match &self.0 {
+            Kind::Local(store) => Some(store),
+            _ => None,
+        }
+    }
+
+    /// `room`'s messages numbered below `before`, oldest first, bounded by
+    /// `limit`, [`HISTORY_PAGE_MESSAGES`](crate::protocol::HISTORY_PAGE_MESSAGES)
+    /// and [`HISTORY_PAGE_BYTES`](crate::protocol::HISTORY_PAGE_BYTES).
+    pub(crate) async fn page(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Page, BackendError> {
+        match &self.0 {
+            Kind::Local(store) => Ok(store.page(room, before, limit).await?),
+            Kind::Redis(redis) => Ok(redis.page(room, before, limit).await?),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
+    /// Writes what is queued and stops the store (a clean stop once every
+    /// room was settled); waits at most `timeout`.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        if let Kind::Local(store) = &self.0 {
+            store.close(timeout).await;
         }
     }
 
@@ -191,13 +239,13 @@ impl Backend {
 
     /// Whether rooms are shared with other nodes (in any mode).
     pub(crate) fn is_shared(&self) -> bool {
-        !matches!(self.0, Kind::Local)
+        !matches!(self.0, Kind::Local(_))
     }
 
     /// Who names, numbers and keeps now.
     pub(crate) fn mode(&self) -> Mode {
         match &self.0 {
-            Kind::Local => Mode::Alone,
+            Kind::Local(_) => Mode::Alone,
             Kind::Redis(redis) if redis.is_up() => Mode::Shared,
             Kind::Redis(_) => Mode::Degraded,
             #[cfg(test)]
@@ -224,7 +272,7 @@ impl Backend {
             Kind::Redis(redis) => Ok(redis),
             // The hub asks only in [`Mode::Shared`], never in-process; a
             // fake answers nothing.
-            Kind::Local => Err(BackendError::Down),
+            Kind::Local(_) => Err(BackendError::Down),
             #[cfg(test)]
             Kind::Fake(_) => Err(BackendError::Down),
         }
@@ -295,6 +343,8 @@ impl Backend {
         Ok(self.shared()?.reclaim(events, room).await?)
     }
 }
+
+pub(crate) use store::Page;
 
 /// A random epoch for a new room: its message numbers mean something only
 /// within it.

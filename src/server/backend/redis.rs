@@ -394,6 +394,20 @@ impl Redis {
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
+    /// `room`'s messages numbered below `before`, oldest first, from its
+    /// stream: at most `limit` (and `HISTORY_PAGE_MESSAGES`), and
+    /// `HISTORY_PAGE_BYTES` of text, one message at least.
+    pub(crate) async fn page(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<super::Page, LinkError> {
+        // Filled in by the Redis part of the store issue.
+        let _ = (room, before, limit, self.commands()?);
+        Ok(super::Page { messages: Vec::new(), more: false })
+    }
+
     /// Keeps the link until `shutdown`: delivers what Redis publishes to the
     /// hub, beats, and when Redis is lost, puts the hub in degraded mode and
     /// reconnects with backoff.

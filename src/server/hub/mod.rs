@@ -38,9 +38,10 @@ use crate::protocol::{
     now, validate_name,
 };
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
+use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
 use crate::server::backend::{
     Backend, BackendError, Events, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode, Snapshot,
-    new_epoch,
+    StoreError, new_epoch,
 };
 use crate::server::config::ServerConfig;
 use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
@@ -143,6 +144,8 @@ pub struct Hub {
     history: usize,
     /// Bytes of them (`--history-bytes`).
     history_bytes: usize,
+    /// How long messages are kept (`--keep-for`).
+    keep_for: std::time::Duration,
     /// What all rooms hold, against `--max-memory`.
     budget: Arc<Budget>,
     /// Taken by whoever frees memory for all rooms: one at a time.
@@ -178,6 +181,14 @@ struct RoomState {
     speakers: Speakers,
     /// The last message's number (the last delivered, with a shared backend).
     seq: u64,
+    /// After a crash: numbers up to here may have been handed out, so
+    /// numbering goes on above it (0 otherwise).
+    floor: u64,
+    /// With the store: the highest number this epoch may hand out (see
+    /// [`Ceiling`]); none for a room the store does not keep.
+    ceiling: Option<Arc<Ceiling>>,
+    /// The highest number asked of the store so far.
+    reserved: u64,
     /// Arrivals and departures not announced yet, in a large room.
     presence: Presence,
     /// The last messages, oldest first, numbered without gaps.
@@ -194,12 +205,52 @@ struct RoomState {
 #[derive(Debug)]
 struct Kept {
     seq: u64,
+    /// When it was said, for `--keep-for`.
+    ts: crate::protocol::Timestamp,
     /// When it was kept ([`Budget::stamp`]).
     stamp: u64,
     frames: Encoded,
 }
 
 impl RoomState {
+    /// The last number handed out, or that may have been.
+    fn last(&self) -> u64 {
+        self.seq.max(self.floor)
+    }
+
+    /// A room as the store had it: its history (the last messages within
+    /// the hub's count and byte bounds) charged to `budget`.
+    fn loaded(loaded: Loaded, hub: &Hub) -> Self {
+        let mut state = RoomState {
+            epoch: loaded.epoch,
+            seq: loaded.seq,
+            floor: loaded.floor,
+            reserved: loaded.ceiling.get(),
+            ceiling: Some(loaded.ceiling),
+            ..RoomState::default()
+        };
+        let room = &loaded.room;
+        for Stored { seq, from, text, ts } in loaded.history.into_iter().rev() {
+            let event = Event::Message {
+                room: room.as_str().into(),
+                seq,
+                from: from.into(),
+                text: text.into(),
+                ts,
+            };
+            let frames = Encoded::all(&event);
+            let bytes = frames.bytes();
+            if state.history.len() >= hub.history || state.history_bytes + bytes > hub.history_bytes
+            {
+                break;
+            }
+            state.history_bytes += bytes;
+            state.history.push_front(Kept { seq, ts, stamp: hub.budget.stamp(), frames });
+        }
+        hub.budget.charge(state.history_bytes);
+        state
+    }
+
     /// Forgets the oldest message of the history; says whether there was one.
     fn forget_oldest(&mut self, budget: &Budget) -> bool {
         let Some(kept) = self.history.pop_front() else { return false };
@@ -370,6 +421,7 @@ impl Hub {
             max_lag_bytes: config.max_lag_bytes,
             history: config.history,
             history_bytes: config.history_bytes,
+            keep_for: config.keep_for,
             budget,
             reclaiming: Mutex::new(()),
             presence_limit: config.presence_limit,
@@ -454,39 +506,75 @@ impl Hub {
         fallback: &str,
     ) -> Result<Joined, BackendError> {
         match self.backend.mode() {
-            Mode::Alone => Ok(self.join_here(request, fallback)),
+            // Boxed: the store's answer stays out of every connection's future.
+            Mode::Alone => Ok(Box::pin(self.join_alone(request, fallback)).await),
             // Boxed: the backend's state stays out of every connection's future.
             Mode::Shared => Box::pin(self.join_shared(request, fallback)).await,
             Mode::Degraded => Err(BackendError::Down),
         }
     }
 
+    /// Joins in-process: a room not in memory is read back from the store
+    /// first (outside any lock), unless someone else brought it back
+    /// meanwhile. A store that fails gives a room of its own, not kept.
+    async fn join_alone(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
+        let Some(store) = self.backend.store() else {
+            return self.join_here(request, fallback, None);
+        };
+        let mut loaded = None;
+        loop {
+            if loaded.is_none() && !lock(&self.rooms).contains_key(&request.room) {
+                let read = store.load(&request.room, self.history).await;
+                loaded = Some(read.map_err(|error| {
+                    warn!(%error, room = request.room, "cannot read the room back: not keeping it");
+                    error
+                }));
+            }
+            // Another client's last leave may forget the room before it is
+            // entered: then it is read back again.
+            match self.try_join_here(request, fallback, &mut loaded) {
+                Some(joined) => return joined,
+                None => continue,
+            }
+        }
+    }
+
     /// Finds or creates the room and counts the client in it, then runs `f`
-    /// under the room's lock.
+    /// under the room's lock. Creating one needs what the store said of it
+    /// (`loaded`, taken), if there is a store: without it, `None`.
     fn enter<T>(
         &self,
         room: &str,
         protocol: Protocol,
+        loaded: &mut Option<Result<Loaded, StoreError>>,
         f: impl FnOnce(&Arc<Room>, &mut RoomState) -> T,
-    ) -> (Arc<Room>, T) {
+    ) -> Option<(Arc<Room>, T)> {
         // Holding the hub lock while counting the client in keeps a concurrent
         // last leave from forgetting the room between lookup and insertion.
         let mut rooms = lock(&self.rooms);
-        let room = rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Room {
+        let room = match rooms.get(room) {
+            Some(room) => room.clone(),
+            None => {
+                let state = match loaded.take() {
+                    Some(Ok(loaded)) => RoomState::loaded(loaded, self),
+                    None if self.backend.store().is_some() => return None,
+                    // A shared backend's, or one the store could not read.
+                    Some(Err(_)) | None => RoomState { epoch: new_epoch(), ..RoomState::default() },
+                };
+                let created = Arc::new(Room {
                     name: room.to_owned(),
                     ring: Arc::new(Ring::new(
                         self.max_lag,
                         self.max_lag_bytes,
                         self.budget.clone(),
                     )),
-                    state: Mutex::new(RoomState { epoch: new_epoch(), ..RoomState::default() }),
+                    state: Mutex::new(state),
                     subscribed: tokio::sync::OnceCell::new(),
-                })
-            })
-            .clone();
+                });
+                rooms.insert(room.to_owned(), created.clone());
+                created
+            }
+        };
         let mut state = lock(&room.state);
         drop(rooms);
         state.members += 1;
@@ -495,10 +583,34 @@ impl Hub {
         *state.speakers.count(protocol) += 1;
         let result = f(&room, &mut state);
         drop(state);
-        (room, result)
+        Some((room, result))
     }
 
-    fn join_here(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
+    /// Joins in-process, with what the store said of the room if it was
+    /// read (or `None`: no store, or the room is in memory).
+    fn join_here(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        fallback: &str,
+        loaded: Option<Result<Loaded, StoreError>>,
+    ) -> Joined {
+        let mut loaded = loaded;
+        loop {
+            if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+                return joined;
+            }
+            // Only with a store, which join_alone asks: a room the store has
+            // not read is created unkept rather than waited for here.
+            loaded = Some(Err(StoreError::Failed("not read".into())));
+        }
+    }
+
+    fn try_join_here(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        fallback: &str,
+        loaded: &mut Option<Result<Loaded, StoreError>>,
+    ) -> Option<Joined> {
         let ChatRequest { room, name: requested, resume, protocol, session } = request;
         let (requested, protocol) = (requested.as_deref(), *protocol);
         let tenure = Arc::new(Tenure::new());
@@ -508,7 +620,8 @@ impl Hub {
         // The first fallback name's key too; the others are rarely needed.
         let mut fallbacks = local::fallback_names(fallback).peekable();
         fallbacks.peek();
-        let (room, (name, notices, rx)) = self.enter(room, protocol, |room, state| {
+        let keep_for = self.keep_for;
+        let (room, (name, notices, rx)) = self.enter(room, protocol, loaded, |room, state| {
             let mut notices = Vec::new();
             let mut last_id = None;
             // A client coming back with its session takes its name back from
@@ -550,16 +663,22 @@ impl Hub {
                 room,
                 &name,
                 state.names.len(),
-                (&state.epoch, state.seq),
+                (&state.epoch, state.last()),
                 (&secret, last_id.as_deref()),
                 protocol,
             ));
+            // Nothing older than --keep-for is replayed.
+            let cutoff =
+                now() - chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
+            while state.history.front().is_some_and(|kept| kept.ts < cutoff) {
+                state.forget_oldest(&self.budget);
+            }
             // What was said before, then live frames: both under the room's lock,
             // so nothing falls between them and nothing comes twice.
             let first_held = state.history.front().map_or(state.seq + 1, |kept| kept.seq);
             let held = state.history.len();
             let (skip, missed) =
-                local::replay_skip(first_held, held, state.seq, &state.epoch, resume.as_ref());
+                local::replay_skip(first_held, held, state.last(), &state.epoch, resume.as_ref());
             let replay =
                 state.history.iter().skip(skip).filter_map(|kept| kept.frames.get(protocol));
             replay_into(&mut notices, missed, held - skip, replay, protocol);
@@ -588,9 +707,9 @@ impl Hub {
                 state.presence.joined();
             }
             (name, notices, rx)
-        });
+        })?;
         let member = Member { hub: self.clone(), room, name, protocol, registered: true, tenure };
-        Joined { member, rx, notices, skip_through: 0 }
+        Some(Joined { member, rx, notices, skip_through: 0 })
     }
 
     /// The welcome of a client of `protocol`: JSON clients also learn their
@@ -628,7 +747,7 @@ impl Hub {
         // In the room (and subscribed to its events) before the backend announces
         // the join, so the joiner sees its own notice and all that follows.
         let tenure = Arc::new(Tenure::new());
-        let (room, (rx, floor)) = self.enter(room, protocol, |room, state| {
+        let entered = self.enter(room, protocol, &mut None, |room, state| {
             if state.members == 1 {
                 // Nobody here knew the room: its epoch is the backend's, learnt
                 // below, and a reset published meanwhile is nothing to tell.
@@ -636,6 +755,8 @@ impl Hub {
             }
             (room.ring.subscribe(tenure.clone()), state.seq)
         });
+        // A shared backend has no store: the room is always created.
+        let (room, (rx, floor)) = entered.ok_or(BackendError::Down)?;
         let mut member = Member {
             hub: self.clone(),
             room,
@@ -819,6 +940,27 @@ impl Drop for Room {
 }
 
 impl Room {
+    /// Before numbering `seq` in a kept room: past the ceiling the store
+    /// has on disk (it fell behind, or failed), the room takes a new epoch,
+    /// so that no number can mean two messages after a crash; near it,
+    /// asks the store to reserve more.
+    fn reserve(&self, hub: &Hub, state: &mut RoomState, seq: u64) {
+        let (Some(ceiling), Some(store)) = (&state.ceiling, hub.backend.store()) else { return };
+        if seq > ceiling.get() {
+            warn!(room = self.name, "the store is behind: the room's numbering takes a new epoch");
+            state.epoch = new_epoch();
+            let event = Event::Missed { count: None, epoch: Some(state.epoch.clone().into()) };
+            self.broadcast(state, &event);
+            state.reserved = seq + RESERVE_AHEAD;
+            let ceiling = Ceiling::new(state.reserved);
+            store.reserve(&self.name, &state.epoch, state.reserved, ceiling.clone());
+            state.ceiling = Some(ceiling);
+        } else if seq + RESERVE_MARGIN > state.reserved {
+            state.reserved = seq + RESERVE_AHEAD;
+            store.reserve(&self.name, &state.epoch, state.reserved, ceiling.clone());
+        }
+    }
+
     /// Sends an event to every member, the sender included; returns its
     /// position. Called with the state locked so positions follow the
     /// ring's order.
@@ -873,10 +1015,10 @@ impl Room {
         state: &mut RoomState,
         live: Encoded,
         seq: u64,
-        kept: Option<Encoded>,
+        kept: Option<(Encoded, crate::protocol::Timestamp)>,
     ) -> Result<u64, ClientError<'static>> {
         let budget = &*hub.budget;
-        let kept_bytes = kept.as_ref().map_or(0, Encoded::bytes);
+        let kept_bytes = kept.as_ref().map_or(0, |(frames, _)| frames.bytes());
         // A message larger than the whole history is relayed, not kept.
         let kept = kept.filter(|_| kept_bytes <= hub.history_bytes);
         if kept.is_some() {
@@ -896,9 +1038,9 @@ impl Room {
                 return Err(ClientError::ServerFull);
             }
         }
-        if let Some(frames) = kept {
+        if let Some((frames, ts)) = kept {
             state.history_bytes += kept_bytes;
-            state.history.push_back(Kept { seq, stamp: budget.stamp(), frames });
+            state.history.push_back(Kept { seq, ts, stamp: budget.stamp(), frames });
         }
         Ok(self.ring.send(live_bytes, |pos| Broadcast { pos, seq, frames: live }))
     }
@@ -955,7 +1097,10 @@ impl Member {
         // Degraded mode: this node's clients only, not kept, numbered after
         // the last message the backend numbered.
         let degraded = mode == Mode::Degraded;
-        let seq = if degraded { state.seq } else { state.seq + 1 };
+        let seq = if degraded { state.seq } else { state.last() + 1 };
+        if !degraded {
+            self.room.reserve(hub, &mut state, seq);
+        }
         let event = Event::Message {
             room: room.into(),
             seq,
@@ -967,15 +1112,51 @@ impl Member {
             let live = Encoded::only(&event, state.speakers);
             let numbered = if degraded { 0 } else { seq };
             let pos = self.room.send_message(hub, &mut state, live, numbered, None)?;
-            state.seq = seq;
+            if !degraded {
+                state.seq = seq;
+                self.store(&state, seq, message, ts);
+            }
             return Ok((Ack::Pos(pos), (!degraded).then_some(seq)));
         }
         // The history keeps every protocol; the broadcast shares its bytes.
         let frames = Encoded::all(&event);
         let live = frames.keep(state.speakers);
-        let pos = self.room.send_message(hub, &mut state, live, seq, Some(frames))?;
+        let pos = self.room.send_message(hub, &mut state, live, seq, Some((frames, ts)))?;
         state.seq = seq;
+        self.store(&state, seq, message, ts);
         Ok((Ack::Pos(pos), Some(seq)))
+    }
+
+    /// Queues a message numbered `seq` for the store, if the room is kept.
+    fn store(&self, state: &RoomState, seq: u64, text: &str, ts: crate::protocol::Timestamp) {
+        if state.ceiling.is_some()
+            && let Some(store) = self.hub.backend.store()
+        {
+            let message = Stored { seq, from: self.name.clone(), text: text.to_owned(), ts };
+            store.append(&self.room.name, message);
+        }
+    }
+
+    /// The room's messages before `before` (before the newest, without
+    /// it), from the store or the shared backend.
+    pub async fn history(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Event<'static>, ClientError<'static>> {
+        let before = before.unwrap_or_else(|| lock(&self.room.state).last() + 1);
+        // Boxed: the backend's state stays out of every connection's future.
+        let page = Box::pin(self.hub.backend.page(&self.room.name, before, limit)).await;
+        let page = page.map_err(|error| {
+            warn!(%error, "cannot read the room's history");
+            ClientError::HistoryUnavailable
+        })?;
+        Ok(Event::Earlier {
+            room: self.room.name.clone().into(),
+            messages: page.messages,
+            more: page.more,
+            id: None,
+        })
     }
 
     /// Has the backend number a message and publish it: it comes back to
@@ -1130,7 +1311,15 @@ impl Drop for Member {
             // another leave may already have replaced it with a new one.
             let mut rooms = lock(&self.hub.rooms);
             let ours = rooms.get(&self.room.name).is_some_and(|r| Arc::ptr_eq(r, &self.room));
-            if ours && lock(&self.room.state).members == 0 {
+            let state = lock(&self.room.state);
+            if ours && state.members == 0 {
+                // Before it is gone: a join reading it back comes after.
+                if state.ceiling.is_some()
+                    && let Some(store) = self.hub.backend.store()
+                {
+                    store.settle(&self.room.name, &state.epoch, state.last());
+                }
+                drop(state);
                 rooms.remove(&self.room.name);
                 drop(rooms);
                 self.hub.backend.forget(&self.room.name, self.hub.clone());
@@ -1160,9 +1349,14 @@ mod tests {
         }
     }
 
-    /// Joins in-process, which never waits.
+    /// The in-process backend, its store in memory.
+    fn local() -> Backend {
+        Backend::open(&ServerConfig::default()).expect("an in-memory store")
+    }
+
+    /// Joins, reading the room from the store if it is new.
     fn join(hub: &Arc<Hub>, room: &str, name: Option<&str>) -> Joined {
-        hub.join_here(&request(room, name), "10.0.0.1")
+        block_on(hub.join(&request(room, name), "10.0.0.1")).expect("joined")
     }
 
     fn text(frame: &Frame) -> String {
@@ -1188,11 +1382,12 @@ mod tests {
     /// while the link was up.
     fn member_while_linked(hub: &Arc<Hub>, room: &str, name: &str) -> Joined {
         let tenure = Arc::new(Tenure::new());
-        let (room, rx) = hub.enter(room, Protocol::Text, |room, state| {
+        let entered = hub.enter(room, Protocol::Text, &mut None, |room, state| {
             let holder = Holder { name: name.to_owned(), tenure: tenure.clone() };
             state.names.insert(name_key(name), holder);
             room.ring.subscribe(tenure.clone())
         });
+        let (room, rx) = entered.expect("a fake backend has no store");
         let member = Member {
             hub: hub.clone(),
             room,
@@ -1210,7 +1405,7 @@ mod tests {
 
     #[test]
     fn in_process_a_taken_name_falls_back_to_the_address_with_a_notice() {
-        let hub = hub(Backend::local(), &ServerConfig::default());
+        let hub = hub(local(), &ServerConfig::default());
         let alice = join(&hub, "lobby", Some("alice"));
         let other = join(&hub, "lobby", Some("ALICE"));
         assert_eq!(alice.member.name(), "alice");
@@ -1224,7 +1419,7 @@ mod tests {
 
     #[test]
     fn in_process_messages_are_numbered_kept_and_replayed_to_a_late_joiner() {
-        let hub = hub(Backend::local(), &ServerConfig::default());
+        let hub = hub(local(), &ServerConfig::default());
         let mut alice = join(&hub, "lobby", Some("alice"));
         assert_eq!(taken(&mut alice.rx), ["* alice joined"]);
         for (n, text) in ["one", "two"].into_iter().enumerate() {
@@ -1243,7 +1438,7 @@ mod tests {
     #[test]
     fn in_process_a_crowd_is_summarized_not_announced_one_by_one() {
         let config = ServerConfig { presence_limit: 1, ..ServerConfig::default() };
-        let hub = hub(Backend::local(), &config);
+        let hub = hub(local(), &config);
         let mut alice = join(&hub, "big", Some("alice"));
         let bob = join(&hub, "big", Some("bob"));
         let carol = join(&hub, "big", Some("carol"));
