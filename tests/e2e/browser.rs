@@ -36,6 +36,8 @@ fn two_pages_and_a_terminal_client_chat_and_survive_a_restart() {
         .env("CHAT_SERVER", env!("CARGO_BIN_EXE_server"))
         .env("CHAT_CLIENT", env!("CARGO_BIN_EXE_client"))
         .env("CHAT_CHROMIUM", &chromium)
+        // The servers it starts keep nothing on disk unless it names a --db.
+        .env("CHAT_DB", ":memory:")
         .status()
         .expect("run node");
     assert!(status.success(), "the browser test failed (its output is above)");

@@ -306,6 +306,8 @@ pub fn command(program: &str, args: &[&str]) -> tokio::process::Command {
     ] {
         command.env_remove(var);
     }
+    // Spawned servers keep nothing on disk unless a test names a --db.
+    command.env("CHAT_DB", ":memory:");
     command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
