@@ -27,6 +27,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()> {
+    // A file size limit (`ulimit -f`) must fail the store's writes, which
+    // chat survives, rather than kill the server.
+    #[cfg(unix)]
+    let _file_too_large = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        nix::sys::signal::Signal::SIGXFSZ as i32,
+    ))
+    .context("cannot handle SIGXFSZ")?;
     chat::protocol::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
     config.check_memory().map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {

@@ -122,7 +122,7 @@ pub const MEMORY_DB: &str = ":memory:";
 /// Default `--keep-messages`: messages the store keeps per room.
 pub const DEFAULT_KEEP_MESSAGES: u64 = 10_000;
 /// Default `--keep-for`: how long the store (or Redis) keeps a message.
-pub const DEFAULT_KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_KEEP_FOR: Duration = Duration::from_hours(30 * 24);
 /// Default `--db-max-bytes`: message bytes (text and sender) the whole
 /// store keeps.
 pub const DEFAULT_DB_MAX_BYTES: usize = 1024 * 1024 * 1024;

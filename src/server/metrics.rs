@@ -160,45 +160,7 @@ impl Metrics {
             );
         }
         if let Some(store) = store {
-            let counters: [(&str, &str, &Counter); 5] = [
-                ("store_written", "Messages written to the store (--db)", &store.written),
-                (
-                    "store_dropped",
-                    "Messages delivered but not stored: the writer's queue was full \
-                     (--db-queue-bytes)",
-                    &store.dropped,
-                ),
-                (
-                    "store_failed",
-                    "Messages delivered but not stored: their write failed",
-                    &store.failed,
-                ),
-                ("store_errors", "Store transactions that failed", &store.errors),
-                (
-                    "store_trimmed",
-                    "Messages deleted by retention (--keep-messages, --keep-for, --db-max-bytes)",
-                    &store.trimmed,
-                ),
-            ];
-            for (name, help, counter) in counters {
-                registry.register(name, help, counter.clone());
-            }
-            let gauges: [(&str, &str, &Gauge); 3] = [
-                (
-                    "store_queue_bytes",
-                    "Message bytes waiting for the store's writer",
-                    &store.queue_bytes,
-                ),
-                (
-                    "store_bytes",
-                    "Message bytes the store holds, against --db-max-bytes",
-                    &store.bytes,
-                ),
-                ("store_up", "1 while the store's last transaction succeeded, else 0", &store.up),
-            ];
-            for (name, help, gauge) in gauges {
-                registry.register(name, help, gauge.clone());
-            }
+            register_store(&mut registry, store);
         }
         Self { registry, ..metrics }
     }
@@ -214,5 +176,36 @@ impl Metrics {
     /// Counts a refusal.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&Reason { reason }).inc();
+    }
+}
+
+/// The store's counters (`--db`), in-process only.
+fn register_store(registry: &mut Registry, store: &StoreCounters) {
+    let counters: [(&str, &str, &Counter); 5] = [
+        ("store_written", "Messages written to the store (--db)", &store.written),
+        (
+            "store_dropped",
+            "Messages delivered but not stored: the writer's queue was full \
+             (--db-queue-bytes)",
+            &store.dropped,
+        ),
+        ("store_failed", "Messages delivered but not stored: their write failed", &store.failed),
+        ("store_errors", "Store transactions that failed", &store.errors),
+        (
+            "store_trimmed",
+            "Messages deleted by retention (--keep-messages, --keep-for, --db-max-bytes)",
+            &store.trimmed,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        registry.register(name, help, counter.clone());
+    }
+    let gauges: [(&str, &str, &Gauge); 3] = [
+        ("store_queue_bytes", "Message bytes waiting for the store's writer", &store.queue_bytes),
+        ("store_bytes", "Message bytes the store holds, against --db-max-bytes", &store.bytes),
+        ("store_up", "1 while the store's last transaction succeeded, else 0", &store.up),
+    ];
+    for (name, help, gauge) in gauges {
+        registry.register(name, help, gauge.clone());
     }
 }

@@ -23,6 +23,7 @@ mod cluster;
 mod cluster_bounds;
 mod cluster_data_loss;
 mod connect_errors;
+mod durable_history;
 mod history;
 mod http_details;
 mod http_refusals;

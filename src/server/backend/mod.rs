@@ -203,7 +203,9 @@ impl Backend {
     pub(crate) fn store(&self) -> Option<&Store> {
         match &self.0 {
             Kind::Local(store) => Some(store),
-            _ => None,
+            Kind::Redis(_) => None,
+            #[cfg(test)]
+            Kind::Fake(_) => None,
         }
     }
 

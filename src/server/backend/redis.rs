@@ -397,6 +397,7 @@ impl Redis {
     /// `room`'s messages numbered below `before`, oldest first, from its
     /// stream: at most `limit` (and `HISTORY_PAGE_MESSAGES`), and
     /// `HISTORY_PAGE_BYTES` of text, one message at least.
+    #[allow(clippy::unused_async)]
     pub(crate) async fn page(
         &self,
         room: &str,

@@ -494,121 +494,7 @@ impl Writer {
         batch: Vec<Job>,
     ) -> Result<Owed, (rusqlite::Error, Option<oneshot::Sender<()>>)> {
         let mut owed = Owed::default();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = self.db.conn.transaction()?;
-            let mut trim: Vec<(Box<str>, u64)> = Vec::new();
-            for job in batch {
-                match job {
-                    Job::Append { room, message, .. } => {
-                        let inserted = tx
-                            .prepare_cached(
-                                "INSERT OR IGNORE INTO messages (room, seq, sender, text, ts) \
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                            )?
-                            .execute(params![
-                                &*room,
-                                message.seq,
-                                message.from,
-                                message.text,
-                                message.ts.timestamp_millis()
-                            ])?;
-                        owed.written += inserted as u64;
-                        tx.prepare_cached("UPDATE rooms SET seq = max(seq, ?2) WHERE name = ?1")?
-                            .execute(params![&*room, message.seq])?;
-                        match trim.iter_mut().find(|(name, _)| *name == room) {
-                            Some((_, seq)) => *seq = message.seq,
-                            None => trim.push((room, message.seq)),
-                        }
-                    }
-                    Job::Reserve { room, epoch, upto, ceiling } => {
-                        // A new epoch replaces the old one; the same one
-                        // only ever raises its ceiling.
-                        tx.prepare_cached(
-                            "INSERT INTO rooms (name, epoch, seq, ceiling, settled) \
-                             VALUES (?1, ?2, 0, ?3, 0) \
-                             ON CONFLICT (name) DO UPDATE SET \
-                             ceiling = CASE WHEN epoch = excluded.epoch \
-                                 THEN max(ceiling, excluded.ceiling) ELSE excluded.ceiling END, \
-                             epoch = excluded.epoch, settled = 0",
-                        )?
-                        .execute(params![&*room, &*epoch, upto])?;
-                        owed.raises.push((ceiling, upto));
-                    }
-                    Job::Settle { room, epoch, seq } => {
-                        tx.prepare_cached(
-                            "UPDATE rooms SET seq = max(seq, ?3), ceiling = max(seq, ?3), \
-                             settled = 1 WHERE name = ?1 AND epoch = ?2",
-                        )?
-                        .execute(params![&*room, &*epoch, seq])?;
-                    }
-                    Job::Load { room, history, reply } => {
-                        let loaded = load(&tx, &room, history, self.db.retention)?;
-                        owed.loads.push((reply, loaded));
-                    }
-                    Job::Page { room, before, limit, reply } => {
-                        let page = page(&tx, &room, before, limit, self.db.retention)?;
-                        owed.pages.push((reply, page));
-                    }
-                    Job::Close { reply } => owed.closing = Some(reply),
-                }
-            }
-            let retention = self.db.retention;
-            let mut trimmed = 0;
-            for (room, seq) in &trim {
-                let below = seq.saturating_sub(retention.per_room);
-                if below > 0 {
-                    trimmed += tx
-                        .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
-                        .execute(params![&**room, below])?;
-                }
-            }
-            if self.last_sweep.elapsed() >= AGE_SWEEP_INTERVAL || owed.closing.is_some() {
-                self.last_sweep = Instant::now();
-                let cutoff = cutoff(retention.age);
-                loop {
-                    // Ids follow time: the oldest are looked at first.
-                    let gone = tx
-                        .prepare_cached(
-                            "DELETE FROM messages WHERE id IN \
-                             (SELECT id FROM messages ORDER BY id LIMIT 1000) AND ts < ?1",
-                        )?
-                        .execute([cutoff])?;
-                    trimmed += gone;
-                    if gone < 1000 {
-                        break;
-                    }
-                }
-            }
-            let mut bytes: i64 = tx.query_row("SELECT bytes FROM totals", [], |row| row.get(0))?;
-            while usize::try_from(bytes).unwrap_or(0) > retention.total_bytes {
-                let gone = tx
-                    .prepare_cached(
-                        "DELETE FROM messages WHERE id IN \
-                         (SELECT id FROM messages ORDER BY id LIMIT 256)",
-                    )?
-                    .execute([])?;
-                trimmed += gone;
-                bytes = tx.query_row("SELECT bytes FROM totals", [], |row| row.get(0))?;
-                if gone == 0 {
-                    break;
-                }
-            }
-            tx.commit()?;
-            if trimmed > 0 {
-                self.counters.trimmed.inc_by(trimmed as u64);
-                // Free pages go back to the file system, a few at a time.
-                self.db
-                    .conn
-                    .execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
-            }
-            self.db.bytes = u64::try_from(bytes).unwrap_or(0);
-            if owed.closing.is_some() {
-                // The WAL folded into the file: a clean file for the next start.
-                self.db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-            }
-            Ok(())
-        })();
-        match result {
+        match self.transact(batch, &mut owed) {
             Ok(()) => Ok(owed),
             Err(error) => {
                 let failed = || StoreError::Failed(error.to_string());
@@ -622,6 +508,171 @@ impl Writer {
             }
         }
     }
+
+    fn transact(&mut self, batch: Vec<Job>, owed: &mut Owed) -> rusqlite::Result<()> {
+        let retention = self.db.retention;
+        let tx = self.db.conn.transaction()?;
+        // Each room written to, with its last seq written.
+        let mut appended: Vec<(Box<str>, u64)> = Vec::new();
+        let mut trimmed = 0;
+        for job in batch {
+            // A read sees each room within its count, as if committed.
+            if matches!(job, Job::Load { .. } | Job::Page { .. }) {
+                trimmed += keep_last(&tx, &mut appended, retention)?;
+            }
+            apply(&tx, job, retention, owed, &mut appended)?;
+        }
+        trimmed += keep_last(&tx, &mut appended, retention)?;
+        let sweep = self.last_sweep.elapsed() >= AGE_SWEEP_INTERVAL || owed.closing.is_some();
+        if sweep {
+            self.last_sweep = Instant::now();
+        }
+        let (swept, bytes) = retain(&tx, retention, sweep)?;
+        trimmed += swept;
+        tx.commit()?;
+        if trimmed > 0 {
+            self.counters.trimmed.inc_by(trimmed);
+            // Free pages go back to the file system, a few at a time.
+            self.db.conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+        }
+        self.db.bytes = bytes;
+        if owed.closing.is_some() {
+            // The WAL folded into the file: a clean file for the next start.
+            self.db.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Carries out one job inside the writer's transaction.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    job: Job,
+    retention: Retention,
+    owed: &mut Owed,
+    appended: &mut Vec<(Box<str>, u64)>,
+) -> rusqlite::Result<()> {
+    match job {
+        Job::Append { room, message, .. } => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO messages (room, seq, sender, text, ts) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &*room,
+                    message.seq,
+                    message.from,
+                    message.text,
+                    message.ts.timestamp_millis()
+                ])?;
+            owed.written += inserted as u64;
+            tx.prepare_cached("UPDATE rooms SET seq = max(seq, ?2) WHERE name = ?1")?
+                .execute(params![&*room, message.seq])?;
+            match appended.iter_mut().find(|(name, _)| *name == room) {
+                Some((_, seq)) => *seq = message.seq,
+                None => appended.push((room, message.seq)),
+            }
+        }
+        Job::Reserve { room, epoch, upto, ceiling } => {
+            // A new epoch replaces the old one; the same one only ever
+            // raises its ceiling.
+            tx.prepare_cached(
+                "INSERT INTO rooms (name, epoch, seq, ceiling, settled) \
+                 VALUES (?1, ?2, 0, ?3, 0) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                 ceiling = CASE WHEN epoch = excluded.epoch \
+                     THEN max(ceiling, excluded.ceiling) ELSE excluded.ceiling END, \
+                 epoch = excluded.epoch, settled = 0",
+            )?
+            .execute(params![&*room, &*epoch, upto])?;
+            owed.raises.push((ceiling, upto));
+        }
+        Job::Settle { room, epoch, seq } => {
+            tx.prepare_cached(
+                "UPDATE rooms SET seq = max(seq, ?3), ceiling = max(seq, ?3), settled = 1 \
+                 WHERE name = ?1 AND epoch = ?2",
+            )?
+            .execute(params![&*room, &*epoch, seq])?;
+        }
+        Job::Load { room, history, reply } => {
+            owed.loads.push((reply, load(tx, &room, history, retention)?));
+        }
+        Job::Page { room, before, limit, reply } => {
+            owed.pages.push((reply, page(tx, &room, before, limit, retention)?));
+        }
+        Job::Close { reply } => owed.closing = Some(reply),
+    }
+    Ok(())
+}
+
+/// Each room written to (`appended`, emptied) keeps its last
+/// `--keep-messages`; returns how many went.
+fn keep_last(
+    tx: &rusqlite::Transaction<'_>,
+    appended: &mut Vec<(Box<str>, u64)>,
+    retention: Retention,
+) -> rusqlite::Result<u64> {
+    let mut trimmed = 0;
+    for (room, seq) in appended.drain(..) {
+        let below = seq.saturating_sub(retention.per_room);
+        if below > 0 {
+            trimmed += tx
+                .prepare_cached("DELETE FROM messages WHERE room = ?1 AND seq <= ?2")?
+                .execute(params![&*room, below])?;
+        }
+    }
+    Ok(trimmed as u64)
+}
+
+/// Applies the rest of retention inside the writer's transaction: with
+/// `sweep`, messages past `--keep-for` go; then the oldest of any room,
+/// until the store is under `--db-max-bytes`. Returns how many went, and
+/// the bytes left.
+fn retain(
+    tx: &rusqlite::Transaction<'_>,
+    retention: Retention,
+    sweep: bool,
+) -> rusqlite::Result<(u64, u64)> {
+    let mut trimmed = 0;
+    if sweep {
+        let cutoff = cutoff(retention.age);
+        loop {
+            // Ids follow time: the oldest are looked at first.
+            let gone = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE id IN \
+                     (SELECT id FROM messages ORDER BY id LIMIT 1000) AND ts < ?1",
+                )?
+                .execute([cutoff])?;
+            trimmed += gone;
+            if gone < 1000 {
+                break;
+            }
+        }
+    }
+    let bytes = || tx.query_row("SELECT bytes FROM totals", [], |row| row.get::<_, u64>(0));
+    let excess = bytes()?.saturating_sub(retention.total_bytes as u64);
+    if excess > 0 {
+        // The oldest messages of any room, just enough of them.
+        let mut oldest = tx.prepare_cached(
+            "SELECT id, length(CAST(sender AS BLOB)) + length(CAST(text AS BLOB)) \
+             FROM messages ORDER BY id",
+        )?;
+        let (mut freed, mut last) = (0, None);
+        let mut rows = oldest.query([])?;
+        while freed < excess
+            && let Some(row) = rows.next()?
+        {
+            last = Some(row.get::<_, i64>(0)?);
+            freed += row.get::<_, u64>(1)?;
+        }
+        drop(rows);
+        if let Some(last) = last {
+            trimmed += tx.prepare_cached("DELETE FROM messages WHERE id <= ?1")?.execute([last])?;
+        }
+    }
+    Ok((trimmed as u64, bytes()?))
 }
 
 /// The oldest time kept, in milliseconds since 1970.

@@ -34,8 +34,8 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Str, name_key,
-    now, validate_name,
+    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
+    name_key, now, validate_name,
 };
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
 use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
@@ -191,7 +191,8 @@ struct RoomState {
     reserved: u64,
     /// Arrivals and departures not announced yet, in a large room.
     presence: Presence,
-    /// The last messages, oldest first, numbered without gaps.
+    /// The last messages, oldest first, numbered in order (without a gap,
+    /// but for the jump after a crash).
     history: VecDeque<Kept>,
     /// Bytes of `history`, counted in the budget.
     history_bytes: usize,
@@ -532,9 +533,8 @@ impl Hub {
             }
             // Another client's last leave may forget the room before it is
             // entered: then it is read back again.
-            match self.try_join_here(request, fallback, &mut loaded) {
-                Some(joined) => return joined,
-                None => continue,
+            if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+                return joined;
             }
         }
     }
@@ -552,9 +552,10 @@ impl Hub {
         // Holding the hub lock while counting the client in keeps a concurrent
         // last leave from forgetting the room between lookup and insertion.
         let mut rooms = lock(&self.rooms);
-        let room = match rooms.get(room) {
-            Some(room) => room.clone(),
-            None => {
+        let room = if let Some(room) = rooms.get(room) {
+            room.clone()
+        } else {
+            {
                 let state = match loaded.take() {
                     Some(Ok(loaded)) => RoomState::loaded(loaded, self),
                     None if self.backend.store().is_some() => return None,
@@ -677,8 +678,16 @@ impl Hub {
             // so nothing falls between them and nothing comes twice.
             let first_held = state.history.front().map_or(state.seq + 1, |kept| kept.seq);
             let held = state.history.len();
-            let (skip, missed) =
+            let (mut skip, missed) =
                 local::replay_skip(first_held, held, state.last(), &state.epoch, resume.as_ref());
+            // After a crash numbering jumps: the history may have a gap,
+            // so what the client has is found by number.
+            if let Some(Resume { since, epoch }) = resume.as_ref()
+                && *epoch == state.epoch
+                && *since <= state.last()
+            {
+                skip = state.history.partition_point(|kept| kept.seq <= *since);
+            }
             let replay =
                 state.history.iter().skip(skip).filter_map(|kept| kept.frames.get(protocol));
             replay_into(&mut notices, missed, held - skip, replay, protocol);
