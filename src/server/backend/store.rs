@@ -778,3 +778,124 @@ fn page(
     messages.reverse();
     Ok(Page { messages, more })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database file of its own, deleted with its WAL when dropped.
+    struct TempDb(PathBuf);
+
+    impl TempDb {
+        fn new() -> Self {
+            let name = format!("chat-unit-{}-{:016x}.db", std::process::id(), fastrand::u64(..));
+            Self(std::env::temp_dir().join(name))
+        }
+
+        fn open(&self) -> Result<Store, StoreError> {
+            Store::open(&ServerConfig { db: self.0.clone(), ..ServerConfig::default() })
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    fn message(seq: u64) -> Stored {
+        Stored { seq, from: "alice".into(), text: format!("m{seq}"), ts: crate::protocol::now() }
+    }
+
+    /// Opens the store, numbers three messages in room `r`, and stops it,
+    /// cleanly (the room settled) or as a crash leaves it (not settled).
+    fn three_then_stop(db: &TempDb, clean: bool) -> String {
+        let store = db.open().expect("opens");
+        block_on(async {
+            let loaded = store.load("r", 100).await.expect("loads");
+            assert_eq!((loaded.seq, loaded.floor, loaded.ceiling.get()), (0, 0, RESERVE_AHEAD));
+            for seq in 1..=3 {
+                store.append("r", message(seq));
+            }
+            if clean {
+                store.settle("r", &loaded.epoch, 3);
+            }
+            store.close(Duration::from_secs(10)).await;
+            loaded.epoch
+        })
+    }
+
+    #[test]
+    fn after_a_clean_stop_numbering_goes_on_from_the_last_message() {
+        let db = TempDb::new();
+        let epoch = three_then_stop(&db, true);
+        let store = db.open().expect("opens again");
+        let loaded = block_on(store.load("r", 100)).expect("loads");
+        assert_eq!((loaded.epoch.as_str(), loaded.seq, loaded.floor), (epoch.as_str(), 3, 0));
+        let seqs: Vec<_> = loaded.history.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(loaded.ceiling.get(), 3 + RESERVE_AHEAD);
+    }
+
+    #[test]
+    fn after_a_crash_numbering_goes_on_above_the_ceiling() {
+        let db = TempDb::new();
+        let epoch = three_then_stop(&db, false);
+        let store = db.open().expect("opens again");
+        let loaded = block_on(store.load("r", 100)).expect("loads");
+        // Numbers up to the ceiling may have been handed out before the crash.
+        assert_eq!(
+            (loaded.epoch.as_str(), loaded.seq, loaded.floor),
+            (epoch.as_str(), 3, RESERVE_AHEAD)
+        );
+        assert_eq!(loaded.history.len(), 3);
+        assert_eq!(loaded.ceiling.get(), 2 * RESERVE_AHEAD);
+    }
+
+    #[test]
+    fn a_ceiling_rises_once_the_reservation_is_on_disk() {
+        let db = TempDb::new();
+        let store = db.open().expect("opens");
+        block_on(async {
+            let loaded = store.load("r", 100).await.expect("loads");
+            store.reserve("r", &loaded.epoch, 5000, loaded.ceiling.clone());
+            // Answered after the reservation's commit.
+            store.page("r", 1, 1).await.expect("a page");
+            assert_eq!(loaded.ceiling.get(), 5000);
+            // A new epoch starts from its own reservation.
+            let next = Ceiling::new(6000);
+            store.reserve("r", "another", 6000, next.clone());
+            store.close(Duration::from_secs(10)).await;
+        });
+        let store = db.open().expect("opens again");
+        let loaded = block_on(store.load("r", 100)).expect("loads");
+        assert_eq!((loaded.epoch.as_str(), loaded.floor), ("another", 6000));
+    }
+
+    #[test]
+    fn a_store_of_a_newer_schema_is_refused() {
+        let db = TempDb::new();
+        drop(db.open().expect("opens"));
+        // The writer holds the file until its queue closes: wait for that.
+        let conn = (0..500)
+            .find_map(|_| {
+                let conn = Connection::open(&db.0).ok()?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).ok()?;
+                Some(conn)
+            })
+            .expect("the file is free again");
+        drop(conn);
+        let refused = db.open().expect_err("refused");
+        assert!(refused.to_string().contains("newer than this server's"), "{refused}");
+    }
+}

@@ -1387,6 +1387,33 @@ mod tests {
         lines
     }
 
+    #[test]
+    fn a_room_past_the_ceiling_on_disk_takes_a_new_epoch() {
+        let hub = hub(local(), &ServerConfig::default());
+        let mut alice = join(&hub, "lobby", Some("alice"));
+        let room = lock(&hub.rooms)["lobby"].clone();
+        let epoch = lock(&room.state).epoch.clone();
+        // As if the store had not yet written a reservation asked for
+        // long ago: only numbers up to 1 are safe.
+        lock(&room.state).ceiling = Some(Ceiling::new(1));
+        lock(&room.state).reserved = 10_000;
+        block_on(alice.member.say("one")).expect("said");
+        block_on(alice.member.say("two")).expect("said");
+        let lines = taken(&mut alice.rx);
+        assert_eq!(
+            lines[1..],
+            [
+                "alice: one",
+                "! missed an unknown number of messages: the room's history was reset",
+                "alice: two"
+            ]
+        );
+        let state = lock(&room.state);
+        assert_ne!(state.epoch, epoch);
+        assert_eq!(state.seq, 2, "numbering goes on");
+        assert_eq!(state.reserved, 2 + RESERVE_AHEAD);
+    }
+
     /// A member of `room` in degraded mode, put there as a join would have
     /// while the link was up.
     fn member_while_linked(hub: &Arc<Hub>, room: &str, name: &str) -> Joined {
