@@ -45,6 +45,9 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 const QUEUED_OVERHEAD: usize = 96;
 /// How often messages past `--keep-for` are looked for.
 const AGE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often rooms the store keeps nothing of are forgotten: joins alone
+/// must not grow the file.
+const ROOM_SWEEP_INTERVAL: Duration = Duration::from_mins(1);
 /// Free pages returned to the file system at most at a time.
 const VACUUM_PAGES: u32 = 1024;
 /// Longest wait before the writer tries again after a failure.
@@ -232,6 +235,7 @@ impl Store {
             queued: queued.clone(),
             counters: counters.clone(),
             last_sweep: Instant::now(),
+            last_room_sweep: Instant::now(),
         };
         std::thread::Builder::new().name("store".into()).spawn(move || writer.run()).map_err(
             |error| StoreError::Open {
@@ -413,6 +417,7 @@ struct Writer {
     queued: Arc<AtomicUsize>,
     counters: StoreCounters,
     last_sweep: Instant,
+    last_room_sweep: Instant,
 }
 
 /// What a transaction owes once it commits (or fails).
@@ -529,6 +534,16 @@ impl Writer {
         }
         let (swept, bytes) = retain(&tx, retention, sweep)?;
         trimmed += swept;
+        if self.last_room_sweep.elapsed() >= ROOM_SWEEP_INTERVAL {
+            self.last_room_sweep = Instant::now();
+            // A room nobody is in and the store keeps no message of: its
+            // numbering starts again, in a new epoch, if it is used again.
+            tx.execute(
+                "DELETE FROM rooms WHERE settled = 1 AND NOT EXISTS \
+                 (SELECT 1 FROM messages WHERE messages.room = rooms.name)",
+                [],
+            )?;
+        }
         tx.commit()?;
         if trimmed > 0 {
             self.counters.trimmed.inc_by(trimmed);
