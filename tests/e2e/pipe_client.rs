@@ -150,20 +150,17 @@ async fn a_connection_dropped_mid_pipe_loses_and_repeats_no_line() {
 
 /// `lines` with each `#SEQ DATE` prefix's date, checked, replaced by `DATE`.
 fn dates_checked(lines: &str) -> String {
-    let mut checked = String::new();
-    for line in lines.lines() {
-        match line.split_once(' ').filter(|_| line.starts_with('#')) {
-            Some((seq, rest)) => {
-                // `2026-12-01 11:30:00Z`: 20 characters, UTC.
-                let (date, rest) = rest.split_at(20);
-                chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%SZ")
-                    .unwrap_or_else(|error| panic!("{date:?} in {line:?}: {error}"));
-                checked.push_str(&format!("{seq} DATE{rest}\n"));
-            }
-            None => checked.push_str(&format!("{line}\n")),
-        }
-    }
-    checked
+    let checked = lines.lines().map(|line| {
+        let Some((seq, rest)) = line.split_once(' ').filter(|_| line.starts_with('#')) else {
+            return line.to_owned();
+        };
+        // `2026-12-01 11:30:00Z`: 20 characters, UTC.
+        let (date, rest) = rest.split_at(20);
+        chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%SZ")
+            .unwrap_or_else(|error| panic!("{date:?} in {line:?}: {error}"));
+        format!("{seq} DATE{rest}")
+    });
+    checked.map(|line| line + "\n").collect()
 }
 
 #[tokio::test]
