@@ -666,6 +666,17 @@ try {
   await sees(fay, "gus: fay is back down");
   const kept = await fay.locator("#messages li").count();
   if (kept > 120) fail(`at the bottom, the page kept ${kept} lines past its cap of 120`);
+  // /history N loads N more above the oldest still shown, and shows them.
+  const oldestShown = Number(await fay.locator("#messages li[data-seq]").first().getAttribute("data-seq"));
+  await say(fay, "/history 2");
+  for (const seq of [oldestShown - 1, oldestShown - 2]) {
+    await fay.locator(`#messages li[data-seq="${seq}"]`).waitFor({ timeout: PATIENCE });
+  }
+  const inView = await fay.locator(`#messages li[data-seq="${oldestShown - 2}"]`).evaluate((li) => {
+    const [box, view] = [li.getBoundingClientRect(), li.parentElement.getBoundingClientRect()];
+    return box.top >= view.top && box.bottom <= view.bottom;
+  });
+  if (!inView) fail("/history's answer is out of view");
   await fayContext.close();
   if (specFailures.length) fail(`checks that need spec/protocol14.md's server side:\n  ${specFailures.join("\n  ")}`);
   console.log("browser test passed");
