@@ -50,8 +50,6 @@ mod terminal;
 pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
-#[cfg(test)]
-use crate::protocol::PastMessage;
 use crate::protocol::{
     ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
 };
@@ -785,6 +783,7 @@ fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::PastMessage;
 
     #[test]
     fn a_reset_history_is_resumed_in_its_new_epoch_from_the_same_place() {
