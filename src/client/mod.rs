@@ -18,6 +18,10 @@
 //! what could drive a terminal in what it prints is escaped, so nobody in the
 //! room can drive yours.
 //!
+//! `/history [N]` asks for the N messages before the oldest one seen in the
+//! room; the answer is printed as a block (with dates) and never moves where
+//! a resume starts.
+//!
 //! Stdin is read on a plain thread, not a tokio blocking task, so that the
 //! process can exit while a read is still pending.
 
@@ -135,8 +139,11 @@ struct Session {
     name: Option<String>,
     /// The room's history epoch, from the welcome.
     epoch: Option<String>,
-    /// The last message number printed.
+    /// The last message number printed: where a resume starts.
     seq: Option<u64>,
+    /// The lowest message number seen in this epoch (replayed, live or from
+    /// `/history`): where the next `/history` pages back from.
+    oldest: Option<u64>,
     /// The secret that gets our name back when we reconnect.
     secret: Option<String>,
     /// What the server lets us send.
@@ -306,6 +313,19 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_hours(24 * 365)
 }
 
+impl Lines {
+    /// Whether the next line is a `/history` that must wait for the answer
+    /// to one in flight: it pages back from where that answer ends.
+    fn history_waits(&self) -> bool {
+        let history = |(_, line): &(u64, String)| match parse_command(line) {
+            Command::History { before, .. } => Some(before),
+            _ => None,
+        };
+        self.pending.front().and_then(history) == Some(None)
+            && self.in_flight.iter().any(|line| history(line).is_some())
+    }
+}
+
 /// Takes one line from stdin (`None` at its end) into the pending lines.
 fn read_line(line: Option<String>, lines: &RefCell<Lines>) {
     let mut lines = lines.borrow_mut();
@@ -386,7 +406,7 @@ async fn converse(
                 answered.notified().await;
                 continue;
             }
-            if lines.borrow().in_flight.len() >= MAX_IN_FLIGHT {
+            if lines.borrow().in_flight.len() >= MAX_IN_FLIGHT || lines.borrow().history_waits() {
                 answered.notified().await;
                 continue;
             }
@@ -404,7 +424,8 @@ async fn converse(
                 unsent(lines, output, number, &why);
                 continue;
             }
-            let Some(request) = request(number, &line, output) else { continue };
+            let oldest = session.borrow().oldest;
+            let Some(request) = request(number, &line, oldest, output) else { continue };
             // A line stays in flight until answered: a `slow down` sends it again.
             lines.borrow_mut().in_flight.push_back((number, line));
             sink.send(request).await?;
@@ -443,12 +464,22 @@ fn unsent(lines: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &s
 
 /// The request a line makes, with the line's number as its id; `None` when
 /// the line is answered here (`/help`, a typo), without a round trip.
-fn request(number: u64, line: &str, output: &RefCell<Output>) -> Option<Message> {
+/// `/history` without BEFORE pages back from `oldest`, the lowest message
+/// number seen, or from the newest when none was.
+fn request(
+    number: u64,
+    line: &str,
+    oldest: Option<u64>,
+    output: &RefCell<Output>,
+) -> Option<Message> {
     let id = Some(number.to_string().into());
     let request = match parse_command(line) {
         Command::Say(text) => Request::Message { text: text.into(), id },
         Command::Nick(name) => Request::Nick { name: name.into(), id },
         Command::Who => Request::Who { id },
+        Command::History { limit, before } => {
+            Request::History { before: before.or(oldest), limit: Some(limit), id }
+        }
         // The same answers the text protocol gives.
         local => {
             let event = match local {
@@ -577,7 +608,7 @@ fn on_event(
             None
         }
         Event::Ack { id, .. } => Some(id),
-        Event::Error { id, .. } | Event::Who { id, .. } => id.as_ref(),
+        Event::Error { id, .. } | Event::Who { id, .. } | Event::Earlier { id, .. } => id.as_ref(),
         _ => None,
     };
     if let Some(id) = id.and_then(|id| id.parse::<u64>().ok()) {
@@ -617,6 +648,7 @@ impl Session {
                     // A new history: its numbers start over.
                     self.epoch = Some(epoch.to_string());
                     self.seq = None;
+                    self.oldest = None;
                 }
                 self.name = Some(name.to_string());
                 self.secret = session.as_ref().map(ToString::to_string);
@@ -629,7 +661,17 @@ impl Session {
             Event::Nick { old, new, .. } if self.name.as_deref() == Some(old) => {
                 self.name = Some(new.to_string());
             }
-            Event::Message { seq, .. } => self.seq = Some(*seq),
+            Event::Message { seq, .. } => {
+                self.seq = Some(*seq);
+                self.oldest = Some(self.oldest.map_or(*seq, |oldest| oldest.min(*seq)));
+            }
+            // Earlier messages page back only: the resume position stays
+            // where it is, or the next resume would repeat what followed.
+            Event::Earlier { messages, .. } => {
+                if let Some(first) = messages.iter().map(|m| m.seq).min() {
+                    self.oldest = Some(self.oldest.map_or(first, |oldest| oldest.min(first)));
+                }
+            }
             // The room's history was reset: its numbering went on from where
             // it was, in this new epoch, so the next resume is asked in it.
             Event::Missed { count: None, epoch: Some(epoch) } => {
@@ -741,6 +783,7 @@ fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::PastMessage;
 
     #[test]
     fn a_reset_history_is_resumed_in_its_new_epoch_from_the_same_place() {
@@ -750,6 +793,47 @@ mod tests {
         assert_eq!((session.epoch.as_deref(), session.seq), (Some("old"), Some(7)));
         session.update(&Event::Missed { count: None, epoch: Some("new".into()) });
         assert_eq!((session.epoch.as_deref(), session.seq), (Some("new"), Some(7)));
+    }
+
+    #[test]
+    fn earlier_messages_page_back_without_moving_the_resume_position() {
+        let ts = crate::protocol::now();
+        let message =
+            |seq| Event::Message { room: "r".into(), seq, from: "a".into(), text: "t".into(), ts };
+        let mut session = Session::default();
+        session.update(&message(8));
+        session.update(&message(9));
+        assert_eq!((session.seq, session.oldest), (Some(9), Some(8)));
+        let past = |seq| PastMessage { seq, from: "a".into(), text: "t".into(), ts };
+        let earlier = Event::Earlier {
+            room: "r".into(),
+            messages: vec![past(3), past(4)],
+            more: true,
+            id: None,
+        };
+        session.update(&earlier);
+        assert_eq!((session.seq, session.oldest), (Some(9), Some(3)));
+        let asked = |oldest| {
+            let output = RefCell::new(Output::Pipe(output::Style { json: false, quiet: true }));
+            let frame = request(7, "/history 2", oldest, &output).expect("a request");
+            frame.as_text().expect("text").to_owned()
+        };
+        assert_eq!(asked(Some(3)), r#"{"type":"history","before":3,"limit":2,"id":"7"}"#);
+        assert_eq!(asked(None), r#"{"type":"history","limit":2,"id":"7"}"#);
+    }
+
+    #[test]
+    fn a_history_line_waits_for_the_history_answer_in_flight() {
+        let line = |n: u64, text: &str| (n, text.to_owned());
+        let mut lines = Lines::default();
+        lines.pending.push_back(line(2, "/history"));
+        assert!(!lines.history_waits());
+        lines.in_flight.push_back(line(1, "/history 5"));
+        assert!(lines.history_waits());
+        lines.pending[0] = line(2, "/history 5 10");
+        assert!(!lines.history_waits());
+        lines.pending[0] = line(2, "hello");
+        assert!(!lines.history_waits());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use crate::protocol::names::escape_for_display;
-use crate::protocol::{Event, is_line_break};
+use crate::protocol::{Event, PastMessage, is_line_break};
 
 /// How events are printed in a pipe.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +28,9 @@ impl Output {
     pub(super) fn event(&mut self, event: &Event<'_>, own: Option<&str>) -> io::Result<()> {
         match self {
             Output::Pipe(style) => {
+                if let (Event::Earlier { .. }, false) = (event, style.json) {
+                    return earlier_lines(event, style.quiet);
+                }
                 if style.quiet && !matches!(event, Event::Message { .. }) {
                     if let Event::Error { text, .. } = event {
                         writeln!(io::stderr(), "error: {}", sanitize(text))?;
@@ -35,15 +38,13 @@ impl Output {
                     return Ok(());
                 }
                 let line = if style.json { json(event) } else { sanitize(&event.to_string()) };
-                match writeln!(io::stdout(), "{line}") {
-                    // A reader that went away (`| head`) is not a failure.
-                    Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                        std::process::exit(0)
-                    }
-                    result => result,
-                }
+                print_line(&line)
             }
             Output::Terminal { printer, color } => {
+                if let Event::Earlier { messages, more, .. } = event {
+                    let shown = earlier_in_terminal(messages, *more, own, *color);
+                    return printer.print(shown).map_err(io::Error::other);
+                }
                 let time = match event {
                     Event::Message { ts, .. }
                     | Event::Join { ts, .. }
@@ -113,6 +114,72 @@ impl Output {
     }
 }
 
+/// Writes one line to stdout.
+fn print_line(line: &str) -> io::Result<()> {
+    match writeln!(io::stdout(), "{line}") {
+        // A reader that went away (`| head`) is not a failure.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        result => result,
+    }
+}
+
+/// An `earlier` answer in a pipe: the server's text form, so that scripts
+/// read the same lines whichever protocol they speak. A header, one
+/// `#SEQ YYYY-MM-DD HH:MM:SSZ NAME: TEXT` line per message (UTC, so the
+/// output does not depend on where it runs; line breaks marked, so that no
+/// message forges a line), and `* more: /history N SEQ` when the store holds
+/// older ones. With `--quiet`, the message lines only.
+fn earlier_lines(event: &Event<'_>, quiet: bool) -> io::Result<()> {
+    for line in event.to_string().split('\n') {
+        if quiet && line.starts_with("* ") {
+            continue;
+        }
+        print_line(&sanitize(line))?;
+    }
+    Ok(())
+}
+
+/// An `earlier` answer above the prompt, in one piece: each message with its
+/// local date and time, its lines under one another as live ones are, and a
+/// last line that says whether `/history` again would find more.
+fn earlier_in_terminal(
+    messages: &[PastMessage<'_>],
+    more: bool,
+    own: Option<&str>,
+    color: bool,
+) -> String {
+    const BLANK: &str = "      ";
+    if messages.is_empty() {
+        return dim(&format!("{BLANK}* no earlier messages"), color) + "\n";
+    }
+    let count = messages.len();
+    let s = if count == 1 { "" } else { "s" };
+    let mut shown = dim(&format!("{BLANK}* {count} earlier message{s}:"), color) + "\n";
+    for PastMessage { from, text, ts, .. } in messages {
+        let when = ts.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M ").to_string();
+        let indent = " ".repeat(when.chars().count() + from.chars().count() + 2);
+        let mut lines = split_lines(text).map(sanitize);
+        let mut line = format!("{}: {}", sanitize(from), lines.next().unwrap_or_default());
+        for rest in lines {
+            line.push('\n');
+            line.push_str(&indent);
+            line.push_str(&rest);
+        }
+        if color && Some(from.as_ref()) == own {
+            line = format!("\x1b[1;32m{line}\x1b[0m");
+        }
+        shown.push_str(&dim(&when, color));
+        shown.push_str(&line);
+        shown.push('\n');
+    }
+    let footer = if more {
+        "* more: /history again for earlier ones"
+    } else {
+        "* no earlier messages before these"
+    };
+    shown + &dim(&format!("{BLANK}{footer}"), color) + "\n"
+}
+
 /// Who refused a line.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Refusal {
@@ -148,4 +215,30 @@ fn dim(text: &str, color: bool) -> String {
 /// recolour the terminal, break a line or disguise itself.
 pub fn sanitize(text: &str) -> String {
     escape_for_display(text).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_messages_in_a_terminal_have_dates_and_say_whether_there_are_more() {
+        let ts = "2026-11-24T10:00:00Z".parse().unwrap();
+        let past =
+            |seq, text: &'static str| PastMessage { seq, from: "al".into(), text: text.into(), ts };
+        let shown =
+            earlier_in_terminal(&[past(1, "one"), past(2, "a\nb\u{1b}")], true, None, false);
+        let date = ts.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M ").to_string();
+        let indent = " ".repeat(date.len() + 4);
+        assert_eq!(
+            shown,
+            format!(
+                "      * 2 earlier messages:\n{date}al: one\n{date}al: a\n{indent}b\\u{{1b}}\n      \
+                 * more: /history again for earlier ones\n"
+            )
+        );
+        let last = earlier_in_terminal(&[past(1, "one")], false, None, false);
+        assert!(last.ends_with("* no earlier messages before these\n"), "{last}");
+        assert_eq!(earlier_in_terminal(&[], false, None, false), "      * no earlier messages\n");
+    }
 }

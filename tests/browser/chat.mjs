@@ -6,9 +6,11 @@
 // a way down to new messages, shows other days' dates, keeps its colours
 // readable, checks sizes against the welcome's limits and keeps its session
 // secret to itself, using it to take its name back from a dead connection;
-// then the server restarts, lines typed meanwhile wait, and the pages and the
-// client come back by themselves. Run by tests/browser.rs,
-// which passes the paths below.
+// then the server restarts on the same SQLite file, lines typed meanwhile
+// wait, and the pages and the client come back by themselves, with no "history
+// was reset" and no line twice; a page scrolled to the top loads older
+// messages, with dates, never two requests at once, and its trim keeps them.
+// Run by tests/e2e/browser.rs, which passes the paths below.
 //
 // Checks marked SPEC need the server side of spec/protocol14.md (limits,
 // session, ids with ack and error codes); their failures are collected and
@@ -18,17 +20,27 @@
 // timeout only as a safety net.
 
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 const { CHAT_SERVER, CHAT_CLIENT, CHAT_CHROMIUM, CHAT_SCREENSHOT } = process.env;
 const PATIENCE = 20_000;
 
+// The server's store: a file of this run's own, so that a restart keeps the
+// rooms' history, numbering and epoch; removed at the end.
+const dbDir = mkdtempSync(join(tmpdir(), "chat-browser-"));
+const db = join(dbDir, "chat.db");
+const removeDb = () => rmSync(dbDir, { recursive: true, force: true });
+
 const children = new Set();
 function fail(message) {
   console.error(`browser test failed: ${message}`);
   // The finally below does not run after exit: stop the programs here.
   for (const child of children) child.kill("SIGTERM");
+  removeDb();
   process.exit(1);
 }
 // Safety net for the whole run.
@@ -67,7 +79,7 @@ async function startServer(port) {
   // Winning the old port back may take a few tries: until then another
   // process's outgoing connection may hold it.
   for (let attempt = 1; ; attempt++) {
-    const server = start(CHAT_SERVER, ["--port", String(port)]);
+    const server = start(CHAT_SERVER, ["--port", String(port), "--db", db]);
     const exited = new Promise((resolve) => server.once("exit", () => resolve(null)));
     const listening = server.waitFor((l) => l.startsWith("listening on "), "listening line");
     listening.catch(() => {}); // settled by the race below when the server exits first
@@ -185,6 +197,7 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
 });
 let client;
+let gus;
 try {
   const ann = await (await browser.newContext({ viewport: { width: 900, height: 560 }, colorScheme: "light" })).newPage();
   const ben = await (await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark" })).newPage();
@@ -243,6 +256,11 @@ try {
 
   client = start(CHAT_CLIENT, [`ws://127.0.0.1:${port}/garden`, "--name", "carol"]);
   await client.waitFor((l) => l === "* carol joined", "join line");
+  // A room with more than a join replays (100): filled meanwhile, scrolled
+  // back through after the restart.
+  const ARCHIVED = 180;
+  gus = start(CHAT_CLIENT, [`ws://127.0.0.1:${port}/archive`, "--name", "gus"]);
+  for (let n = 1; n <= ARCHIVED; n++) gus.stdin.write(`old ${n}\n`);
   await ann.locator("#who li", { hasText: "carol" }).waitFor({ timeout: PATIENCE });
 
   await say(ann, "hello from ann");
@@ -415,12 +433,15 @@ try {
   // the way down.
   for (let n = 1; n <= 20; n++) client.stdin.write(`filler ${n}\n`);
   await sees(ann, "carol: filler 20");
+  // At the top, the page asks for earlier messages: Ann has seen the room
+  // from its first, so the server has none.
   await ann.locator("#messages").evaluate((list) => { list.scrollTop = 0; });
-  await ann.waitForFunction(() => document.getElementById("messages").scrollTop === 0);
+  await ann.locator("#messages li.marker", { hasText: "no earlier messages" }).waitFor({ timeout: PATIENCE });
+  const upThere = await ann.locator("#messages").evaluate((list) => list.scrollTop);
   client.stdin.write("while you were up there\n");
   await sees(ann, "while you were up there");
   await ann.locator("#new").waitFor({ state: "visible", timeout: PATIENCE });
-  if ((await ann.locator("#messages").evaluate((list) => list.scrollTop)) !== 0) fail("new message scrolled a reader who had scrolled up");
+  if ((await ann.locator("#messages").evaluate((list) => list.scrollTop)) !== upThere) fail("new message scrolled a reader who had scrolled up");
   await readable(ann, [["new messages button", "#new"]], "light");
   await ann.click("#new");
   await ann.waitForFunction(() => {
@@ -513,7 +534,10 @@ try {
     await ann.fill("#input", "");
   });
 
-  // The server restarts on the same port: everyone comes back on their own.
+  // The server restarts on the same port and store file: everyone comes back
+  // on their own, where they were.
+  await gus.waitFor((l) => l === `gus: old ${ARCHIVED}`, "the archive's last message");
+  const linesBeforeRestart = { client: client.lines.length, gus: gus.lines.length };
   await stopped(server);
   await ann.locator("#state.offline").waitFor({ timeout: PATIENCE });
   // Lines typed meanwhile wait, shown as pending, and go out in order.
@@ -526,7 +550,8 @@ try {
   ({ server } = await startServer(port));
   await connected(ann, "ann");
   await connected(ben, "ben");
-  await client.waitFor((l) => l === "! missed an unknown number of messages: the room's history was reset", "reset notice");
+  await client.waitFor((l, i) => i >= linesBeforeRestart.client && l.startsWith("* you are carol"), "welcome after the restart");
+  await gus.waitFor((l, i) => i >= linesBeforeRestart.gus && l.startsWith("* you are gus"), "welcome after the restart");
   await ann.locator("#who li", { hasText: "carol" }).waitFor({ timeout: PATIENCE });
   for (const page of [ann, ben]) await sees(page, "ann: queued two");
   const order = (await messages(ben).allTextContents()).filter((t) => t.includes("ann: queued"));
@@ -547,6 +572,112 @@ try {
   client.stdin.write("carol is back\n");
   await sees(ann, "carol: carol is back");
   await sees(ben, "carol: carol is back");
+  await client.waitFor((l) => l === "carol: carol is back", "own line after the restart");
+
+  // The store kept the history, its numbering and epoch: nobody was told it
+  // was reset or missed anything, and nothing came twice.
+  for (const [who, lines] of [["the client", client.lines], ["gus", gus.lines]]) {
+    const told = lines.filter((l) => l.startsWith("! missed"));
+    if (told.length) fail(`${who} was told after the restart: ${JSON.stringify(told)}`);
+  }
+  for (const page of [ann, ben]) {
+    const told = await page.locator("#messages li.error", { hasText: "missed" }).allTextContents();
+    if (told.length) fail(`a page was told after the restart: ${JSON.stringify(told)}`);
+    const seqs = await page.locator("#messages li.message[data-seq]").evaluateAll((lis) => lis.map((li) => li.dataset.seq));
+    const twice = seqs.filter((seq, i) => seqs.indexOf(seq) !== i);
+    if (twice.length) fail(`a page shows messages twice: ${twice}`);
+  }
+  const messageLines = client.lines.filter((l) => /^[^*!#][^ ]*: /.test(l));
+  const repeated = messageLines.filter((l, i) => messageLines.indexOf(l) !== i);
+  if (repeated.length) fail(`the client printed twice: ${JSON.stringify(repeated)}`);
+
+  // A room with more messages than its replay: at the top, the page loads
+  // the earlier ones above, with their dates, and keeps in view what was.
+  const fayContext = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark" });
+  const fay = await fayContext.newPage();
+  fay.on("pageerror", (error) => fail(`page error: ${error}`));
+  // History requests in flight, and the most at once.
+  const asked = { now: 0, most: 0, total: 0 };
+  fay.on("websocket", (socket) => {
+    socket.on("framesent", ({ payload }) => {
+      if (JSON.parse(payload).type !== "history") return;
+      asked.total += 1;
+      asked.most = Math.max(asked.most, ++asked.now);
+    });
+    socket.on("framereceived", ({ payload }) => { if (JSON.parse(payload).type === "earlier") asked.now -= 1; });
+  });
+  await fay.goto(`http://127.0.0.1:${port}/archive?name=fay`);
+  await connected(fay, "fay");
+  await fay.locator("#messages li.marker", { hasText: "end of history" }).waitFor({ timeout: PATIENCE });
+  const replayed = await messages(fay).count();
+  if (replayed >= ARCHIVED) fail(`the archive's replay holds ${replayed} messages: nothing to scroll back to`);
+  const firstReplayed = `gus: old ${ARCHIVED - replayed + 1}`;
+  // Fewer lines than it will hold: the trim would remove them, were the
+  // reader not scrolled up.
+  await fay.evaluate(() => { shownCap = 120; });
+  const oldLine = (n) => fay.locator("#messages li.message", { hasText: new RegExp(`^\\d\\d:\\d\\d ?gus: old ${n}$`) });
+  // Many scroll events at once: still one request.
+  const topBefore = await fay.locator("#messages").evaluate((list, text) => {
+    list.scrollTop = 0;
+    for (let i = 0; i < 5; i++) list.dispatchEvent(new Event("scroll"));
+    const li = [...list.querySelectorAll("li.message")].find((li) => li.textContent.endsWith(text));
+    return li.getBoundingClientRect().top - list.getBoundingClientRect().top;
+  }, firstReplayed);
+  await oldLine(ARCHIVED - replayed).waitFor({ timeout: PATIENCE });
+  await fay.locator("#loading").waitFor({ state: "hidden", timeout: PATIENCE });
+  const topAfter = await fay.locator("#messages").evaluate((list, text) => {
+    const li = [...list.querySelectorAll("li.message")].find((li) => li.textContent.endsWith(text));
+    return li.getBoundingClientRect().top - list.getBoundingClientRect().top;
+  }, firstReplayed);
+  if (Math.abs(topAfter - topBefore) > 1) fail(`loading earlier messages moved the view: ${topBefore} -> ${topAfter}`);
+  // Back at the top, again until the server has no more: said once.
+  for (let page = 2; page <= 4; page++) {
+    await fay.locator("#messages").evaluate((list) => { list.scrollTop = 0; list.dispatchEvent(new Event("scroll")); });
+    await fay.locator("#loading").waitFor({ state: "hidden", timeout: PATIENCE });
+  }
+  await oldLine(1).waitFor({ timeout: PATIENCE });
+  await fay.locator("#messages li.marker", { hasText: "no earlier messages" }).waitFor({ timeout: PATIENCE });
+  const shown = await fay.locator("#messages li").evaluateAll((lis) => lis.map((li) => ({
+    cls: li.className, text: li.textContent, time: li.querySelector("time")?.textContent ?? null, seq: li.dataset.seq ?? null,
+  })));
+  const seqs = shown.filter((li) => li.seq !== null).map((li) => Number(li.seq));
+  if (seqs.length !== ARCHIVED || seqs.some((seq, i) => i > 0 && seq <= seqs[i - 1])) fail(`the archive shows ${JSON.stringify(seqs)}`);
+  if (shown.filter((li) => li.text.includes("no earlier messages")).length !== 1 || !shown[0].text.includes("no earlier messages")) {
+    fail(`"no earlier messages" is not said once, on top: ${JSON.stringify(shown.slice(0, 3))}`);
+  }
+  // Today's messages: one day separator on top of the loaded ones, each
+  // message with its time.
+  const days = shown.filter((li) => li.cls === "day");
+  if (days.length !== 1 || shown[1].cls !== "day" || !/\d{4}/.test(days[0].text)) fail(`day separators: ${JSON.stringify(days)} over ${JSON.stringify(shown[2])}`);
+  if (!shown.filter((li) => li.cls.includes("message")).every((li) => /^\d\d:\d\d$/.test(li.time))) fail("a loaded message has no time");
+  // The page asks for 50 at a time.
+  const pages = Math.ceil((ARCHIVED - replayed) / 50);
+  if (asked.most !== 1 || asked.total !== pages) fail(`history requests: ${JSON.stringify(asked)} (${pages} expected, one at a time)`);
+  // Live lines while the reader is up there trim nothing.
+  gus.stdin.write("while fay reads\n");
+  await sees(fay, "gus: while fay reads");
+  await oldLine(1).waitFor({ timeout: PATIENCE });
+  if ((await fay.locator("#messages li").count()) <= 120) fail("lines were trimmed while the reader was scrolled up");
+  await readable(fay, [["day separator", "#messages li.day"], ["no earlier messages", "#messages li.marker"]], "dark");
+  if (CHAT_SCREENSHOT) await fay.screenshot({ path: CHAT_SCREENSHOT.replace(/(\.png)?$/, "-history.png") });
+  // Back at the bottom, the oldest go again.
+  await fay.click("#new");
+  gus.stdin.write("fay is back down\n");
+  await sees(fay, "gus: fay is back down");
+  const kept = await fay.locator("#messages li").count();
+  if (kept > 120) fail(`at the bottom, the page kept ${kept} lines past its cap of 120`);
+  // /history N loads N more above the oldest still shown, and shows them.
+  const oldestShown = Number(await fay.locator("#messages li[data-seq]").first().getAttribute("data-seq"));
+  await say(fay, "/history 2");
+  for (const seq of [oldestShown - 1, oldestShown - 2]) {
+    await fay.locator(`#messages li[data-seq="${seq}"]`).waitFor({ timeout: PATIENCE });
+  }
+  const inView = await fay.locator(`#messages li[data-seq="${oldestShown - 2}"]`).evaluate((li) => {
+    const [box, view] = [li.getBoundingClientRect(), li.parentElement.getBoundingClientRect()];
+    return box.top >= view.top && box.bottom <= view.bottom;
+  });
+  if (!inView) fail("/history's answer is out of view");
+  await fayContext.close();
   if (specFailures.length) fail(`checks that need spec/protocol14.md's server side:\n  ${specFailures.join("\n  ")}`);
   console.log("browser test passed");
 } catch (error) {
@@ -554,5 +685,7 @@ try {
 } finally {
   await browser.close();
   if (client) client.kill("SIGTERM");
+  if (gus) gus.kill("SIGTERM");
   await stopped(server);
+  removeDb();
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 const INSTALL: &str = "apt-get install chromium nodejs npm && npm ci --prefix tests/browser";
 
 #[test]
-fn two_pages_and_a_terminal_client_chat_and_survive_a_restart() {
+fn two_pages_and_a_terminal_client_chat_survive_a_restart_and_scroll_back() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var_os("CHAT_CHROMIUM")
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
@@ -36,9 +36,17 @@ fn two_pages_and_a_terminal_client_chat_and_survive_a_restart() {
         .env("CHAT_SERVER", env!("CARGO_BIN_EXE_server"))
         .env("CHAT_CLIENT", env!("CARGO_BIN_EXE_client"))
         .env("CHAT_CHROMIUM", &chromium)
-        // The servers it starts keep nothing on disk unless it names a --db.
+        // Its server names a --db of its own, a temporary file, so that a
+        // restart keeps the history; anything else keeps nothing on disk.
         .env("CHAT_DB", ":memory:")
         .status()
         .expect("run node");
     assert!(status.success(), "the browser test failed (its output is above)");
+}
+
+/// The page answers `/help` itself, with the server's words.
+#[test]
+fn the_pages_help_is_the_servers() {
+    let page = include_str!("../../src/server/page.html");
+    assert!(page.contains(&format!("[[\"{}\"]]", chat::protocol::HELP)), "page.html's /help");
 }

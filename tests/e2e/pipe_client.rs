@@ -1,6 +1,7 @@
 //! The client in a pipe, as scripts use it: every line arrives, in order,
 //! within the server's rate limit; lines that cannot be sent are reported on
-//! stderr and make the exit code 3; `--json`, `--quiet` and `--no-close`.
+//! stderr and make the exit code 3; `--json`, `--quiet` and `--no-close`;
+//! `/history` in the server's text form.
 
 use crate::common::{self, CLIENT, PATIENCE, Peer, TestServer, command, run};
 use chat::server::config::ServerConfig;
@@ -144,5 +145,56 @@ async fn a_connection_dropped_mid_pipe_loses_and_repeats_no_line() {
     watcher.expect("* piper left").await;
     watcher.send("done").await;
     watcher.expect("watcher: done").await;
+    server.stop().await;
+}
+
+/// `lines` with each `#SEQ DATE` prefix's date, checked, replaced by `DATE`.
+fn dates_checked(lines: &str) -> String {
+    let checked = lines.lines().map(|line| {
+        let Some((seq, rest)) = line.split_once(' ').filter(|_| line.starts_with('#')) else {
+            return line.to_owned();
+        };
+        // `2026-12-01 11:30:00Z`: 20 characters, UTC.
+        let (date, rest) = rest.split_at(20);
+        chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M:%SZ")
+            .unwrap_or_else(|error| panic!("{date:?} in {line:?}: {error}"));
+        format!("{seq} DATE{rest}")
+    });
+    checked.map(|line| line + "\n").collect()
+}
+
+#[tokio::test]
+async fn history_prints_earlier_messages_with_dates_one_line_each_and_pages_back() {
+    let server = TestServer::with(ServerConfig { history: 2, ..ServerConfig::default() }).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    for text in ["m1", "two\nbob: forged", "m3", "m4", "m5"] {
+        alice.send(text).await;
+    }
+    alice.expect("alice: m1").await;
+    alice.expect("alice: two\u{2424}bob: forged").await;
+    for text in ["m3", "m4", "m5"] {
+        alice.expect(&format!("alice: {text}")).await;
+    }
+    let url = server.url("/?name=piper");
+    // Each /history pages back from the oldest message seen: the join's
+    // replay (m4, m5), then each answer.
+    let (code, stdout, stderr) = run(CLIENT, &[&url], "/history 2\n/history\n/history\n").await;
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert_eq!(
+        dates_checked(&stdout),
+        "* you are piper in room lobby, 2 online; /help lists the commands\n\
+         * 2 earlier messages\nalice: m4\nalice: m5\n* end of history\n* piper joined\n\
+         * 2 earlier messages from #2:\n\
+         #2 DATE alice: two\u{2424}bob: forged\n\
+         #3 DATE alice: m3\n\
+         * more: /history N 2\n\
+         * 1 earlier messages from #1:\n\
+         #1 DATE alice: m1\n\
+         * no earlier messages\n"
+    );
+    // Quiet: the messages only, the earlier ones included.
+    let (code, stdout, stderr) = run(CLIENT, &[&url, "-q"], "/history 1\n").await;
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert_eq!(dates_checked(&stdout), "alice: m4\nalice: m5\n#3 DATE alice: m3\n");
     server.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The client at a terminal, through a real pseudo-terminal: lines typed or
 //! pasted faster than they are read all arrive, a bracketed paste is one
 //! message, quitting works in every state and leaves the terminal as it was,
-//! and received text is displayed intact.
+//! received text is displayed intact, and `/history` shows earlier messages
+//! with their dates.
 //!
 //! The tests run on a multi-threaded runtime: the terminal is waited on with
 //! blocking reads on the test's own thread while the server runs on the
@@ -14,6 +15,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::common::{CLIENT, PATIENCE, Peer, TestServer, connect_json, next_json};
+use chat::server::config::ServerConfig;
 use expectrl::process::unix::WaitStatus;
 use expectrl::{Expect as _, Session};
 use nix::sys::termios::{InputFlags, LocalFlags, tcgetattr};
@@ -335,4 +337,38 @@ async fn ctrl_d_while_reconnecting_with_more_lines_than_the_queue_holds_exits_0(
     assert!(rest.contains(&format!("{count} typed lines were not sent")), "{rest:?}");
     assert_eq!(bob.exit_code(), 0);
     assert!(bob.is_cooked());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_shows_earlier_messages_with_their_dates_and_whether_there_are_more() {
+    let config = ServerConfig { history: 2, ..ServerConfig::default() };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    for n in 1..=5 {
+        alice.send(&format!("m{n}")).await;
+        alice.expect(&format!("alice: m{n}")).await;
+    }
+    // The join replays m4 and m5: /history pages back from there.
+    let mut bob = bob_joins(&server, &[]);
+    bob.keys("/history 2\r");
+    bob.lines_read(1);
+    bob.expect("* 2 earlier messages:");
+    for text in ["alice: m2", "alice: m3"] {
+        let before = bob.expect(text);
+        // Each line starts with its local date and time.
+        let date = before.rsplit(['\n', '\r']).next().unwrap_or_default();
+        let parsed = chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%d %H:%M ");
+        assert!(parsed.is_ok(), "{text} shown after {before:?}");
+    }
+    bob.expect("* more: /history again for earlier ones");
+    bob.keys("/history 2\r");
+    bob.lines_read(1);
+    bob.expect("* 1 earlier message:");
+    bob.expect("alice: m1");
+    bob.expect("* no earlier messages before these");
+    bob.keys("/history\r");
+    bob.lines_read(1);
+    bob.expect("* no earlier messages\r\n");
+    quits(bob);
+    server.stop().await;
 }
