@@ -66,10 +66,16 @@ async fn main() -> anyhow::Result<()> {
          {written} written ({:.0}/s), {dropped} not stored (queue full)",
         cli.rooms,
         cli.payload,
-        sent as f64 / seconds,
-        written as f64 / seconds,
+        per_second(sent, seconds),
+        per_second(written, seconds),
     );
     Ok(())
+}
+
+// Counts here stay far below 2^52.
+#[allow(clippy::cast_precision_loss)]
+fn per_second(count: u64, seconds: f64) -> f64 {
+    count as f64 / seconds
 }
 
 /// Sends until `end`, keeping `window` messages unanswered; returns how
