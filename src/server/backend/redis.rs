@@ -658,18 +658,12 @@ const CHANNEL_PREFIX: &str = "chat:room:";
 /// A message as `say.lua` kept it, for a history page; anything else in the
 /// stream (written by another version) is skipped, with a warning.
 fn past_message(room: &str, payload: &str) -> Option<PastMessage<'static>> {
-    match serde_json::from_str::<Event<'_>>(payload) {
-        Ok(Event::Message { seq, from, text, ts, .. }) => Some(PastMessage {
-            seq,
-            from: from.into_owned().into(),
-            text: text.into_owned().into(),
-            ts,
-        }),
-        _ => {
-            warn!(room, "skipped a history entry that is not a message");
-            None
-        }
-    }
+    let Ok(Event::Message { seq, from, text, ts, .. }) = serde_json::from_str::<Event<'_>>(payload)
+    else {
+        warn!(room, "skipped a history entry that is not a message");
+        return None;
+    };
+    Some(PastMessage { seq, from: from.into_owned().into(), text: text.into_owned().into(), ts })
 }
 
 fn channel(room: &str) -> String {
