@@ -222,3 +222,30 @@ async fn keep_for_expires_an_empty_room_and_a_newcomer_starts_a_new_epoch() {
     assert_eq!((missed["type"].as_str(), &missed["count"]), (Some("missed"), &json!(null)));
     assert_eq!(missed["epoch"], welcome["epoch"]);
 }
+
+#[tokio::test]
+async fn redis_gone_back_in_time_gives_the_room_a_new_epoch_instead_of_reusing_seqs() {
+    let Some(redis) = Redis::start("back in time").await else { return };
+    let node = Node::start(&redis).await;
+    let (mut alice, welcome) = join(&node, "/rewound?name=alice").await;
+    let old = welcome["epoch"].as_str().expect("epoch").to_owned();
+    for text in ["m1", "m2", "m3"] {
+        say(&mut alice, text).await;
+    }
+    messages_through(&mut alice, "m3").await;
+    // What Redis restarted from a snapshot taken after m1 would hold.
+    let (meta, log) = (key("rewound", "meta"), key("rewound", "log"));
+    redis.run(redis::cmd("HSET").arg(&meta).arg("seq").arg(1)).await;
+    redis.run(redis::cmd("XDEL").arg(&log).arg("0-2").arg("0-3")).await;
+
+    // Numbered 2 again, m4 would be taken for delivered already: instead
+    // the room takes a new epoch, said to every client, and goes on from 3.
+    say(&mut alice, "m4").await;
+    let missed = until(&mut alice, |event| event["type"] == "missed").await;
+    assert_eq!(missed["count"], json!(null), "{missed}");
+    assert_ne!(missed["epoch"].as_str().expect("the new epoch"), old);
+    assert_eq!(
+        messages_through(&mut alice, "m4").await,
+        [(4, "alice".to_owned(), "m4".to_owned())]
+    );
+}

@@ -81,8 +81,16 @@ end
 -- every connection's "already delivered" marks stay valid. A created epoch
 -- is published as a reset: a node that knew the room tells its clients
 -- (Redis lost its data), one that did not takes it silently.
+-- A node that delivered past the room's seq means Redis went back in time
+-- (restarted from a snapshot or an AOF older than what it had published):
+-- those seqs would be handed out again, so the room takes a new epoch too.
 local function epoch(fresh, floor)
-  if redis.call('HSETNX', meta, 'epoch', fresh) == 1 then
+  local created = redis.call('HSETNX', meta, 'epoch', fresh) == 1
+  if not created and floor > (tonumber(redis.call('HGET', meta, 'seq')) or 0) then
+    redis.call('HSET', meta, 'epoch', fresh)
+    created = true
+  end
+  if created then
     if floor > 0 then
       redis.call('HSET', meta, 'seq', floor)
     end
