@@ -249,3 +249,28 @@ async fn redis_gone_back_in_time_gives_the_room_a_new_epoch_instead_of_reusing_s
         [(4, "alice".to_owned(), "m4".to_owned())]
     );
 }
+
+#[tokio::test]
+async fn an_empty_room_whose_numbering_was_evicted_numbers_on_above_its_history() {
+    let Some(redis) = Redis::start("evicted meta").await else { return };
+    let node = Node::start(&redis).await;
+    let mut watcher = watch(&redis, "evicted").await;
+    let (mut alice, welcome) = join(&node, "/evicted?name=alice").await;
+    let old = welcome["epoch"].as_str().expect("epoch").to_owned();
+    for text in ["m1", "m2", "m3"] {
+        say(&mut alice, text).await;
+    }
+    messages_through(&mut alice, "m3").await;
+    alice.send(Message::close(None, "")).await.expect("close");
+    left(&mut watcher, "alice").await;
+    // A volatile-* policy may evict one of the empty room's keys, not both.
+    redis.run(redis::cmd("DEL").arg(key("evicted", "meta"))).await;
+
+    let (mut bob, welcome) = join(&node, "/evicted?name=bob").await;
+    assert_ne!(welcome["epoch"], old.as_str(), "the numbering is new");
+    assert_eq!(welcome["seq"], 3, "and goes on above the history kept");
+    let events = after_welcome(&mut bob).await;
+    assert_eq!(events[0], json!({"type": "history", "phase": "start", "count": 3}));
+    say(&mut bob, "m4").await;
+    assert_eq!(messages_through(&mut bob, "m4").await, [(4, "bob".to_owned(), "m4".to_owned())]);
+}

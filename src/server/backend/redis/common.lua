@@ -91,8 +91,12 @@ local function epoch(fresh, floor)
     created = true
   end
   if created then
-    if floor > 0 then
-      redis.call('HSET', meta, 'seq', floor)
+    -- Above what the stream still holds too, should the meta hash have gone
+    -- without it (evicted by a `volatile-*` policy): a stream's IDs only grow.
+    local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+    local start = math.max(floor, top and tonumber(string.sub(top[1], 3)) or 0)
+    if start > 0 then
+      redis.call('HSET', meta, 'seq', start)
     end
     redis.call('PUBLISH', channel, cjson.encode({type = 'missed', count = cjson.null, epoch = fresh}))
     return fresh
