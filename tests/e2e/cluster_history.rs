@@ -274,3 +274,27 @@ async fn an_empty_room_whose_numbering_was_evicted_numbers_on_above_its_history(
     say(&mut bob, "m4").await;
     assert_eq!(messages_through(&mut bob, "m4").await, [(4, "bob".to_owned(), "m4".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_node_that_delivered_more_finds_redis_gone_back_within_a_heartbeat() {
+    let Some(redis) = Redis::start("back in time, quiet").await else { return };
+    let (one, two) = (Node::start(&redis).await, Node::start(&redis).await);
+    let (mut alice, welcome) = join(&one, "/quiet?name=alice").await;
+    let old = welcome["epoch"].as_str().expect("epoch").to_owned();
+    for text in ["m1", "m2", "m3"] {
+        say(&mut alice, text).await;
+    }
+    messages_through(&mut alice, "m3").await;
+    let (meta, log) = (key("quiet", "meta"), key("quiet", "log"));
+    redis.run(redis::cmd("HSET").arg(&meta).arg("seq").arg(1)).await;
+    redis.run(redis::cmd("XDEL").arg(&log).arg("0-2").arg("0-3")).await;
+
+    // Alice says nothing: her node's heartbeat finds it, and tells her.
+    let missed = until(&mut alice, |event| event["type"] == "missed").await;
+    assert_ne!(missed["epoch"].as_str().expect("the new epoch"), old);
+    // Bob, on a node that saw none of it, is numbered on from there.
+    let (mut bob, welcome) = join(&two, "/quiet?name=bob").await;
+    assert_eq!(welcome["epoch"], missed["epoch"]);
+    say(&mut bob, "m4").await;
+    assert_eq!(messages_through(&mut alice, "m4").await, [(4, "bob".to_owned(), "m4".to_owned())]);
+}

@@ -363,7 +363,7 @@ impl Redis {
 
     /// Numbers, keeps and publishes a message event; returns its seq.
     /// `floor` is the last seq this node delivered in the room, from which
-    /// numbering goes on if Redis lost the room.
+    /// numbering goes on if Redis lost the room or went back in time.
     pub(crate) async fn say(&self, room: &str, event: &str, floor: u64) -> Result<u64, LinkError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.say, room);
@@ -567,7 +567,15 @@ impl Redis {
         let Links { mut commands, mut beats, .. } = self.links()?;
         self.beat(&mut beats).await?;
         for room in events.local_rooms() {
-            let invocation = self.invoke(&self.scripts.tick, &room);
+            let mut invocation = self.invoke(&self.scripts.tick, &room);
+            // Where this node got to, so that a Redis that lost the room or
+            // went back in time is found within a heartbeat, not at the next
+            // message; only while the node has clients there.
+            if let Some(local) = events.local_room(&room)
+                && !local.holders.is_empty()
+            {
+                invocation.arg(new_epoch()).arg(local.seq);
+            }
             let ticked: Result<(), LinkError> =
                 invocation.invoke_async(&mut commands).await.map_err(LinkError::from);
             match ticked {
