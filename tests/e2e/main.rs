@@ -22,6 +22,7 @@ mod browser;
 mod cluster;
 mod cluster_bounds;
 mod cluster_data_loss;
+mod cluster_history;
 mod connect_errors;
 mod durable_history;
 mod history;

@@ -19,8 +19,15 @@
 //! times out fails alone, so no sequence of requests can put a node in
 //! degraded mode while Redis still answers its heartbeat.
 //!
+//! A room outlives its members: its history, epoch and numbering stay while
+//! it has members, and once it has none Redis expires them `--keep-for`
+//! after its last message (each message renews that, and a join cancels it).
+//! The next joiner then gets a new epoch, which tells clients that their old
+//! seqs mean nothing now: numbering never restarts silently.
+//!
 //! What clients can make a script read is bounded: a join reads only the
-//! messages it replays, at most `--history` of them and `--history-bytes`.
+//! messages it replays, at most `--history` of them and `--history-bytes`,
+//! and a history request only the page it gets (see [`Redis::page`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Events, Join, Joined, Snapshot, new_epoch};
-use crate::protocol::{Event, MAX_WHO_NAMES, name_key, now};
+use crate::protocol::{
+    Event, HISTORY_PAGE_BYTES, HISTORY_PAGE_MESSAGES, MAX_WHO_NAMES, PastMessage, name_key, now,
+};
 use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
 use crate::util::{backoff, lock};
@@ -125,16 +134,21 @@ pub(crate) struct Redis {
     joins_in_flight: tokio::sync::Semaphore,
     /// Messages each room keeps and a join replays (`--history`).
     history: usize,
+    /// How long a room nobody is in is kept after its last message, in ms
+    /// (`--keep-for`).
+    keep_for_ms: u64,
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`).
     presence_limit: usize,
 }
 
-/// Joins a node has sent to Redis and not seen answered, at once. Each
-/// answer may carry `--history-bytes` of replay: without this bound, joins
-/// coming faster than Redis answers would queue scripts on the connection
-/// and their answers in Redis's output buffer, without limit. A join that
-/// waits longer than [`REDIS_TIMEOUT`] for its turn fails (1013, try again).
+/// Joins and history pages a node has sent to Redis and not seen answered,
+/// at once. Each answer may carry `--history-bytes` of replay (or a page of
+/// [`HISTORY_PAGE_BYTES`]): without this bound, requests coming faster than
+/// Redis answers would queue scripts on the connection and their answers in
+/// Redis's output buffer, without limit. A join that waits longer than
+/// [`REDIS_TIMEOUT`] for its turn fails (1013, try again), and so does a
+/// page (the client is told to try again).
 pub const MAX_JOINS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Redis {
@@ -179,6 +193,9 @@ struct Retire<'a> {
 }
 /// What the rejoin script returns.
 type RejoinScriptReply = (usize, String, u64, u64, Vec<String>);
+/// What the page script returns: whether older messages exist, and the
+/// messages as published, oldest first.
+type PageScriptReply = (u8, Vec<String>);
 
 /// The Lua scripts, each prefixed with the helpers they share.
 struct Scripts {
@@ -189,6 +206,7 @@ struct Scripts {
     tick: Script,
     rejoin: Script,
     who: Script,
+    page: Script,
 }
 
 macro_rules! script {
@@ -207,6 +225,7 @@ impl Scripts {
             tick: script!("redis/tick.lua"),
             rejoin: script!("redis/rejoin.lua"),
             who: script!("redis/who.lua"),
+            page: script!("redis/page.lua"),
         }
     }
 }
@@ -228,6 +247,7 @@ impl Redis {
             replay_bytes: config.history_bytes,
             joins_in_flight: tokio::sync::Semaphore::new(MAX_JOINS_IN_FLIGHT),
             history: config.history,
+            keep_for_ms: u64::try_from(config.keep_for.as_millis()).unwrap_or(u64::MAX),
             presence_limit: config.presence_limit,
         };
         let (mut links, sink, stream) = cluster.open().await?;
@@ -287,7 +307,7 @@ impl Redis {
             invocation.key(format!("{PREFIX}:room:{room}:{part}"));
         }
         invocation.arg(channel(room)).arg(room).arg(&self.node).arg(now().to_rfc3339());
-        invocation.arg(self.presence_limit);
+        invocation.arg(self.presence_limit).arg(self.keep_for_ms);
         invocation
     }
 
@@ -343,7 +363,7 @@ impl Redis {
 
     /// Numbers, keeps and publishes a message event; returns its seq.
     /// `floor` is the last seq this node delivered in the room, from which
-    /// numbering goes on if Redis lost the room.
+    /// numbering goes on if Redis lost the room or went back in time.
     pub(crate) async fn say(&self, room: &str, event: &str, floor: u64) -> Result<u64, LinkError> {
         let mut commands = self.commands()?;
         let mut invocation = self.invoke(&self.scripts.say, room);
@@ -395,18 +415,29 @@ impl Redis {
     }
 
     /// `room`'s messages numbered below `before`, oldest first, from its
-    /// stream: at most `limit` (and `HISTORY_PAGE_MESSAGES`), and
-    /// `HISTORY_PAGE_BYTES` of text, one message at least.
-    #[allow(clippy::unused_async)]
+    /// stream: at most `limit` (and [`HISTORY_PAGE_MESSAGES`]), and
+    /// [`HISTORY_PAGE_BYTES`] of text and senders' names, one message at
+    /// least; with whether older ones are kept. One script reads only what
+    /// the page holds, plus one message to tell whether there is more.
     pub(crate) async fn page(
         &self,
         room: &str,
         before: u64,
         limit: usize,
     ) -> Result<super::Page, LinkError> {
-        // Filled in by the Redis part of the store issue.
-        let _ = (room, before, limit, self.commands()?);
-        Ok(super::Page { messages: Vec::new(), more: false })
+        let mut commands = self.links()?.joins;
+        // Nothing is numbered below 1.
+        let Some(highest) = before.checked_sub(1).filter(|&highest| highest > 0) else {
+            return Ok(super::Page { messages: Vec::new(), more: false });
+        };
+        // Its answer is as large as a join's: it waits for the same turn.
+        let turn = timeout(REDIS_TIMEOUT, self.joins_in_flight.acquire()).await;
+        let Ok(Ok(_turn)) = turn else { return Err(LinkError::Timeout) };
+        let mut invocation = self.invoke(&self.scripts.page, room);
+        invocation.arg(highest).arg(limit.min(HISTORY_PAGE_MESSAGES)).arg(HISTORY_PAGE_BYTES);
+        let (more, published): PageScriptReply = invocation.invoke_async(&mut commands).await?;
+        let messages = published.iter().filter_map(|payload| past_message(room, payload)).collect();
+        Ok(super::Page { messages, more: more == 1 })
     }
 
     /// Keeps the link until `shutdown`: delivers what Redis publishes to the
@@ -536,7 +567,15 @@ impl Redis {
         let Links { mut commands, mut beats, .. } = self.links()?;
         self.beat(&mut beats).await?;
         for room in events.local_rooms() {
-            let invocation = self.invoke(&self.scripts.tick, &room);
+            let mut invocation = self.invoke(&self.scripts.tick, &room);
+            // Where this node got to, so that a Redis that lost the room or
+            // went back in time is found within a heartbeat, not at the next
+            // message; only while the node has clients there.
+            if let Some(local) = events.local_room(&room)
+                && !local.holders.is_empty()
+            {
+                invocation.arg(new_epoch()).arg(local.seq);
+            }
             let ticked: Result<(), LinkError> =
                 invocation.invoke_async(&mut commands).await.map_err(LinkError::from);
             match ticked {
@@ -623,6 +662,17 @@ impl Redis {
 }
 
 const CHANNEL_PREFIX: &str = "chat:room:";
+
+/// A message as `say.lua` kept it, for a history page; anything else in the
+/// stream (written by another version) is skipped, with a warning.
+fn past_message(room: &str, payload: &str) -> Option<PastMessage<'static>> {
+    let Ok(Event::Message { seq, from, text, ts, .. }) = serde_json::from_str::<Event<'_>>(payload)
+    else {
+        warn!(room, "skipped a history entry that is not a message");
+        return None;
+    };
+    Some(PastMessage { seq, from: from.into_owned().into(), text: text.into_owned().into(), ts })
+}
 
 fn channel(room: &str) -> String {
     format!("{CHANNEL_PREFIX}{room}")

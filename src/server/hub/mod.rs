@@ -1153,7 +1153,12 @@ impl Member {
         limit: usize,
         before: Option<u64>,
     ) -> Result<Event<'static>, ClientError<'static>> {
-        let before = before.unwrap_or_else(|| lock(&self.room.state).last() + 1);
+        // With a shared backend this node's seq is the last it delivered,
+        // which lags the room's: after joining a quiet room, it is 0.
+        let newest = || {
+            if self.hub.backend.is_shared() { u64::MAX } else { lock(&self.room.state).last() + 1 }
+        };
+        let before = before.unwrap_or_else(newest);
         // Boxed: the backend's state stays out of every connection's future.
         let page = Box::pin(self.hub.backend.page(&self.room.name, before, limit)).await;
         let page = page.map_err(|error| {

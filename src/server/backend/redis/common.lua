@@ -1,12 +1,15 @@
 -- Shared by every script. KEYS: the room's meta hash (epoch, seq, presence
--- counters), its history stream, its names hash and its nodes hash (node ->
--- local members). The names hash maps a name's key (its look-alike skeleton,
--- computed in Rust) to 'NODE SESSION NAME': the node holding it, the
--- holder's session secret and the name as written (names hold no spaces). ARGV: channel, room, node, timestamp,
--- presence limit, then the script's own arguments.
+-- counters, the time of the last message), its history stream, its names
+-- hash and its nodes hash (node -> local members). The names hash maps a
+-- name's key (its look-alike skeleton, computed in Rust) to 'NODE SESSION
+-- NAME': the node holding it, the holder's session secret and the name as
+-- written (names hold no spaces). ARGV: channel, room, node, timestamp,
+-- presence limit, how long an empty room is kept after its last message
+-- (ms, `--keep-for`), then the script's own arguments.
 local meta, log, names, nodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local channel, room, node, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[5])
+local keep_for = tonumber(ARGV[6])
 
 -- A join or leave is announced in a small room, counted for the next
 -- summary in a large one (the same rule as a single server's).
@@ -18,11 +21,30 @@ local function presence(kind, name)
   end
 end
 
--- A room nobody is in is forgotten, history and epoch included.
-local function forget_if_empty()
+-- Redis's clock in ms: the same clock that expires keys.
+local function clock()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- A room nobody is in keeps its history, epoch and numbering until
+-- `keep_for` after its last message (or after it emptied, if nothing was
+-- said), then Redis expires them together. The next joiner then gets a new
+-- epoch, which tells resuming clients that their seqs mean nothing now.
+local function expire_if_empty()
   if redis.call('HLEN', names) == 0 then
-    redis.call('DEL', meta, log, nodes)
+    redis.call('DEL', nodes)
+    local last = tonumber(redis.call('HGET', meta, 'last')) or clock()
+    redis.call('PEXPIREAT', meta, last + keep_for)
+    redis.call('PEXPIREAT', log, last + keep_for)
   end
+end
+
+-- A room with members never expires: its names are theirs, and its
+-- numbering is what their resume positions mean.
+local function hold()
+  redis.call('PERSIST', meta)
+  redis.call('PERSIST', log)
 end
 
 -- The node, session and name of a names hash value.
@@ -30,10 +52,11 @@ local function holder(value)
   return string.match(value, '^(%S+) (%S+) (.+)$')
 end
 
--- Names held by nodes whose heartbeat key expired leave the room, which is
--- forgotten if that empties it and `forget`. A node that has clients in the
--- room (its presence tick, its rejoin) does not forget it: an empty names
--- hash then means Redis lost them, and the node is about to claim them again.
+-- Names held by nodes whose heartbeat key expired leave the room, which
+-- starts to expire if that empties it and `forget`. A node that has clients
+-- in the room (its presence tick, its rejoin) does not let it: an empty
+-- names hash then means Redis lost them, and the node is about to claim
+-- them again.
 local function reap(forget)
   for _, n in ipairs(redis.call('HKEYS', nodes)) do
     if redis.call('EXISTS', 'chat:node:' .. n) == 0 then
@@ -49,7 +72,7 @@ local function reap(forget)
     end
   end
   if forget then
-    forget_if_empty()
+    expire_if_empty()
   end
 end
 
@@ -58,10 +81,22 @@ end
 -- every connection's "already delivered" marks stay valid. A created epoch
 -- is published as a reset: a node that knew the room tells its clients
 -- (Redis lost its data), one that did not takes it silently.
+-- A node that delivered past the room's seq means Redis went back in time
+-- (restarted from a snapshot or an AOF older than what it had published):
+-- those seqs would be handed out again, so the room takes a new epoch too.
 local function epoch(fresh, floor)
-  if redis.call('HSETNX', meta, 'epoch', fresh) == 1 then
-    if floor > 0 then
-      redis.call('HSET', meta, 'seq', floor)
+  local created = redis.call('HSETNX', meta, 'epoch', fresh) == 1
+  if not created and floor > (tonumber(redis.call('HGET', meta, 'seq')) or 0) then
+    redis.call('HSET', meta, 'epoch', fresh)
+    created = true
+  end
+  if created then
+    -- Above what the stream still holds too, should the meta hash have gone
+    -- without it (evicted by a `volatile-*` policy): a stream's IDs only grow.
+    local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+    local start = math.max(floor, top and tonumber(string.sub(top[1], 3)) or 0)
+    if start > 0 then
+      redis.call('HSET', meta, 'seq', start)
     end
     redis.call('PUBLISH', channel, cjson.encode({type = 'missed', count = cjson.null, epoch = fresh}))
     return fresh

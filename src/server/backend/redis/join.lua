@@ -1,26 +1,29 @@
--- ARGV[6]: the requested name ('' for none), ARGV[7]: its key, ARGV[8]: the
--- session secret the client came back with ('' for none), ARGV[9]: its new
--- session secret, ARGV[10]: an epoch for a new room, ARGV[11..]: fallback
--- names and their keys, in pairs, in order of preference.
+-- ARGV[7]: the requested name ('' for none), ARGV[8]: its key, ARGV[9]: the
+-- session secret the client came back with ('' for none), ARGV[10]: its new
+-- session secret, ARGV[11]: an epoch for a new room, ARGV[12]: the last seq
+-- this node delivered there, ARGV[13] and ARGV[14]: the epoch and seq the
+-- client resumes after ('' and -1 for none), ARGV[15] and ARGV[16]: the most
+-- messages and bytes to replay, ARGV[17..]: fallback names and their keys,
+-- in pairs, in order of preference.
 -- A requested name held under the presented session is taken back: its old
 -- connection is retired by the node holding it, and nothing is announced.
 -- Returns {name, taken, online, epoch, seq, first replayed seq, replay}.
 reap(true)
-local session = ARGV[9]
+local session = ARGV[10]
 local function claim(name, key)
   return redis.call('HSETNX', names, key, node .. ' ' .. session .. ' ' .. name) == 1
 end
-local name, taken, returning = ARGV[6], 0, false
+local name, taken, returning = ARGV[7], 0, false
 local was
-if name ~= '' and not claim(name, ARGV[7]) then
+if name ~= '' and not claim(name, ARGV[8]) then
   local owner, secret
-  owner, secret, was = holder(redis.call('HGET', names, ARGV[7]))
-  if ARGV[8] ~= '' and secret == ARGV[8] then
-    redis.call('HSET', names, ARGV[7], node .. ' ' .. session .. ' ' .. name)
+  owner, secret, was = holder(redis.call('HGET', names, ARGV[8]))
+  if ARGV[9] ~= '' and secret == ARGV[9] then
+    redis.call('HSET', names, ARGV[8], node .. ' ' .. session .. ' ' .. name)
     if redis.call('HINCRBY', nodes, owner, -1) <= 0 then
       redis.call('HDEL', nodes, owner)
     end
-    redis.call('PUBLISH', channel, cjson.encode({type = 'retire', room = room, key = ARGV[7], node = node}))
+    redis.call('PUBLISH', channel, cjson.encode({type = 'retire', room = room, key = ARGV[8], node = node}))
     returning = true
   else
     taken = 1
@@ -28,7 +31,7 @@ if name ~= '' and not claim(name, ARGV[7]) then
 end
 if name == '' or taken == 1 then
   name = nil
-  for i = 16, #ARGV, 2 do
+  for i = 17, #ARGV, 2 do
     if claim(ARGV[i], ARGV[i + 1]) then
       name = ARGV[i]
       break
@@ -39,8 +42,9 @@ if name == '' or taken == 1 then
   end
 end
 redis.call('HINCRBY', nodes, node, 1)
-local epoch, seq, first, history = state(ARGV[10], tonumber(ARGV[11]), ARGV[12],
-  tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]))
+local epoch, seq, first, history = state(ARGV[11], tonumber(ARGV[12]), ARGV[13],
+  tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]))
+hold()
 if not returning then
   presence('join', name)
 elseif was ~= name then

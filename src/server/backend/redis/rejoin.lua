@@ -1,14 +1,14 @@
--- After the link comes back: ARGV[6] is an epoch in case the room is new,
--- ARGV[7] the last seq this node delivered and ARGV[8] its epoch, ARGV[9]
--- and ARGV[10] the most messages and bytes to catch up with, ARGV[11..] the
+-- After the link comes back: ARGV[7] is an epoch in case the room is new,
+-- ARGV[8] the last seq this node delivered and ARGV[9] its epoch, ARGV[10]
+-- and ARGV[11] the most messages and bytes to catch up with, ARGV[12..] the
 -- keys, sessions and names of this node's clients now, in threes. Names
 -- this node held but whose clients left meanwhile leave; the others are
 -- claimed again.
 -- Returns {names held elsewhere meanwhile, epoch, seq, first caught-up seq,
--- the messages after ARGV[7] (bounded)}.
+-- the messages after ARGV[8] (bounded)}.
 reap(false)
 local mine = {}
-for i = 11, #ARGV, 3 do
+for i = 12, #ARGV, 3 do
   mine[ARGV[i]] = node .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2]
 end
 local all = redis.call('HGETALL', names)
@@ -35,9 +35,14 @@ if held > 0 then
   redis.call('HSET', nodes, node, held)
 else
   redis.call('HDEL', nodes, node)
-  forget_if_empty()
 end
-local floor = tonumber(ARGV[7])
-local epoch, seq, first, history = state(ARGV[6], floor, ARGV[8], floor,
-  tonumber(ARGV[9]), tonumber(ARGV[10]))
+local floor = tonumber(ARGV[8])
+local epoch, seq, first, history = state(ARGV[7], floor, ARGV[9], floor,
+  tonumber(ARGV[10]), tonumber(ARGV[11]))
+-- After `state`, which may have created the room's meta hash anew.
+if held > 0 then
+  hold()
+else
+  expire_if_empty()
+end
 return {clashes, epoch, seq, first, history}

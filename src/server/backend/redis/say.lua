@@ -1,13 +1,15 @@
--- ARGV[6]: the message event (JSON, any seq), ARGV[7]: history length,
--- ARGV[8]: an epoch in case the room is new (its data lost), ARGV[9]: the
--- last seq this node delivered in the room, ARGV[10]: history bytes. Numbers the message, keeps it
--- and publishes it in one step, so the order of seqs is the order of delivery.
-epoch(ARGV[8], tonumber(ARGV[9]))
+-- ARGV[7]: the message event (JSON, any seq), ARGV[8]: history length,
+-- ARGV[9]: an epoch in case the room is new (its data lost), ARGV[10]: the
+-- last seq this node delivered in the room, ARGV[11]: history bytes.
+-- Numbers the message, keeps it and publishes it in one step, so the order
+-- of seqs is the order of delivery. Its time is kept for `keep_for`.
+epoch(ARGV[9], tonumber(ARGV[10]))
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local event = cjson.decode(ARGV[6])
+redis.call('HSET', meta, 'last', clock())
+local event = cjson.decode(ARGV[7])
 event.seq = seq
 local payload = cjson.encode(event)
-local keep, keep_bytes = tonumber(ARGV[7]), tonumber(ARGV[10])
+local keep, keep_bytes = tonumber(ARGV[8]), tonumber(ARGV[11])
 if keep > 0 then
   redis.call('XADD', log, '0-' .. seq, 'e', payload)
   -- Bounded by count and by bytes (as stored): the oldest go first, the
@@ -21,5 +23,8 @@ if keep > 0 then
     len = len - 1
   end
 end
+-- Its sender may have been taken for gone meanwhile (its node's heartbeat
+-- lapsed): an empty room's expiry starts again from this message.
+expire_if_empty()
 redis.call('PUBLISH', channel, payload)
 return seq

@@ -1,4 +1,4 @@
--- ARGV[6]: how many names to list at most. Returns {count, names}.
+-- ARGV[7]: how many names to list at most. Returns {count, names}.
 local all = {}
 for _, value in ipairs(redis.call('HVALS', names)) do
   local _, _, name = holder(value)
@@ -6,7 +6,7 @@ for _, value in ipairs(redis.call('HVALS', names)) do
   if name then all[#all + 1] = name end
 end
 local count = #all
-local max = tonumber(ARGV[6])
+local max = tonumber(ARGV[7])
 table.sort(all)
 local listed = {}
 for i = 1, math.min(count, max) do listed[i] = all[i] end
