@@ -125,8 +125,7 @@ async fn counters(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
     let mut body = String::new();
     stream.read_to_string(&mut body).await?;
     let value = |name: &str| {
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     };
     match (value("chat_store_written_total"), value("chat_store_dropped_total")) {
         (Some(written), Some(dropped)) => Ok((written, dropped)),

@@ -284,6 +284,12 @@ async fn history_pages_back_in_both_protocols() {
     let page = next_of(&mut alice, "earlier").await;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(30));
     assert_eq!(page["messages"][29]["text"], "m30");
+    // The largest `before` a client can write is the newest too, and costs
+    // the store nothing.
+    send_json(&mut alice, json!({"type": "history", "before": u64::MAX, "limit": 1})).await;
+    assert_eq!(next_of(&mut alice, "earlier").await["messages"][0]["text"], "m30");
+    let base = server.url("").replace("ws://", "http://");
+    assert_eq!(metric(&base, "chat_store_errors").await, 0);
 
     let mut bob = Peer::named(&server, "bob").await;
     bob.send("/history 2").await;

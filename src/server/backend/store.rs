@@ -308,6 +308,9 @@ impl Store {
     ) -> Result<Page, StoreError> {
         let (reply, answer) = oneshot::channel();
         let limit = limit.min(HISTORY_PAGE_MESSAGES);
+        // SQLite's integers are signed: a larger `before` from a client
+        // would fail the whole transaction, other rooms' messages with it.
+        let before = before.min(i64::MAX.unsigned_abs());
         self.jobs
             .send(Job::Page { room: room.into(), before, limit, reply })
             .map_err(|_| StoreError::Failed("the writer stopped".into()))?;
