@@ -29,8 +29,11 @@ fi
 start() {
   local log=$out/server.log
   case $1 in
-    chat) RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --rate-limit 0 \
-      --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 >"$out/listening" 2>"$log" & ;;
+    # A fresh store file each time: messages are written as in a deployment.
+    chat) rm -f "$out"/chat.db*
+      RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --rate-limit 0 \
+      --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 --db "$out/chat.db" \
+      >"$out/listening" 2>"$log" & ;;
     naive) RUST_LOG=warn target/release/examples/naive_server --port 0 >"$out/listening" 2>"$log" & ;;
   esac
   pid=$!

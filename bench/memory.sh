@@ -19,8 +19,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; cat "$out/server.log" >&2; rm -rf "$o
 # Starts a server; sets $pid and $addr.
 start() {
   # The scenarios open their clients from one address: per-address limits off.
+  # A fresh store file each time, as in a deployment (its pages are not RSS).
+  rm -f "$out"/chat.db*
   RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --max-connections-per-ip 0 \
-    --max-handshakes-per-ip 0 --joins-per-ip 0 \
+    --max-handshakes-per-ip 0 --joins-per-ip 0 --db "$out/chat.db" \
     >"$out/listening" 2>"$out/server.log" &
   pid=$!
   for _ in $(seq 300); do

@@ -56,9 +56,12 @@ impl fmt::Display for PublicUrl {
 pub struct OwnOrigins {
     /// Whether pages are served over TLS (`https://`).
     secure: bool,
-    /// The port loopback names are own on, when listening on loopback; the
-    /// `Host` of a browser's request must then be own too.
+    /// The port loopback names are own on, when listening on loopback or on
+    /// every address (an admin on the machine itself opens `localhost`).
     loopback_port: Option<u16>,
+    /// Whether the `Host` of a browser's request must be own too: on a
+    /// loopback bind, where no other name can be meant (DNS rebinding).
+    host_checked: bool,
     /// `--public-url`.
     public: Vec<PublicUrl>,
 }
@@ -68,14 +71,15 @@ impl OwnOrigins {
     pub fn new(bound: SocketAddr, secure: bool, public: Vec<PublicUrl>) -> Self {
         let loopback = bound.ip().is_loopback()
             || matches!(bound.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-        Self { secure, loopback_port: loopback.then_some(bound.port()), public }
+        let port = (loopback || bound.ip().is_unspecified()).then_some(bound.port());
+        Self { secure, loopback_port: port, host_checked: loopback, public }
     }
 
     /// Whether `origin` (an `Origin` header) is the server's own. Without a
     /// loopback bind or public URLs, the server cannot know its names, and
     /// takes the request's `Host` for its own (README says to configure them).
     pub fn is_own_origin(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.loopback_port.is_none() && self.public.is_empty() {
+        if !self.host_checked && self.public.is_empty() {
             return matches_host(origin, host);
         }
         let Some((secure, authority)) = parse_origin(origin) else { return false };
@@ -94,7 +98,9 @@ impl OwnOrigins {
     /// unless the server listens on loopback, where only its loopback names
     /// and public URLs on its port are (DNS rebinding).
     pub fn is_own_host(&self, host: Option<&str>) -> bool {
-        let Some(own_port) = self.loopback_port else { return true };
+        let Some(own_port) = self.loopback_port.filter(|_| self.host_checked) else {
+            return true;
+        };
         let Some(authority) = host.and_then(|host| host.parse::<Authority>().ok()) else {
             return false;
         };
@@ -211,6 +217,15 @@ mod tests {
         assert!(wildcard.is_own_origin("http://box:8080", Some("box:8080")));
         assert!(!wildcard.is_own_origin("http://evil", Some("box:8080")));
         assert!(wildcard.is_own_host(Some("anything")));
+        // With public URLs, a wildcard bind still takes loopback names on its
+        // port for its own (the machine's admin), and no other name.
+        let public = vec!["https://chat.example.com".parse().expect("a public URL")];
+        let wildcard = OwnOrigins::new(SocketAddr::from(([0, 0, 0, 0], 8080)), false, public);
+        assert!(wildcard.is_own_origin("https://chat.example.com", Some("box:8080")));
+        assert!(wildcard.is_own_origin("http://localhost:8080", Some("localhost:8080")));
+        assert!(!wildcard.is_own_origin("http://localhost:8081", Some("localhost:8081")));
+        assert!(!wildcard.is_own_origin("http://box:8080", Some("box:8080")));
+        assert!(wildcard.is_own_host(Some("box:8080")));
         assert!("ftp://x".parse::<PublicUrl>().is_err());
         assert!("https://x/path".parse::<PublicUrl>().is_err());
     }

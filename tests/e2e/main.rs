@@ -38,6 +38,7 @@ mod origin_and_host;
 mod parsers_prop;
 mod ping_flood;
 mod pipe_client;
+mod request_heads;
 mod request_ids;
 mod session_return;
 mod shutdown;

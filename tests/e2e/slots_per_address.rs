@@ -66,6 +66,50 @@ async fn past_its_handshake_slots_an_address_is_told_to_come_back_later() {
 }
 
 #[tokio::test]
+async fn past_the_overall_handshake_slots_every_address_is_told_503_until_they_free() {
+    let config =
+        ServerConfig { max_handshakes: 4, max_handshakes_per_ip: 0, ..ServerConfig::default() };
+    let server = TestServer::with(config).await;
+    // Four addresses each hold one slot with a request head they never finish.
+    let mut held = Vec::new();
+    for last in 3..7 {
+        let mut stream = tcp_from([127, 0, 0, last], server.addr).await;
+        stream.write_all(b"G").await.expect("one byte written");
+        held.push(stream);
+    }
+    // The server takes connections in order: once the fifth is answered, the
+    // four before it hold their slots.
+    let mut fifth = tcp_from([127, 0, 0, 7], server.addr).await;
+    let mut response = Vec::new();
+    let _ = timeout(common::PATIENCE, fifth.read_to_end(&mut response))
+        .await
+        .expect("an answer in time");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    assert!(response.contains("\r\nRetry-After: "), "{response}");
+    // Slots freed by closed connections are taken again.
+    drop(held);
+    timeout(common::PATIENCE, async {
+        loop {
+            let answer =
+                exchange_from(OTHER, server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await;
+            if status_of(&answer) == "200" {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("slots freed");
+    let metrics =
+        exchange_from(OTHER, server.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(metrics.contains("chat_refused_total{reason=\"handshakes_full\"} 1\n"), "{metrics}");
+    join_from(OTHER, &server, "/?name=other").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn chat_connections_are_capped_per_address() {
     let config = ServerConfig { max_connections_per_ip: 2, ..ServerConfig::default() };
     let server = TestServer::with(config).await;
