@@ -204,6 +204,44 @@ async fn resuming_replays_only_what_came_after_and_counts_what_is_gone() {
 }
 
 #[tokio::test]
+async fn a_resume_past_the_history_bytes_gets_missed_first_then_what_fits() {
+    // Room for 100 messages by count, a few kilobytes by bytes: the byte
+    // bound decides what a resume gets back.
+    let config = ServerConfig { history: 100, history_bytes: 8 * 1024, ..Default::default() };
+    let server = TestServer::with(config).await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let big = "q".repeat(1000);
+    for i in 1..=10 {
+        alice.send(&format!("{i} {big}")).await;
+        alice.expect(&format!("alice: {i} {big}")).await;
+    }
+    let mut probe = connect_json(&server.url("/?name=probe")).await;
+    let epoch = next_json(&mut probe).await["epoch"].as_str().expect("epoch").to_owned();
+
+    let mut ws = connect_json(&server.url(&format!("/?name=c&since=2&epoch={epoch}"))).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let missed = next_json(&mut ws).await;
+    assert_eq!(missed["type"], "missed", "{missed}");
+    let missed = missed["count"].as_u64().expect("a count");
+    let start = next_json(&mut ws).await;
+    assert_eq!(start["phase"], "start", "{start}");
+    let kept = start["count"].as_u64().expect("a count");
+    // Some went, some fit, and together they are the 8 after message 2.
+    assert!(missed > 0 && kept > 0, "missed {missed}, kept {kept}");
+    assert_eq!(missed + kept, 8);
+    let mut replayed = 0;
+    for seq in 3 + missed..=10 {
+        let message = next_json(&mut ws).await;
+        assert_eq!(message["seq"], seq, "{message}");
+        assert_eq!(message["text"], format!("{seq} {big}"));
+        replayed += 1;
+    }
+    assert_eq!(replayed, kept);
+    assert_eq!(next_json(&mut ws).await["phase"], "end");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn resuming_while_messages_flow_has_no_gap_and_no_duplicate() {
     const TOTAL: u64 = 400;
     let config = ServerConfig { history: 1000, rate_limit: 0, ..Default::default() };
