@@ -21,14 +21,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$out/redis.log" 2>&1 &
-for _ in $(seq 100); do grep -q "Ready to accept" "$out/redis.log" && break; sleep 0.1; done
+for _ in $(seq 300); do grep -q "Ready to accept" "$out/redis.log" && break; sleep 0.1; done
 grep -q "Ready to accept" "$out/redis.log" || { echo "error: redis-server did not start" >&2; exit 1; }
 
 urls=()
 for node in 1 2; do
   RUST_LOG=warn TOKIO_WORKER_THREADS=${NODE_THREADS:-1} target/release/server --port 0 --redis "redis://127.0.0.1:$port" \
     --max-connections 100000 --rate-limit 0 --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 >"$out/node$node" 2>"$out/node$node.log" &
-  for _ in $(seq 100); do grep -q listening "$out/node$node" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do grep -q listening "$out/node$node" 2>/dev/null && break; sleep 0.1; done
   url=$(sed -n 's/^listening on //p' "$out/node$node")
   [ -n "$url" ] || { echo "error: node $node did not start" >&2; exit 1; }
   urls+=(--url "$url/bench")

@@ -37,7 +37,7 @@ start() {
     naive) RUST_LOG=warn target/release/examples/naive_server --port 0 >"$out/listening" 2>"$log" & ;;
   esac
   pid=$!
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     grep -q listening "$out/listening" 2>/dev/null && break
     sleep 0.1
   done

@@ -45,7 +45,7 @@ for round in $(seq "$rounds"); do
         --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 \
         >"$out/listening" 2>"$out/server.log" &
       pid=$!
-      for _ in $(seq 100); do
+      for _ in $(seq 300); do
         grep -q listening "$out/listening" 2>/dev/null && break
         sleep 0.1
       done

@@ -14,7 +14,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
 RUST_LOG=warn target/release/server --port 0 --db "$out/chat.db" --rate-limit 0 \
   --max-handshakes-per-ip 0 --max-connections-per-ip 0 --joins-per-ip 0 >"$out/listening" 2>"$out/log" &
 pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   grep -q listening "$out/listening" 2>/dev/null && break
   sleep 0.1
 done
