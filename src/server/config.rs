@@ -29,8 +29,13 @@ pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_MEMORY: usize = 256 * 1024 * 1024;
 /// `--max-memory` is at least this times `--max-message-bytes`: a message
 /// costs up to 6 times its text (text and JSON, in history and ring), and
-/// freeing memory leaves 1/8 of the total free.
+/// freeing memory leaves 1/8 of the total free for rooms.
 pub const MEMORY_PER_MESSAGE_BYTE: usize = 64;
+/// Rooms (histories, frames not taken yet) may hold `--max-memory` less
+/// 1/this of it; the rest is left to what connections hold for their client
+/// alone (join replays, `/history` answers), so that these still fit when
+/// rooms are full.
+pub const CONNECTION_SHARE: usize = 8;
 /// Default `--presence-limit`: rooms up to this size announce each join and leave.
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// How often large rooms get a summary of who joined and left.
