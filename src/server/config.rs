@@ -183,10 +183,13 @@ pub struct ServerConfig {
           value_parser = parse_bytes)]
     pub history_bytes: usize,
 
-    /// Bytes of frames all rooms together may hold: their histories and
-    /// what their clients have not read yet. Past it, the oldest history
-    /// (of any room) goes first, then clients too far behind miss messages;
-    /// a message that still does not fit is refused with `server_full`.
+    /// Bytes of frames the server may hold for its clients: rooms'
+    /// histories, frames not taken or not written yet, join replays and
+    /// `/history` answers not written yet. Rooms may fill 7/8 of it; past
+    /// that, the oldest history (of any room) goes first, then clients too
+    /// far behind miss messages; a message that still does not fit is
+    /// refused with `server_full`. A replay is cut to what fits, a
+    /// `/history` answer that does not fit refused.
     #[arg(long, env = "CHAT_MAX_MEMORY", default_value = shown!(DEFAULT_MAX_MEMORY, size_text),
           value_parser = parse_bytes)]
     pub max_memory: usize,

@@ -327,7 +327,7 @@ async fn non_reading_clients_asking_for_big_history_pages_stay_under_the_total_a
         // The store keeps every message; memory only the last two.
         history: 2,
         rate_limit: 0,
-        slow_client_timeout: Duration::from_secs(120),
+        slow_client_timeout: Duration::from_mins(2),
         ..ServerConfig::default()
     };
     let server = TestServer::with(config).await;
@@ -366,7 +366,7 @@ async fn non_reading_clients_asking_for_big_history_pages_stay_under_the_total_a
             let answer = answer_to(ws, &n.to_string()).await;
             match answer["type"].as_str() {
                 Some("earlier") => {
-                    assert!(answer["messages"].as_array().is_some_and(|m| !m.is_empty()))
+                    assert!(answer["messages"].as_array().is_some_and(|m| !m.is_empty()));
                 }
                 Some("error") => {
                     assert_eq!(answer["code"], "history_unavailable", "{answer}");
