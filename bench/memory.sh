@@ -32,12 +32,12 @@ start() {
 }
 
 if $smoke; then
-  extra=(--rooms 100 --seconds 2 --message-bytes 16384)
+  extra=(--rooms 100 --seconds 2 --message-bytes 16384 --pagers 10)
 else
   extra=()
 fi
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores; server defaults: --max-lag-bytes 4MiB, --history-bytes 1MiB, --max-memory 256MiB"
-for scenario in rooms history reader; do
+for scenario in rooms history reader pages; do
   start
   target/release/examples/memory_scenarios --addr "$addr" --pid "$pid" "${extra[@]}" "$scenario"
   if [ $scenario = rooms ]; then
