@@ -16,11 +16,11 @@ cargo build --release --quiet --bin server --example memory_scenarios
 out=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; cat "$out/server.log" >&2; rm -rf "$out"' EXIT
 
-# Starts a server; sets $pid and $addr.
+# Starts a server with extra flags "$@"; sets $pid and $addr.
 start() {
   # The scenarios open their clients from one address: per-address limits off.
   RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --max-connections-per-ip 0 \
-    --max-handshakes-per-ip 0 --joins-per-ip 0 \
+    --max-handshakes-per-ip 0 --joins-per-ip 0 "$@" \
     >"$out/listening" 2>"$out/server.log" &
   pid=$!
   for _ in $(seq 300); do
@@ -47,3 +47,8 @@ for scenario in rooms history reader pages; do
   fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
+# The pages scenario again under a smaller total, to see it hold.
+start --max-memory 64MiB
+echo -n "with --max-memory 64MiB: "
+target/release/examples/memory_scenarios --addr "$addr" --pid "$pid" "${extra[@]}" pages
+kill "$pid"; wait "$pid" 2>/dev/null || true
