@@ -1496,6 +1496,24 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_short_of_memory_leaves_out_the_oldest_and_says_so_first() {
+        let budget = Arc::new(Budget::new(1000, Gauge::default()));
+        // Each costs 134 bytes: 7 of the 10 fit.
+        let frames: Vec<Frame> =
+            (0..10).map(|n| Frame::text(&format!("{n}{}", "x".repeat(99)))).collect();
+        let resumed = Event::Missed { count: Some(2), epoch: None };
+        let mut notices = Vec::new();
+        replay_into(&mut notices, Some(resumed), frames.into_iter(), &budget, Protocol::Text);
+        let lines: Vec<_> = notices.iter().map(text).collect();
+        assert_eq!(lines[0], "! missed 5 messages", "the 2 resumed past and the 3 left out");
+        assert_eq!(lines[1], "* 7 earlier messages");
+        assert!(lines[2].starts_with('3') && lines[8].starts_with('9'), "{lines:?}");
+        assert_eq!(budget.used(), 7 * 134);
+        drop(notices);
+        assert_eq!(budget.used(), 0, "released once sent");
+    }
+
+    #[test]
     fn in_process_a_taken_name_falls_back_to_the_address_with_a_notice() {
         let hub = hub(local(), &ServerConfig::default());
         let alice = join(&hub, "lobby", Some("alice"));
