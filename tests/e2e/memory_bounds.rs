@@ -400,7 +400,9 @@ async fn a_non_reading_clients_unwritten_frame_is_counted_until_it_is_closed() {
     for _ in 0..2 {
         let stuck = joined_not_reading(server.addr, "/feed").await;
         // 4 MiB of quotes: 8 MiB as JSON, more than the kernel's socket
-        // buffers take, and more than the history keeps.
+        // buffers take (Linux's default tcp_wmem grows to 4 MiB at most,
+        // and the client's receive buffer is small), and more than the
+        // history keeps.
         let text = quotes(4 * MIB - 8);
         say(&mut sender, &text).await;
         assert_eq!(next_message(&mut sender).await.len(), "sender: ".len() + text.len());
