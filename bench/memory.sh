@@ -18,6 +18,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; cat "$out/server.log" >&2; rm -rf "$o
 
 # Starts a server with extra flags "$@"; sets $pid and $addr.
 start() {
+  # The last server's address must not be read before this one writes its own.
+  rm -f "$out/listening"
   # The scenarios open their clients from one address: per-address limits off.
   RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --max-connections-per-ip 0 \
     --max-handshakes-per-ip 0 --joins-per-ip 0 "$@" \
