@@ -16,13 +16,15 @@ cargo build --release --quiet --bin server --example memory_scenarios
 out=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; cat "$out/server.log" >&2; rm -rf "$out"' EXIT
 
-# Starts a server; sets $pid and $addr.
+# Starts a server with extra flags "$@"; sets $pid and $addr.
 start() {
+  # The last server's address must not be read before this one writes its own.
+  rm -f "$out/listening"
   # The scenarios open their clients from one address: per-address limits off.
   # A fresh store file each time, as in a deployment (its pages are not RSS).
   rm -f "$out"/chat.db*
   RUST_LOG=warn target/release/server --port 0 --max-connections 100000 --max-connections-per-ip 0 \
-    --max-handshakes-per-ip 0 --joins-per-ip 0 --db "$out/chat.db" \
+    --max-handshakes-per-ip 0 --joins-per-ip 0 --db "$out/chat.db" "$@" \
     >"$out/listening" 2>"$out/server.log" &
   pid=$!
   for _ in $(seq 300); do
@@ -34,12 +36,12 @@ start() {
 }
 
 if $smoke; then
-  extra=(--rooms 100 --seconds 2 --message-bytes 16384)
+  extra=(--rooms 100 --seconds 2 --message-bytes 16384 --pagers 10)
 else
   extra=()
 fi
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores; server defaults: --max-lag-bytes 4MiB, --history-bytes 1MiB, --max-memory 256MiB"
-for scenario in rooms history reader; do
+for scenario in rooms history reader pages; do
   start
   target/release/examples/memory_scenarios --addr "$addr" --pid "$pid" "${extra[@]}" "$scenario"
   if [ $scenario = rooms ]; then
@@ -49,3 +51,8 @@ for scenario in rooms history reader; do
   fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
+# The pages scenario again under a smaller total, to see it hold.
+start --max-memory 64MiB
+echo -n "with --max-memory 64MiB: "
+target/release/examples/memory_scenarios --addr "$addr" --pid "$pid" "${extra[@]}" pages
+kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -6,7 +6,10 @@
 //! - `history`: 4 rooms each sent 100 messages of 64 KiB of quotes, the
 //!   costliest text (JSON doubles it);
 //! - `reader`: a JSON client that never reads, in a room where 3 clients
-//!   send such messages at the rate limit for 18 s.
+//!   send such messages at the rate limit for 18 s;
+//! - `pages`: 200 JSON clients that never read, each asking 500 times for
+//!   a page of 200 earlier messages (256 KiB of text, about 640 KiB as
+//!   JSON) in a room of 200 such messages, for 18 s.
 //!
 //! `cargo run --release --example memory_scenarios -- --addr 127.0.0.1:8080 --pid PID rooms`
 
@@ -35,12 +38,15 @@ struct Cli {
     /// Bytes of each message's text in `history` and `reader`.
     #[arg(long, default_value_t = 64 * 1024)]
     message_bytes: usize,
-    /// Seconds the `reader` scenario sends for.
+    /// Seconds the `reader` and `pages` scenarios last.
     #[arg(long, default_value_t = 18)]
     seconds: u64,
     /// Rooms of the `rooms` scenario.
     #[arg(long, default_value_t = 2000)]
     rooms: usize,
+    /// Clients that never read in the `pages` scenario.
+    #[arg(long, default_value_t = 200)]
+    pagers: usize,
     scenario: Scenario,
 }
 
@@ -49,6 +55,7 @@ enum Scenario {
     Rooms,
     History,
     Reader,
+    Pages,
 }
 
 #[tokio::main]
@@ -59,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Rooms => rooms(&cli).await?,
         Scenario::History => history(&cli).await?,
         Scenario::Reader => reader(&cli).await?,
+        Scenario::Pages => pages(&cli).await?,
     };
     // What stays once every client has gone.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -153,6 +161,56 @@ async fn reader(cli: &Cli) -> anyhow::Result<((usize, usize), String)> {
     drop(clients);
     let peak = (peak.0.max(during.0), peak.1.max(during.1));
     Ok((peak, format!("; {sent} messages sent (during = the peak)")))
+}
+
+/// Clients that never read, each asking for many pages of the costliest
+/// history, in a room 4 senders filled first.
+async fn pages(cli: &Cli) -> anyhow::Result<((usize, usize), String)> {
+    let text = "\"".repeat(cli.message_bytes);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (addr, text) = (cli.addr, text.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(addr, "/pages", true).await?;
+            for n in 0..50 {
+                send_paced(&mut ws, &text, n).await?;
+            }
+            anyhow::Ok(ws)
+        }));
+    }
+    let mut senders = Vec::new();
+    for task in tasks {
+        senders.push(task.await??);
+    }
+    let until = Instant::now() + Duration::from_secs(cli.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..cli.pagers {
+        let addr = cli.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(addr, "/pages", true).await?;
+            for n in 0..500 {
+                let request =
+                    serde_json::json!({ "type": "history", "limit": 200, "id": n.to_string() });
+                ws.feed(Message::text(request.to_string())).await?;
+            }
+            ws.flush().await?;
+            anyhow::Ok(ws)
+        }));
+    }
+    // The peak, sampled each half second.
+    let mut peak = (0, 0);
+    while Instant::now() < until {
+        sleep(Duration::from_millis(500)).await;
+        let now = sample(cli).await?;
+        peak = (peak.0.max(now.0), peak.1.max(now.1));
+    }
+    let mut pagers = Vec::new();
+    for task in tasks {
+        pagers.push(task.await??);
+    }
+    drop(pagers);
+    drop(senders);
+    Ok((peak, String::from(" (during = the peak)")))
 }
 
 /// Time between two messages of one sender: inside the default rate limit

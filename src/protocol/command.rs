@@ -216,7 +216,8 @@ pub enum ClientError<'a> {
     /// A message holds a control character other than tab or a line break.
     ControlCharacter,
     /// The room's earlier messages cannot be read now (the store or the
-    /// link to the other nodes failed).
+    /// link to the other nodes failed, or `--max-memory` has no room for
+    /// the answer until clients read what they were sent).
     HistoryUnavailable,
     /// The server holds all the messages its memory bound allows
     /// (`--max-memory`), and none could be dropped for this one.

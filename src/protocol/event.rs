@@ -268,6 +268,23 @@ impl Frame {
         Self(frame.freeze())
     }
 
+    /// The same frame, keeping `keep` until its last clone is dropped: the
+    /// server ties the charge for a frame's bytes to it this way.
+    #[must_use]
+    pub fn tied_to<T: Send + 'static>(self, keep: T) -> Self {
+        /// The frame's bytes with what they keep.
+        struct Tied<T> {
+            bytes: Bytes,
+            _keep: T,
+        }
+        impl<T> AsRef<[u8]> for Tied<T> {
+            fn as_ref(&self) -> &[u8] {
+                &self.bytes
+            }
+        }
+        Self(Bytes::from_owner(Tied { bytes: self.0, _keep: keep }))
+    }
+
     /// The frame's bytes, header first.
     pub fn bytes(&self) -> &Bytes {
         &self.0

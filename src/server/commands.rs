@@ -62,7 +62,10 @@ pub(crate) async fn act<'a>(
             if let Event::Earlier { id: answer_id, .. } = &mut earlier {
                 *answer_id = id.map(|id| id.to_owned().into());
             }
-            Ok(Outcome::Answer(earlier.encode(protocol)))
+            // Up to HISTORY_PAGE_BYTES of text, several times that as JSON:
+            // counted until written, or refused while memory is short.
+            let answer = member.charged(earlier.encode(protocol));
+            answer.map(Outcome::Answer).ok_or(ClientError::HistoryUnavailable)
         }
         Command::Help => Ok(Outcome::Answer(Event::Notice { text: HELP.into() }.encode(protocol))),
         Command::MissingArgument(usage) => Err(ClientError::Usage { usage }),

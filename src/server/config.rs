@@ -29,8 +29,13 @@ pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_MEMORY: usize = 256 * 1024 * 1024;
 /// `--max-memory` is at least this times `--max-message-bytes`: a message
 /// costs up to 6 times its text (text and JSON, in history and ring), and
-/// freeing memory leaves 1/8 of the total free.
+/// freeing memory leaves 1/8 of the total free for rooms.
 pub const MEMORY_PER_MESSAGE_BYTE: usize = 64;
+/// Rooms (histories, frames not taken yet) may hold `--max-memory` less
+/// 1/this of it; the rest is left to what connections hold for their client
+/// alone (join replays, `/history` answers), so that these still fit when
+/// rooms are full.
+pub const CONNECTION_SHARE: usize = 8;
 /// Default `--presence-limit`: rooms up to this size announce each join and leave.
 pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 /// How often large rooms get a summary of who joined and left.
@@ -178,10 +183,13 @@ pub struct ServerConfig {
           value_parser = parse_bytes)]
     pub history_bytes: usize,
 
-    /// Bytes of frames all rooms together may hold: their histories and
-    /// what their clients have not read yet. Past it, the oldest history
-    /// (of any room) goes first, then clients too far behind miss messages;
-    /// a message that still does not fit is refused with `server_full`.
+    /// Bytes of frames the server may hold for its clients: rooms'
+    /// histories, frames not taken or not written yet, join replays and
+    /// `/history` answers not written yet. Rooms may fill 7/8 of it; past
+    /// that, the oldest history (of any room) goes first, then clients too
+    /// far behind miss messages; a message that still does not fit is
+    /// refused with `server_full`. A replay is cut to what fits, a
+    /// `/history` answer that does not fit refused.
     #[arg(long, env = "CHAT_MAX_MEMORY", default_value = shown!(DEFAULT_MAX_MEMORY, size_text),
           value_parser = parse_bytes)]
     pub max_memory: usize,

@@ -303,7 +303,9 @@ where
 /// Queues what is pending for the client, its answers leading, up to a
 /// batch ([`MAX_BATCH`] frames, [`MAX_BATCH_BYTES`]); returns how many
 /// frames. With nothing left in the room, the room's next frame wakes the
-/// writer.
+/// writer. Room frames, replays and `/history` answers carry their charge
+/// in `--max-memory` (`Frame::tied_to`): queued here, they stay counted
+/// until written or dropped with the connection.
 fn queue(shared: &Shared<'_>, rx: &mut Receiver<Broadcast, Tenure>) -> usize {
     let Setup { protocol, ref metrics, .. } = *shared.setup;
     let mut out = shared.socket_queue.pushing();

@@ -41,8 +41,9 @@ pub struct Metrics {
     pub frames_delivered: Counter,
     /// Frames skipped for clients that fell behind.
     pub frames_missed: Counter,
-    /// Bytes of frames rooms hold (histories, frames not taken yet),
-    /// counted against `--max-memory`; kept by the hub's `Budget`.
+    /// Bytes of frames held for clients (histories, frames not taken or
+    /// not written yet, replays, `/history` answers), counted against
+    /// `--max-memory`; kept by the hub's `Budget`.
     pub memory_bytes: Gauge,
     /// `--max-memory`.
     pub memory_limit_bytes: Gauge,
@@ -129,7 +130,8 @@ impl Metrics {
         );
         registry.register(
             "memory_bytes",
-            "Bytes of frames rooms hold (histories, frames not taken yet), against --max-memory",
+            "Bytes of frames held for clients (histories, frames not taken or not written yet, \
+             replays, history answers), against --max-memory",
             metrics.memory_bytes.clone(),
         );
         registry.register(

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::common::{
     self, PATIENCE, SERVER, Socket, TestServer, connect, connect_json, next_json, next_text,
 };
+use chat::server::config::CONNECTION_SHARE;
 use chat::server::config::ServerConfig;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -60,8 +61,12 @@ async fn spawn_server(args: &[&str]) -> (tokio::process::Child, std::net::Socket
 }
 
 /// A raw JSON client that reads its upgrade response and then nothing more.
+/// Its receive buffer is small, so that what the server sends it stays in
+/// the server's memory rather than in the kernel's.
 async fn joined_not_reading(addr: std::net::SocketAddr, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -210,9 +215,10 @@ async fn a_client_that_does_not_read_pins_at_most_its_bound() {
         }
     }
     let held = metric(addr, "chat_memory_bytes").await;
-    // The ring's bound plus the history's; the batch being written is the
-    // connection's own, at most MAX_BATCH_BYTES.
-    assert!(held <= 2 * MIB, "{held} bytes held for a client that does not read");
+    // The ring's bound plus the history's, and the batch the connection
+    // has not written yet: MAX_BATCH_BYTES and at most one frame more.
+    let batch = 256 * KIB + 2 * 64 * KIB + KIB;
+    assert!(held <= 2 * MIB + batch, "{held} bytes held for a client that does not read");
     let grown = rss_bytes(pid).saturating_sub(before);
     assert!(grown < 32 * MIB, "the server grew by {grown} bytes of RSS");
 
@@ -280,4 +286,215 @@ async fn a_message_that_cannot_fit_the_total_is_refused_and_the_client_stays() {
     json.send(Message::text(request.to_string())).await.expect("send");
     assert_eq!(next_json(&mut json).await["text"], "small");
     assert_eq!(metric(server.addr, "chat_server_full_total").await, 1);
+}
+
+/// Polls `/metrics` until `chat_memory_bytes` satisfies `wanted`, checking
+/// on the way that it never passes `max`; returns the value.
+async fn held_until(
+    addr: std::net::SocketAddr,
+    max: usize,
+    what: &str,
+    wanted: impl Fn(usize) -> bool,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let held = metric(addr, "chat_memory_bytes").await;
+        assert!(held <= max, "{held} bytes held, over --max-memory ({max})");
+        if wanted(held) {
+            return held;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {held} bytes held");
+        // Polling /metrics: the server has no event to wait for here.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads JSON events until the answer to the request `id`.
+async fn answer_to(ws: &mut Socket, id: &str) -> serde_json::Value {
+    loop {
+        let event = next_json(ws).await;
+        if event["id"] == id {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_reading_clients_asking_for_big_history_pages_stay_under_the_total_and_are_answered() {
+    let max = 4 * MIB;
+    let config = ServerConfig {
+        max_memory: max,
+        // The store keeps every message; memory only the last two.
+        history: 2,
+        rate_limit: 0,
+        slow_client_timeout: Duration::from_mins(2),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut sender = join(&server.url("/big?name=sender")).await;
+    // 40 messages of 16 KiB of quotes: a page (256 KiB of text) is about
+    // 16 of them, over 512 KiB as JSON.
+    let text = quotes(16 * KIB);
+    for n in 0..40 {
+        say(&mut sender, &format!("{n}{text}")).await;
+        next_message(&mut sender).await;
+    }
+    let before = metric(server.addr, "chat_memory_bytes").await;
+
+    // Each asks for 20 pages and reads nothing: once its socket is full,
+    // its answers wait in the server.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut ws = connect_json(&server.url("/big")).await;
+        for n in 0..20 {
+            let request =
+                serde_json::json!({ "type": "history", "limit": 200, "id": n.to_string() });
+            ws.send(Message::text(request.to_string())).await.expect("send");
+        }
+        readers.push(ws);
+    }
+    // What they have not read is counted, within the total.
+    held_until(server.addr, max, "the answers waiting are counted", |held| {
+        held >= before + 2 * MIB
+    })
+    .await;
+
+    // Every request is answered: a page, or a refusal saying why.
+    let mut refused = 0;
+    for ws in &mut readers {
+        for n in 0..20 {
+            let answer = answer_to(ws, &n.to_string()).await;
+            match answer["type"].as_str() {
+                Some("earlier") => {
+                    assert!(answer["messages"].as_array().is_some_and(|m| !m.is_empty()));
+                }
+                Some("error") => {
+                    assert_eq!(answer["code"], "history_unavailable", "{answer}");
+                    refused += 1;
+                }
+                _ => panic!("not an answer: {answer}"),
+            }
+        }
+        assert!(metric(server.addr, "chat_memory_bytes").await <= max);
+    }
+    assert!(refused > 0, "160 pages of 512 KiB cannot all wait within 4 MiB");
+
+    // Once everyone has gone, nothing is held.
+    drop(readers);
+    drop(sender);
+    held_until(server.addr, max, "everything released", |held| held == 0).await;
+}
+
+#[tokio::test]
+async fn a_non_reading_clients_unwritten_frame_is_counted_until_it_is_closed() {
+    let max = 256 * MIB;
+    let config = ServerConfig {
+        max_memory: max,
+        max_message_bytes: 4 * MIB,
+        rate_limit: 0,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::with(config).await;
+    let mut sender = join(&server.url("/feed?name=sender")).await;
+    // Twice on the same server: what was released is reused.
+    for _ in 0..2 {
+        let stuck = joined_not_reading(server.addr, "/feed").await;
+        // 4 MiB of quotes: 8 MiB as JSON, more than the kernel's socket
+        // buffers take (Linux's default tcp_wmem grows to 4 MiB at most,
+        // and the client's receive buffer is small), and more than the
+        // history keeps.
+        let text = quotes(4 * MIB - 8);
+        say(&mut sender, &text).await;
+        assert_eq!(next_message(&mut sender).await.len(), "sender: ".len() + text.len());
+        // The sender took and wrote its copy; the ring let the frame go;
+        // the JSON frame the client has not read is still counted.
+        let json = 2 * text.len();
+        held_until(server.addr, max, "the unwritten frame is counted", |held| {
+            (json..json + 64 * KIB).contains(&held)
+        })
+        .await;
+        drop(stuck);
+        held_until(server.addr, max, "released once it is closed", |held| held == 0).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replay_under_a_nearly_full_budget_is_trimmed_and_missed_is_told_first() {
+    let max = 4 * MIB;
+    let config = ServerConfig {
+        max_memory: max,
+        history_bytes: 2 * MIB,
+        rate_limit: 0,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::with(config).await;
+    // Two rooms fill 3 MiB of history, 24 KiB a message in both encodings.
+    let small = quotes(8 * KIB);
+    let mut fillers = Vec::new();
+    for room in 0..2 {
+        let mut filler = join(&server.url(&format!("/fill{room}"))).await;
+        for n in 0..64 {
+            say(&mut filler, &format!("{n}{small}")).await;
+            next_message(&mut filler).await;
+        }
+        fillers.push(filler);
+    }
+    // Then 2 MiB in the room joined below: the fillers' oldest go to make
+    // room, and the rooms stay under their share.
+    let text = quotes(16 * KIB);
+    let mut sender = join(&server.url("/h?name=sender")).await;
+    for n in 0..42 {
+        say(&mut sender, &format!("{n:02}{text}")).await;
+        next_message(&mut sender).await;
+    }
+    let held = metric(server.addr, "chat_memory_bytes").await;
+    assert!(held <= max - max / CONNECTION_SHARE, "rooms hold {held} bytes, over their share");
+    let free = max - held;
+
+    // The replay (42 messages, about 1.3 MiB as JSON) does not fit: the
+    // newest that do are replayed, after how many were left out.
+    let mut late = connect_json(&server.url("/h")).await;
+    assert_eq!(next_json(&mut late).await["type"], "welcome");
+    let missed = next_json(&mut late).await;
+    assert_eq!(missed["type"], "missed", "{missed}");
+    let missed = missed["count"].as_u64().expect("a count");
+    let start = next_json(&mut late).await;
+    assert_eq!(start["phase"], "start", "{start}");
+    let count = start["count"].as_u64().expect("a count");
+    assert!(missed >= 1 && count >= 1, "missed {missed}, replayed {count}");
+    assert_eq!(missed + count, 42);
+    let mut replayed = 0;
+    for n in missed..42 {
+        let message = next_json(&mut late).await;
+        let said = message["text"].as_str().expect("a message");
+        assert!(said.starts_with(&format!("{n:02}")), "message {n} out of order");
+        replayed += message.to_string().len();
+    }
+    assert!(replayed <= free, "{replayed} bytes replayed with {free} free");
+    assert_eq!(next_json(&mut late).await["phase"], "end");
+}
+
+#[tokio::test]
+async fn memory_freed_when_rooms_empty_is_reused_and_rooms_leave_connections_their_share() {
+    let max = 4 * MIB;
+    let config = ServerConfig { max_memory: max, rate_limit: 0, ..ServerConfig::default() };
+    let server = TestServer::with(config).await;
+    let text = quotes(16 * KIB);
+    for _ in 0..2 {
+        // 6 rooms of 1 MiB of history: more than the total.
+        let mut peers = Vec::new();
+        for room in 0..6 {
+            let mut peer = join(&server.url(&format!("/r{room}"))).await;
+            for n in 0..21 {
+                say(&mut peer, &format!("{n}{text}")).await;
+                // Its echo, not server_full.
+                assert!(next_message(&mut peer).await.contains(&text));
+                let held = metric(server.addr, "chat_memory_bytes").await;
+                assert!(held <= max - max / CONNECTION_SHARE, "rooms hold {held} bytes");
+            }
+            peers.push(peer);
+        }
+        drop(peers);
+        held_until(server.addr, max, "the rooms are gone", |held| held == 0).await;
+    }
 }

@@ -7,7 +7,10 @@
 //!
 //! What rooms hold is counted in bytes against one [`Budget`]
 //! (`--max-memory`): when it runs short, the oldest history of any room goes
-//! first, then frames clients too far behind have not taken.
+//! first, then frames clients too far behind have not taken. A frame stays
+//! counted until every connection that took it has written it; join
+//! replays and `/history` answers are counted too, in the share of the
+//! budget rooms leave to connections.
 //!
 //! Each room numbers its messages (`seq`) and keeps the last ones, so that a
 //! client joining late sees them and one coming back resumes where it left.
@@ -43,7 +46,7 @@ use crate::server::backend::{
     Backend, BackendError, Events, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode, Snapshot,
     StoreError, new_epoch,
 };
-use crate::server::config::ServerConfig;
+use crate::server::config::{CONNECTION_SHARE, ServerConfig};
 use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
 use crate::util::lock;
 
@@ -70,8 +73,19 @@ pub struct Encoded {
 impl Encoded {
     /// Bytes these frames hold, with what keeping them costs.
     fn bytes(&self) -> usize {
-        let len = |frame: &Option<Frame>| frame.as_ref().map_or(0, |f| f.bytes().len());
-        KEPT_OVERHEAD + len(&self.text) + len(&self.json)
+        let cost = |frame: &Option<Frame>| frame.as_ref().map_or(0, kept_cost);
+        cost(&self.text) + cost(&self.json)
+    }
+
+    /// These frames, each tying the charge for its bytes (charged already)
+    /// to itself: they stay counted until the ring and every connection
+    /// that took one have let it go.
+    fn charged(self, budget: &Arc<Budget>) -> Self {
+        let tie = |frame: Frame| {
+            let charge = budget.adopt(kept_cost(&frame));
+            frame.tied_to(charge)
+        };
+        Self { text: self.text.map(tie), json: self.json.map(tie) }
     }
 
     /// The event in every protocol (for the history: anyone may join later).
@@ -128,9 +142,14 @@ impl Speakers {
     }
 }
 
-/// What keeping a frame costs besides its bytes (its entry in a ring or a
-/// history), counted with them.
-const KEPT_OVERHEAD: usize = 64;
+/// What keeping a frame costs besides its bytes (its share of an entry in
+/// a ring or a history, or of a queue), counted with them.
+const KEPT_OVERHEAD: usize = 32;
+
+/// What a frame kept costs the budget.
+fn kept_cost(frame: &Frame) -> usize {
+    KEPT_OVERHEAD + frame.bytes().len()
+}
 
 /// All rooms of a server.
 #[derive(Debug)]
@@ -220,7 +239,8 @@ impl RoomState {
     }
 
     /// A room as the store had it: its history (the last messages within
-    /// the hub's count and byte bounds) charged to `budget`.
+    /// the hub's count and byte bounds, and what the budget has free)
+    /// charged to the hub's budget.
     fn loaded(loaded: Loaded, hub: &Hub) -> Self {
         let mut state = RoomState {
             epoch: loaded.epoch,
@@ -241,14 +261,15 @@ impl RoomState {
             };
             let frames = Encoded::all(&event);
             let bytes = frames.bytes();
-            if state.history.len() >= hub.history || state.history_bytes + bytes > hub.history_bytes
+            if state.history.len() >= hub.history
+                || state.history_bytes + bytes > hub.history_bytes
+                || !hub.budget.try_charge(bytes)
             {
                 break;
             }
             state.history_bytes += bytes;
             state.history.push_front(Kept { seq, ts, stamp: hub.budget.stamp(), frames });
         }
-        hub.budget.charge(state.history_bytes);
         state
     }
 
@@ -431,13 +452,14 @@ impl Hub {
         })
     }
 
-    /// Frees memory for all rooms once they hold more than 7/8 of the
-    /// budget: the oldest history of any room goes first, then the oldest
-    /// frames clients have not taken (they are told what they missed).
+    /// Frees memory for all rooms until the budget holds at most 3/4 of
+    /// `--max-memory` (an eighth below what rooms may hold): the oldest
+    /// history of any room goes first, then the oldest frames clients have
+    /// not taken (they are told what they missed).
     /// Runs with no room locked; one caller at a time, others go on.
     fn reclaim(&self) {
         let Ok(_one_at_a_time) = self.reclaiming.try_lock() else { return };
-        let target = self.budget.limit() / 8 * 7;
+        let target = self.budget.rooms_limit() - self.budget.limit() / CONNECTION_SHARE;
         if self.budget.used() <= target {
             return;
         }
@@ -690,7 +712,7 @@ impl Hub {
             }
             let replay =
                 state.history.iter().skip(skip).filter_map(|kept| kept.frames.get(protocol));
-            replay_into(&mut notices, missed, held - skip, replay, protocol);
+            replay_into(&mut notices, missed, replay, &self.budget, protocol);
 
             // Subscribe before announcing, so the joiner sees its own join notice.
             let rx = room.ring.subscribe(tenure.clone());
@@ -832,7 +854,7 @@ impl Hub {
         let frames = state.history.iter().skip(skip).filter_map(|payload| {
             Some(serde_json::from_str::<Event<'_>>(payload).ok()?.encode(protocol))
         });
-        replay_into(&mut notices, missed, held - skip, frames, protocol);
+        replay_into(&mut notices, missed, frames, &self.budget, protocol);
 
         member.name = reply.name;
         member.registered = true;
@@ -845,7 +867,7 @@ impl Events for Hub {
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
         // Delivered whatever the budget says (the message is the backend's
         // already), after the oldest of what rooms hold makes room for it.
-        if self.budget.used() + 3 * bytes + KEPT_OVERHEAD > self.budget.limit() {
+        if self.budget.used() + 3 * bytes + 2 * KEPT_OVERHEAD > self.budget.rooms_limit() {
             self.reclaim();
         }
         room.relay(&mut lock(&room.state), event);
@@ -921,21 +943,41 @@ fn error_frame(error: ClientError<'_>, protocol: Protocol) -> Frame {
     Event::from(error).encode(protocol)
 }
 
-/// Appends the replay of `count` held messages, after what was missed.
+/// Appends the replay of held messages, after what was missed. Each
+/// message replayed is charged to `budget` until the client is sent it,
+/// newest first: the oldest that do not fit are left out and counted as
+/// missed, told first.
 fn replay_into(
     notices: &mut Vec<Frame>,
     missed: Option<Event<'static>>,
-    count: usize,
     replay: impl Iterator<Item = Frame>,
+    budget: &Arc<Budget>,
     protocol: Protocol,
 ) {
+    let mut replay: Vec<Frame> = replay.collect();
+    let mut charges: Vec<_> =
+        replay.iter().rev().map_while(|frame| budget.try_hold(kept_cost(frame))).collect();
+    let left_out = replay.len() - charges.len();
+    let missed = match missed {
+        _ if left_out == 0 => missed,
+        Some(Event::Missed { count: Some(count), epoch }) => {
+            Some(Event::Missed { count: Some(count + left_out as u64), epoch })
+        }
+        None => Some(Event::Missed { count: Some(left_out as u64), epoch: None }),
+        // Already told that an unknown number went.
+        unknown => unknown,
+    };
     if let Some(missed) = missed {
         notices.push(missed.encode(protocol));
     }
+    replay.drain(..left_out);
+    let count = replay.len();
     if count > 0 {
         notices.reserve(count + 2);
         notices.push(Event::History { phase: Phase::Start, count }.encode(protocol));
-        notices.extend(replay);
+        charges.reverse();
+        notices
+            .extend(replay.into_iter().zip(charges).map(|(frame, charge)| frame.tied_to(charge)));
         notices.push(Event::History { phase: Phase::End, count }.encode(protocol));
     }
 }
@@ -1009,8 +1051,9 @@ impl Room {
     /// node's clients' messages (joins, leaves, notices, what other nodes
     /// publish), which members must not miss.
     fn send(&self, frames: Encoded, seq: u64) -> u64 {
-        let bytes = frames.bytes();
-        self.ring.budget().charge(bytes);
+        let (bytes, budget) = (frames.bytes(), self.ring.budget());
+        budget.charge(bytes);
+        let frames = frames.charged(budget);
         self.ring.send(bytes, |pos| Broadcast { pos, seq, frames })
     }
 
@@ -1051,6 +1094,7 @@ impl Room {
             state.history_bytes += kept_bytes;
             state.history.push_back(Kept { seq, ts, stamp: budget.stamp(), frames });
         }
+        let live = live.charged(&hub.budget);
         Ok(self.ring.send(live_bytes, |pos| Broadcast { pos, seq, frames: live }))
     }
 }
@@ -1070,6 +1114,13 @@ impl Member {
     /// Notes that this client's message request `id` was carried out.
     pub fn done(&self, id: &str) {
         self.tenure.done(id);
+    }
+
+    /// `answer` for this client alone, counted against `--max-memory` until
+    /// it is written; `None` when the budget has no room for it.
+    pub fn charged(&self, answer: Frame) -> Option<Frame> {
+        let charge = self.hub.budget.try_hold(kept_cost(&answer))?;
+        Some(answer.tied_to(charge))
     }
 
     /// Whether `holder` is this client.
@@ -1095,7 +1146,7 @@ impl Member {
         // history and its live frames): with the budget short of that, all
         // rooms' oldest history goes first, before this room's lock is taken.
         let most = 6 * message.len() + 4 * KEPT_OVERHEAD + 512;
-        if hub.budget.used() + most > hub.budget.limit() {
+        if hub.budget.used() + most > hub.budget.rooms_limit() {
             hub.reclaim();
         }
         let mut state = lock(&self.room.state);
@@ -1442,6 +1493,24 @@ mod tests {
 
     fn block_on<F: Future>(future: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(future)
+    }
+
+    #[test]
+    fn a_replay_short_of_memory_leaves_out_the_oldest_and_says_so_first() {
+        let budget = Arc::new(Budget::new(1000, Gauge::default()));
+        // Each costs 134 bytes: 7 of the 10 fit.
+        let frames: Vec<Frame> =
+            (0..10).map(|n| Frame::text(&format!("{n}{}", "x".repeat(99)))).collect();
+        let resumed = Event::Missed { count: Some(2), epoch: None };
+        let mut notices = Vec::new();
+        replay_into(&mut notices, Some(resumed), frames.into_iter(), &budget, Protocol::Text);
+        let lines: Vec<_> = notices.iter().map(text).collect();
+        assert_eq!(lines[0], "! missed 5 messages", "the 2 resumed past and the 3 left out");
+        assert_eq!(lines[1], "* 7 earlier messages");
+        assert!(lines[2].starts_with('3') && lines[8].starts_with('9'), "{lines:?}");
+        assert_eq!(budget.used(), 7 * 134);
+        drop(notices);
+        assert_eq!(budget.used(), 0, "released once sent");
     }
 
     #[test]

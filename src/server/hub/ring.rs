@@ -7,7 +7,9 @@
 //! room of one client then cost `--max-lag` slots), and one member that does
 //! not read would keep that whole capacity full of frames of any size. Here a
 //! ring holds only what some member still has to take, and it counts the
-//! bytes against the server's [`Budget`].
+//! bytes against the server's [`Budget`]. Each item carries the [`Charge`]
+//! for its bytes, so they stay counted while anyone holds a clone of it (a
+//! connection's socket queue, after the ring dropped its entry).
 //!
 //! A receiver that finds nothing to take is put on the ring's list of
 //! sleepers (under the same lock, so no frame slips in between), and the
@@ -19,12 +21,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::server::config::CONNECTION_SHARE;
 use crate::util::lock;
 use prometheus_client::metrics::gauge::Gauge;
 
-/// The bytes of frames the whole server holds for its rooms (histories and
-/// what members have not taken yet), against `--max-memory`. The count is
-/// what `/metrics` reports as `chat_memory_bytes`.
+/// The bytes of frames the whole server holds for clients (rooms'
+/// histories, frames not taken yet or not written yet, join replays,
+/// `/history` answers), against `--max-memory`. The count is what
+/// `/metrics` reports as `chat_memory_bytes`.
 #[derive(Debug)]
 pub struct Budget {
     used: Gauge,
@@ -55,10 +59,22 @@ impl Budget {
         self.limit
     }
 
-    /// Counts `bytes` if they fit under the limit; says whether they did.
+    /// What rooms may hold: the limit less the share left to connections
+    /// ([`CONNECTION_SHARE`]), so that a join's replay or a `/history`
+    /// answer still fits when rooms have filled theirs.
+    pub fn rooms_limit(&self) -> usize {
+        self.limit - self.limit / CONNECTION_SHARE
+    }
+
+    /// Counts `bytes` for rooms if they fit under [`Budget::rooms_limit`];
+    /// says whether they did.
     pub fn try_charge(&self, bytes: usize) -> bool {
+        self.try_charge_under(bytes, self.rooms_limit())
+    }
+
+    fn try_charge_under(&self, bytes: usize, limit: usize) -> bool {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.used
             .inner()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -76,6 +92,32 @@ impl Budget {
     /// Forgets `bytes` freed.
     pub fn release(&self, bytes: usize) {
         self.used.dec_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A charge of `bytes` for what a connection holds for its client
+    /// alone, if they fit under the whole limit.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
+        self.try_charge_under(bytes, self.limit).then(|| self.adopt(bytes))
+    }
+
+    /// Takes over `bytes` charged already: the charge releases them.
+    pub fn adopt(self: &Arc<Self>, bytes: usize) -> Charge {
+        Charge { budget: self.clone(), bytes }
+    }
+}
+
+/// Bytes counted in a [`Budget`] until this is dropped. Tied to the frames
+/// they are for, so that every way a frame goes (written, discarded, its
+/// connection dropped) releases them exactly once.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 
@@ -125,21 +167,18 @@ impl<T, W> Inner<T, W> {
         self.first + self.entries.len() as u64
     }
 
-    /// Drops the first entry; returns its bytes.
-    fn pop(&mut self) -> usize {
+    /// Drops the first entry (its item releases its charge).
+    fn pop(&mut self) {
         let bytes = self.entries.pop_front().map_or(0, |entry| entry.bytes);
         self.first += 1;
         self.bytes -= bytes;
-        bytes
     }
 
-    /// Drops the leading entries every receiver has taken; returns their bytes.
-    fn pop_taken(&mut self) -> usize {
-        let mut freed = 0;
+    /// Drops the leading entries every receiver has taken.
+    fn pop_taken(&mut self) {
         while self.entries.front().is_some_and(|entry| entry.remaining == 0) {
-            freed += self.pop();
+            self.pop();
         }
-        freed
     }
 }
 
@@ -176,36 +215,32 @@ impl<T: Clone, W: Wake> Ring<T, W> {
     }
 
     /// The budget frames are counted in.
-    pub fn budget(&self) -> &Budget {
+    pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
     }
 
     /// Sends the item `make` makes of its position to every receiver;
-    /// returns the position. `bytes` is what it holds: the caller has
-    /// charged the budget with them, and they are released once every
-    /// receiver has taken it, or it is dropped. Nothing is kept when nobody
-    /// is subscribed.
+    /// returns the position. `bytes` is what it holds, for the ring's own
+    /// bounds: the item carries their charge in the budget (`make` too,
+    /// until it is called), released once the item and every clone of it
+    /// are dropped. Nothing is kept when nobody is subscribed.
     pub fn send(&self, bytes: usize, make: impl FnOnce(u64) -> T) -> u64 {
         let mut inner = lock(&self.inner);
         let pos = inner.end() + 1;
         if inner.receivers == 0 {
             inner.first += 1;
-            drop(inner);
-            self.budget.release(bytes);
             return pos;
         }
         let (remaining, stamp) = (inner.receivers, self.budget.stamp());
         inner.entries.push_back(Entry { item: make(pos), bytes, stamp, remaining });
         inner.bytes += bytes;
-        let mut freed = 0;
         while inner.entries.len() > inner.max_slots
             || (inner.bytes > inner.max_bytes && inner.entries.len() > 1)
         {
-            freed += inner.pop();
+            inner.pop();
         }
         let sleepers = std::mem::take(&mut inner.sleepers);
         drop(inner);
-        self.budget.release(freed);
         for sleeper in sleepers {
             sleeper.wake();
         }
@@ -213,8 +248,9 @@ impl<T: Clone, W: Wake> Ring<T, W> {
     }
 
     /// Drops frames not taken yet, oldest first, until `bytes` more fit
-    /// the budget or none is left; their receivers miss them. Returns
-    /// whether `bytes` were charged.
+    /// the budget or none is left; their receivers miss them (a frame a
+    /// connection still has to write stays counted until it is written).
+    /// Returns whether `bytes` were charged.
     pub fn make_room(&self, bytes: usize) -> bool {
         let mut inner = lock(&self.inner);
         loop {
@@ -224,8 +260,7 @@ impl<T: Clone, W: Wake> Ring<T, W> {
             if inner.entries.is_empty() {
                 return false;
             }
-            let freed = inner.pop();
-            self.budget.release(freed);
+            inner.pop();
         }
     }
 
@@ -236,21 +271,13 @@ impl<T: Clone, W: Wake> Ring<T, W> {
 
     /// Drops the oldest frame not taken; its receivers miss it.
     pub fn drop_oldest(&self) {
-        let freed = lock(&self.inner).pop();
-        self.budget.release(freed);
+        lock(&self.inner).pop();
     }
 
     /// Bytes held.
     #[cfg(test)]
     fn bytes(&self) -> usize {
         lock(&self.inner).bytes
-    }
-}
-
-impl<T, W> Drop for Ring<T, W> {
-    fn drop(&mut self) {
-        let bytes = self.inner.get_mut().map_or_else(|e| e.into_inner().bytes, |inner| inner.bytes);
-        self.budget.release(bytes);
     }
 }
 
@@ -276,7 +303,6 @@ impl<T: Clone, W: Wake> Receiver<T, W> {
     pub fn take_while(&mut self, mut take: impl FnMut(Received<T>) -> bool) {
         let ring = &*self.ring;
         let mut inner = lock(&ring.inner);
-        let mut freed = 0;
         loop {
             if self.next < inner.first {
                 let missed = inner.first - self.next;
@@ -300,15 +326,11 @@ impl<T: Clone, W: Wake> Receiver<T, W> {
             let item = entry.item.clone();
             self.next += 1;
             if at == 0 && entry.remaining == 0 {
-                freed += inner.pop_taken();
+                inner.pop_taken();
             }
             if !take(Received::Item(item)) {
                 break;
             }
-        }
-        drop(inner);
-        if freed > 0 {
-            ring.budget.release(freed);
         }
     }
 }
@@ -324,9 +346,7 @@ impl<T, W> Drop for Receiver<T, W> {
         for entry in inner.entries.iter_mut().skip(from) {
             entry.remaining -= 1;
         }
-        let freed = inner.pop_taken();
-        drop(inner);
-        self.ring.budget.release(freed);
+        inner.pop_taken();
     }
 }
 
@@ -352,25 +372,33 @@ mod tests {
         }
     }
 
-    type TestRing = Ring<u32, Count>;
+    /// A frame's stand-in: a number, and the charge for its bytes (held
+    /// only to be dropped with it).
+    #[derive(Debug, Clone)]
+    struct Item(u32, #[expect(dead_code, reason = "released when dropped")] Arc<Charge>);
+
+    type TestRing = Ring<Item, Count>;
 
     fn ring(slots: usize, bytes: usize, limit: usize) -> Arc<TestRing> {
         Arc::new(Ring::new(slots, bytes, Arc::new(Budget::new(limit, Gauge::default()))))
     }
 
-    fn subscribe(ring: &Arc<TestRing>) -> Receiver<u32, Count> {
+    fn subscribe(ring: &Arc<TestRing>) -> Receiver<Item, Count> {
         ring.subscribe(Arc::default())
     }
 
     fn send(ring: &TestRing, item: u32, bytes: usize) -> u64 {
-        assert!(ring.budget.try_charge(bytes));
-        ring.send(bytes, |_| item)
+        let charge = Arc::new(ring.budget.try_hold(bytes).expect("fits"));
+        ring.send(bytes, |_| Item(item, charge))
     }
 
-    fn all(rx: &mut Receiver<u32, Count>) -> Vec<Received<u32>> {
+    fn all(rx: &mut Receiver<Item, Count>) -> Vec<Received<u32>> {
         let mut got = Vec::new();
         rx.take_while(|received| {
-            got.push(received);
+            got.push(match received {
+                Received::Item(Item(item, _)) => Received::Item(item),
+                Received::Missed(count) => Received::Missed(count),
+            });
             true
         });
         got
@@ -400,6 +428,22 @@ mod tests {
         assert_eq!(ring.bytes(), 200);
         assert_eq!(ring.budget.used(), 200);
         assert_eq!(all(&mut slow), [Received::Missed(3), Received::Item(3), Received::Item(4)]);
+        assert_eq!(ring.budget.used(), 0);
+    }
+
+    #[test]
+    fn a_frame_taken_stays_counted_while_its_taker_holds_it() {
+        let ring = ring(10, 1000, 1000);
+        let mut rx = subscribe(&ring);
+        send(&ring, 1, 100);
+        let mut held = Vec::new();
+        rx.take_while(|received| {
+            held.push(received);
+            true
+        });
+        assert_eq!(ring.bytes(), 0, "the ring let it go");
+        assert_eq!(ring.budget.used(), 100, "its taker has not written it yet");
+        drop(held);
         assert_eq!(ring.budget.used(), 0);
     }
 
@@ -444,7 +488,8 @@ mod tests {
         assert!(!ring.budget.try_charge(150));
         assert!(ring.make_room(150));
         assert_eq!(ring.budget.used(), 250);
-        ring.send(150, |_| 4);
+        let charge = Arc::new(ring.budget.adopt(150));
+        ring.send(150, |_| Item(4, charge));
         assert_eq!(all(&mut rx), [Received::Missed(2), Received::Item(3), Received::Item(4)]);
         assert!(!ring.make_room(301), "more than the whole budget never fits");
     }
