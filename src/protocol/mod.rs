@@ -20,10 +20,12 @@ use serde::{Deserialize, Serialize};
 
 mod command;
 mod event;
+mod identity;
 pub mod names;
 
 pub use command::*;
 pub use event::*;
+pub use identity::*;
 
 // Re-exported: a refused name is part of the protocol's error events.
 pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
@@ -57,6 +59,8 @@ pub struct ChatRequest {
     /// From `?session=`: the secret of an earlier connection, to take its
     /// name back. Never logged.
     pub session: Option<String>,
+    /// Who the request proved to be (its token), checked before the upgrade.
+    pub who: Who,
 }
 
 /// Where a returning client left a room.
@@ -129,6 +133,11 @@ pub struct Limits {
 /// The close code of a connection whose session continued in a new
 /// connection (`?session=`): it must not reconnect.
 pub const REPLACED_CLOSE_CODE: u16 = 4001;
+
+/// The close code of a connection whose token (`exp`, plus the server's
+/// leeway) expired. Tokens are not renewed on an open connection: the
+/// client connects again with a new one.
+pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = 4002;
 
 /// Longest request id, in bytes.
 pub const MAX_ID_BYTES: usize = 64;
