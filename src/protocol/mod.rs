@@ -5,6 +5,8 @@
 //!   and what it can do wrong ([`ClientError`]);
 //! - `event.rs`: what the server sends ([`Event`]), in text and JSON, and the
 //!   frames it is encoded into once ([`Frame`]);
+//! - `identity.rs`: who a connection is ([`Who`]): the claims of an
+//!   identity token and the guest mark;
 //! - [`names`]: the rules for names (the ones the protocol refers to are
 //!   re-exported here) and for escaping received text.
 //!
