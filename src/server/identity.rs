@@ -148,9 +148,12 @@ impl Verifier {
     }
 
     /// How long from now until a connection made with `identity` is closed:
-    /// its `exp` plus the leeway; `None` without `exp`.
+    /// its `exp` plus the leeway; `None` without `exp`, or with one past
+    /// what the clock can count (which is never, then).
     pub fn lifetime(&self, identity: &Identity) -> Option<Duration> {
-        let expires = UNIX_EPOCH + Duration::from_secs(identity.expires?) + self.leeway;
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(identity.expires?))?
+            .checked_add(self.leeway)?;
         Some(expires.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
     }
 }

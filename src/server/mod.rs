@@ -513,7 +513,7 @@ where
     let setup = Setup {
         expires: expires
             .and_then(|(jwt, identity)| jwt.lifetime(identity))
-            .map(|d| Instant::now() + d),
+            .and_then(|d| Instant::now().checked_add(d)),
         protocol: request.protocol,
         limits: context.limits,
         metrics: context.metrics.clone(),

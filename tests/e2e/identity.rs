@@ -78,6 +78,11 @@ async fn an_hs256_token_names_its_holder_and_name_in_the_url_is_ignored() {
     // Without `name`, the name is `sub`.
     let bob = Peer::join(&server, &format!("/?token={}", token(&json!({"sub": "bob"})))).await;
     assert_eq!(bob.name, "bob");
+    // An `exp` past what clocks count is taken as never.
+    let far = token(&json!({"sub": "carol", "exp": u64::MAX}));
+    let mut carol = Peer::join(&server, &format!("/?token={far}")).await;
+    carol.send("/who").await;
+    carol.expect("* 3 in lobby: alice, bob, carol").await;
     server.stop().await;
 }
 
@@ -255,17 +260,30 @@ async fn a_connection_is_closed_when_its_token_expires() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_jwt_key_with_the_shared_token_is_refused_at_start() {
-    let args = ["--port", "0", "--token", "a", "--jwt-secret", "b"];
-    let child = command(SERVER, &args).spawn().expect("spawn");
+/// What the server binary says when it refuses `args` at start.
+async fn refusal_at_start(args: &[&str]) -> String {
+    let child = command(SERVER, args).spawn().expect("spawn");
     let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
         .expect("in time")
         .expect("wait");
-    assert_ne!(output.status.code(), Some(0));
+    assert_ne!(output.status.code(), Some(0), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_jwt_key_with_the_shared_token_is_refused_at_start() {
     assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
+        refusal_at_start(&["--port", "0", "--token", "a", "--jwt-secret", "b"]).await,
         "error: --token cannot be used with --jwt-secret or --jwt-public-key\n"
+    );
+    assert_eq!(
+        refusal_at_start(&["--port", "0", "--guests"]).await,
+        "error: --guests needs --jwt-secret or --jwt-public-key\n"
+    );
+    assert_eq!(
+        refusal_at_start(&["--port", "0", "--jwt-secret", "b", "--redis", "redis://127.0.0.1:1"])
+            .await,
+        "error: --jwt-secret and --jwt-public-key do not work with --redis yet\n"
     );
 }
