@@ -147,6 +147,12 @@ pub const MAX_ID_BYTES: usize = 64;
 /// The subprotocol (`Sec-WebSocket-Protocol`) of JSON events.
 pub const JSON_PROTOCOL: &str = "chat.v1.json";
 
+/// What an offered subprotocol that carries a token starts with
+/// (`chat.token.TOKEN`, offered beside [`JSON_PROTOCOL`]): the way a browser,
+/// which cannot set `Authorization` on a WebSocket, keeps a token out of
+/// the request line. It is never chosen.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "chat.token.";
+
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {

@@ -17,7 +17,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::{
-    ChatRequest, JSON_PROTOCOL, Protocol, Resume, Who, name_from_query, query_param, room_from_path,
+    ChatRequest, JSON_PROTOCOL, Protocol, Resume, TOKEN_PROTOCOL_PREFIX, Who, name_from_query,
+    query_param, room_from_path,
 };
 use crate::server::address::{AddressKey, Addresses, client_address};
 use crate::server::config::MAX_REQUEST_HEAD_BYTES;
@@ -285,6 +286,9 @@ fn authenticate(
     };
     let who = match who {
         Ok(who) => who,
+        // With a JWT key, the page holds no secret: it is served without a
+        // token, and takes one from its URL fragment (`#token=`).
+        Err(TokenError::Missing) if !upgrade && room.is_some() => Who::Anyone,
         Err(error) => {
             access.addresses.authentication_failed(client, now);
             // A browser visiting a room is asked for the token by a form.
@@ -398,7 +402,8 @@ impl Access {
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, value)| value.trim().to_owned());
-        let presented = bearer.or_else(|| query_param(query, "token"));
+        let presented =
+            bearer.or_else(|| offered_token(request)).or_else(|| query_param(query, "token"));
         if let Some(jwt) = &self.jwt {
             // A bad token is refused even with --guests: its holder learns
             // it is bad rather than coming in as a guest.
@@ -425,6 +430,18 @@ impl Access {
         self.own.is_own_origin(origin, host)
             || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
+}
+
+/// A token offered as a subprotocol (`chat.token.TOKEN`), as the web page
+/// sends it.
+fn offered_token(request: &httparse::Request<'_, '_>) -> Option<String> {
+    request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX).map(str::to_owned))
 }
 
 /// A header's value, if present and text.

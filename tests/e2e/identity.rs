@@ -287,3 +287,25 @@ async fn a_jwt_key_with_the_shared_token_is_refused_at_start() {
         "error: --jwt-secret and --jwt-public-key do not work with --redis yet\n"
     );
 }
+
+#[tokio::test]
+async fn the_page_is_served_without_a_token_which_may_come_as_a_subprotocol() {
+    let server = TestServer::with(hs256_server_config()).await;
+    let page = "GET /garden HTTP/1.1\r\nHost: x\r\n\r\n";
+    let response = exchange_from(LOOPBACK, server.addr, page.as_bytes()).await;
+    assert_eq!(status_of(&response), "200", "{response}");
+    assert!(response.contains("text/html"), "{response}");
+    // The page offers the token beside the JSON subprotocol, which is chosen.
+    let ida = token(&json!({"sub": "ida"}));
+    let upgrade = crate::common::upgrade_request("/garden").replace(
+        "\r\n\r\n",
+        &format!("\r\nSec-WebSocket-Protocol: chat.v1.json, chat.token.{ida}\r\n\r\n"),
+    );
+    let response = exchange_from(LOOPBACK, server.addr, upgrade.as_bytes()).await;
+    assert_eq!(status_of(&response), "101", "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("sec-websocket-protocol: chat.v1.json\r\n"),
+        "{response}"
+    );
+    server.stop().await;
+}
