@@ -301,7 +301,8 @@ fn authenticate(
     if let (Some(room), Some(identity)) = (room, who.identity())
         && !identity.rooms.allows(room)
     {
-        return Err(Answer::text(403, format!("your token does not let you into room {room:?}")));
+        let text = format!("your token does not let you into room {room:?}");
+        return Err(Answer { reason: Some("room_forbidden"), ..Answer::text(403, text) });
     }
     Ok(who)
 }

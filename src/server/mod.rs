@@ -404,7 +404,8 @@ fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answe
     let identity = request.who.identity()?;
     hub.name_held_by_other(&request.room, identity).then(|| {
         let (name, room) = (&identity.name, &request.room);
-        Answer::text(409, format!("the name {name:?} looks like someone else's in room {room:?}"))
+        let text = format!("the name {name:?} looks like someone else's in room {room:?}");
+        Answer { reason: Some("name_held"), ..Answer::text(409, text) }
     })
 }
 

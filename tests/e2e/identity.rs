@@ -160,6 +160,11 @@ async fn a_token_for_room_a_is_refused_on_room_b_with_403() {
     assert!(body(&response).contains("\"b\""), "{response}");
     let all = token(&json!({"sub": "alice", "rooms": "*"}));
     assert_eq!(status_of(&answer(&server, "/b", Some(&all)).await), "101");
+    // Counted as what it is, not as a foreign origin.
+    let metrics =
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {all}\r\n\r\n");
+    let metrics = exchange_from(LOOPBACK, server.addr, metrics.as_bytes()).await;
+    assert!(metrics.contains("chat_refused_total{reason=\"room_forbidden\"} 1"), "{metrics}");
     server.stop().await;
 }
 
