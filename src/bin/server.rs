@@ -36,6 +36,7 @@ async fn serve(config: chat::server::config::ServerConfig) -> anyhow::Result<()>
     .context("cannot handle SIGXFSZ")?;
     chat::protocol::check_token(config.token.as_deref()).map_err(anyhow::Error::msg)?;
     config.check_memory().map_err(anyhow::Error::msg)?;
+    config.check_identity().map_err(anyhow::Error::msg)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(chat::tls::acceptor(cert, key)?),
         _ => None,

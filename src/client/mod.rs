@@ -51,7 +51,8 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::protocol::{
-    ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request, parse_command,
+    ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request,
+    TOKEN_EXPIRED_CLOSE_CODE, parse_command,
 };
 use config::{
     ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
@@ -245,7 +246,15 @@ async fn stay_connected(
                                 .notice(&format!("the server closed the connection: {reason}"))?;
                             return Ok(());
                         }
-                        if matches!(code, 1002 | 1003 | 1007 | 1009 | 1010 | REPLACED_CLOSE_CODE) {
+                        if matches!(
+                            code,
+                            1002 | 1003
+                                | 1007
+                                | 1009
+                                | 1010
+                                | REPLACED_CLOSE_CODE
+                                | TOKEN_EXPIRED_CLOSE_CODE
+                        ) {
                             // Our own fault, or our session went on elsewhere:
                             // coming back would not help.
                             return Err(Error::Closed { code, reason });

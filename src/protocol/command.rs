@@ -175,6 +175,8 @@ pub enum ClientError<'a> {
         /// The refused name.
         name: &'a str,
     },
+    /// A token holder's name is its token's: it cannot be changed.
+    NameFromToken,
     /// A `/command` the server does not know.
     UnknownCommand {
         /// The command without its slash.
@@ -230,6 +232,7 @@ impl ClientError<'_> {
         match self {
             ClientError::InvalidName { .. } => "invalid_name",
             ClientError::NameTaken { .. } => "name_taken",
+            ClientError::NameFromToken => "name_from_token",
             ClientError::UnknownCommand { .. } => "unknown_command",
             ClientError::Usage { .. } => "usage",
             ClientError::EmptyMessage => "empty",
@@ -259,6 +262,9 @@ impl fmt::Display for ClientError<'_> {
                 write!(f, "invalid name {name:?}: {reason}")
             }
             ClientError::NameTaken { name } => write!(f, "name {name:?} is taken"),
+            ClientError::NameFromToken => {
+                f.write_str("your name comes from your token: it cannot be changed")
+            }
             ClientError::UnknownCommand { command } => {
                 write!(f, "unknown command /{}; /help lists the commands", command.escape_debug())
             }

@@ -5,6 +5,8 @@
 //!   and what it can do wrong ([`ClientError`]);
 //! - `event.rs`: what the server sends ([`Event`]), in text and JSON, and the
 //!   frames it is encoded into once ([`Frame`]);
+//! - `identity.rs`: who a connection is ([`Who`]): the claims of an
+//!   identity token and the guest mark;
 //! - [`names`]: the rules for names (the ones the protocol refers to are
 //!   re-exported here) and for escaping received text.
 //!
@@ -20,10 +22,12 @@ use serde::{Deserialize, Serialize};
 
 mod command;
 mod event;
+mod identity;
 pub mod names;
 
 pub use command::*;
 pub use event::*;
+pub use identity::*;
 
 // Re-exported: a refused name is part of the protocol's error events.
 pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
@@ -57,6 +61,8 @@ pub struct ChatRequest {
     /// From `?session=`: the secret of an earlier connection, to take its
     /// name back. Never logged.
     pub session: Option<String>,
+    /// Who the request proved to be (its token), checked before the upgrade.
+    pub who: Who,
 }
 
 /// Where a returning client left a room.
@@ -130,11 +136,22 @@ pub struct Limits {
 /// connection (`?session=`): it must not reconnect.
 pub const REPLACED_CLOSE_CODE: u16 = 4001;
 
+/// The close code of a connection whose token (`exp`, plus the server's
+/// leeway) expired. Tokens are not renewed on an open connection: the
+/// client connects again with a new one.
+pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = 4002;
+
 /// Longest request id, in bytes.
 pub const MAX_ID_BYTES: usize = 64;
 
 /// The subprotocol (`Sec-WebSocket-Protocol`) of JSON events.
 pub const JSON_PROTOCOL: &str = "chat.v1.json";
+
+/// What an offered subprotocol that carries a token starts with
+/// (`chat.token.TOKEN`, offered beside [`JSON_PROTOCOL`]): the way a browser,
+/// which cannot set `Authorization` on a WebSocket, keeps a token out of
+/// the request line. It is never chosen.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "chat.token.";
 
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

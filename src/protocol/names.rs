@@ -50,11 +50,15 @@ pub enum NameError {
     /// A room name that is a path of the server's own, or `.` or `..`.
     #[error("it is reserved")]
     Reserved,
+    /// Holds the mark of guests' names, or a look-alike of it.
+    #[error("it contains '{}' or a look-alike, which marks guests", super::GUEST_MARK)]
+    GuestMark,
 }
 
 /// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, none of them
-/// whitespace, control characters, `Default_Ignorable_Code_Point`s or blank
-/// fillers.
+/// whitespace, control characters, `Default_Ignorable_Code_Point`s, blank
+/// fillers, or the guest mark ([`super::GUEST_MARK`]) or anything whose
+/// look-alike key holds it (`～`).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -70,6 +74,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     }
     if name.chars().any(is_invisible) {
         return Err(NameError::Invisible);
+    }
+    // Only the server adds the mark, to guests' names.
+    if name.contains(super::GUEST_MARK) || name_key(name).contains(super::GUEST_MARK) {
+        return Err(NameError::GuestMark);
     }
     Ok(())
 }
@@ -213,6 +221,13 @@ mod tests {
             count += 1;
         }
         assert!(count > 300, "only {count}");
+    }
+
+    #[test]
+    fn the_guest_mark_and_its_look_alikes_are_refused() {
+        for name in ["~bob", "bob~", "b~b", "\u{FF5E}bob", "\u{2053}bob"] {
+            assert_eq!(validate_name(name), Err(NameError::GuestMark), "{name}");
+        }
     }
 
     #[test]

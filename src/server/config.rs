@@ -42,6 +42,9 @@ pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `--max-message-bytes`: the largest text frame a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default `--jwt-leeway`: the clocks of a token's issuer and of this
+/// server may differ by this much.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
@@ -262,6 +265,33 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// A secret that HS256 identity tokens (JWT) are signed with: clients
+    /// present one as `--token`'s is presented, and their name and rooms
+    /// come from it (see README, "Identity and access"). Not with `--token`
+    /// or `--jwt-public-key`. Never logged.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub jwt_secret: Option<String>,
+
+    /// A PEM file with the public key that identity tokens (JWT) are signed
+    /// with: RS256 for an RSA key, ES256 for an EC P-256 key. As
+    /// `--jwt-secret` otherwise.
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY", value_name = "FILE",
+          value_parser = crate::server::identity::parse_public_key)]
+    pub jwt_public_key: Option<crate::server::identity::PublicKey>,
+
+    /// Seconds a token is still taken after its `exp` (clocks differ); an
+    /// open connection is closed with code 4002 once `exp` plus this is past.
+    #[arg(long, env = "CHAT_JWT_LEEWAY",
+          default_value = shown!(DEFAULT_JWT_LEEWAY, seconds_text),
+          value_parser = parse_seconds)]
+    pub jwt_leeway: Duration,
+
+    /// With a JWT key: let in clients without a token, as guests, whose
+    /// names start with `~` (which no other name may hold).
+    #[arg(long, env = "CHAT_GUESTS")]
+    pub guests: bool,
+
     /// Largest message a client may send, in UTF-8 bytes of its text; a
     /// longer one is refused with an error and the connection stays up.
     /// Frames over three times this plus 1 KiB (room for JSON escapes) close
@@ -389,6 +419,28 @@ impl ServerConfig {
                 "--max-memory (CHAT_MAX_MEMORY) must be at least {least} bytes: \
                  {MEMORY_PER_MESSAGE_BYTE} times --max-message-bytes"
             ));
+        }
+        Ok(())
+    }
+
+    /// The identity flags go together as documented: one JWT key at most,
+    /// not with `--token` (two ways to admit would be one too many), and
+    /// `--guests` only with a key. With `--redis`, names are one per
+    /// node's name table: a token holder's several connections are not
+    /// shared across nodes yet, so JWT is refused there for now.
+    pub fn check_identity(&self) -> Result<(), String> {
+        let jwt = self.jwt_secret.is_some() || self.jwt_public_key.is_some();
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return Err("--jwt-secret and --jwt-public-key cannot be used together".into());
+        }
+        if jwt && self.token.is_some() {
+            return Err("--token cannot be used with --jwt-secret or --jwt-public-key".into());
+        }
+        if self.guests && !jwt {
+            return Err("--guests needs --jwt-secret or --jwt-public-key".into());
+        }
+        if jwt && self.redis.is_some() {
+            return Err("--jwt-secret and --jwt-public-key do not work with --redis yet".into());
         }
         Ok(())
     }

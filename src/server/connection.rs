@@ -28,7 +28,8 @@ use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    ClientError, Event, Frame, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request, parse_command,
+    ClientError, Event, Frame, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
+    TOKEN_EXPIRED_CLOSE_CODE, parse_command,
 };
 use crate::server::backend::ECHO_TIMEOUT;
 use crate::server::commands::{Outcome, act};
@@ -61,6 +62,8 @@ pub enum End {
     Flood,
     /// The client kept pinging over [`MAX_PINGS_PER_SECOND`] past the grace.
     PingFlood,
+    /// Its token expired ([`TOKEN_EXPIRED_CLOSE_CODE`]).
+    Expired,
     /// The same session joined again from a new connection, which took
     /// this one's name.
     Replaced,
@@ -68,6 +71,8 @@ pub enum End {
 
 /// What a connection is given besides its socket and its membership.
 pub struct Setup {
+    /// When its token expires, if it has one with `exp`.
+    pub expires: Option<Instant>,
     /// What the client speaks.
     pub protocol: Protocol,
     /// What the connection enforces on its client.
@@ -133,6 +138,7 @@ where
         end = read(&shared, &mut joined.member, &mut stream) => end,
         end = write(&shared, &mut joined.rx, &mut sink) => end,
         end = ping(&shared) => end,
+        () = expiry(setup.expires) => End::Expired,
         () = setup.shutdown.cancelled() => End::Shutdown,
     };
 
@@ -176,9 +182,22 @@ where
             warn!("closed: too many pings");
             "ping_flood"
         }
+        End::Expired => {
+            info!("closed: its token expired");
+            "token_expired"
+        }
     };
     setup.metrics.connections.dec();
     setup.metrics.closed.get_or_create(&Reason { reason }).inc();
+}
+
+/// Completes when the token expires; never without one. Renewing a token
+/// on an open connection is not supported: the client connects again.
+async fn expiry(expires: Option<Instant>) {
+    match expires {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Takes the client's frames and acts on them, one at a time.
@@ -450,6 +469,12 @@ where
                 let _ = ws.send(close).await;
             }
         }
+        End::Expired => {
+            if ws.flush().await.is_ok() {
+                let code = CloseCode::try_from(TOKEN_EXPIRED_CLOSE_CODE).ok();
+                let _ = ws.send(Message::close(code, "token expired")).await;
+            }
+        }
         End::Closed | End::Error(_) => {}
     }
 }
@@ -684,10 +709,12 @@ mod tests {
             resume: None,
             protocol: Protocol::Text,
             session: None,
+            who: crate::protocol::Who::Anyone,
         };
         let joined = context.hub.join(&request, &peer.to_string()).await.unwrap();
         let ws = Box::new(context.websockets.serve(Wire::new(BytesMut::new(), stream)));
         let setup = Setup {
+            expires: None,
             protocol: Protocol::Text,
             limits: context.limits,
             metrics: context.metrics.clone(),

@@ -17,10 +17,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::{
-    ChatRequest, JSON_PROTOCOL, Protocol, Resume, name_from_query, query_param, room_from_path,
+    ChatRequest, JSON_PROTOCOL, Protocol, Resume, TOKEN_PROTOCOL_PREFIX, Who, name_from_query,
+    query_param, room_from_path,
 };
 use crate::server::address::{AddressKey, Addresses, client_address};
 use crate::server::config::MAX_REQUEST_HEAD_BYTES;
+use crate::server::identity::{TokenError, Verifier};
 use crate::server::metrics::Metrics;
 use crate::server::origin::OwnOrigins;
 
@@ -212,29 +214,7 @@ fn route(
     if upgrade && request.version == Some(0) {
         return Err(Answer::text(400, "a WebSocket upgrade needs HTTP/1.1".into()));
     }
-    // Past its failures, an address is not heard: no token is checked, so a
-    // guesser learns nothing, however fast it asks.
-    if access.token.is_some()
-        && let Err(wait) = access.addresses.may_authenticate(client, now)
-    {
-        return Err(Answer::busy(
-            429,
-            "auth_throttled",
-            wait,
-            "too many failed authentications from your address: try again later".into(),
-        ));
-    }
-    if !access.admits(request, query) {
-        access.addresses.authentication_failed(client, now);
-        // A browser visiting a room is asked for the token by a form.
-        if !upgrade && path != "/metrics" {
-            return Err(Answer::new(401, HTML, TOKEN_PAGE.into()));
-        }
-        return Err(Answer::text(
-            401,
-            "a valid token is required: Authorization: Bearer TOKEN, or ?token=".into(),
-        ));
-    }
+    let who = authenticate(request, query, (path, room, upgrade), client, access)?;
     // For Prometheus; behind the token when there is one.
     let Some(room) = room else {
         return Ok(Route::Serve(Answer::new(200, OPENMETRICS, metrics.encode().into())));
@@ -272,7 +252,59 @@ fn route(
         resume: resume(query)?,
         protocol: if json { Protocol::Json } else { Protocol::Text },
         session: query_param(query, "session"),
+        who,
     }))
+}
+
+/// Who a request for `room` (none: `/metrics`) proves to be, or its
+/// refusal: 429 past the address's failures, 401 (counted as a failure),
+/// 403 for a room its token does not name.
+fn authenticate(
+    request: &httparse::Request<'_, '_>,
+    query: Option<&str>,
+    (path, room, upgrade): (&str, Option<&str>, bool),
+    client: AddressKey,
+    access: &Access,
+) -> Result<Who, Answer> {
+    let now = tokio::time::Instant::now();
+    // Past its failures, an address is not heard: no token is checked, so a
+    // guesser learns nothing, however fast it asks.
+    if (access.token.is_some() || access.jwt.is_some())
+        && let Err(wait) = access.addresses.may_authenticate(client, now)
+    {
+        return Err(Answer::busy(
+            429,
+            "auth_throttled",
+            wait,
+            "too many failed authentications from your address: try again later".into(),
+        ));
+    }
+    let who = match access.admits(request, query) {
+        // Prometheus is not for guests.
+        Ok(Who::Guest) if room.is_none() => Err(TokenError::Missing),
+        admitted => admitted,
+    };
+    let who = match who {
+        Ok(who) => who,
+        // With a JWT key, the page holds no secret: it is served without a
+        // token, and takes one from its URL fragment (`#token=`).
+        Err(TokenError::Missing) if !upgrade && room.is_some() => Who::Anyone,
+        Err(error) => {
+            access.addresses.authentication_failed(client, now);
+            // A browser visiting a room is asked for the token by a form.
+            if !upgrade && path != "/metrics" {
+                return Err(Answer::new(401, HTML, TOKEN_PAGE.into()));
+            }
+            return Err(Answer::text(401, error.to_string()));
+        }
+    };
+    if let (Some(room), Some(identity)) = (room, who.identity())
+        && !identity.rooms.allows(room)
+    {
+        let text = format!("your token does not let you into room {room:?}");
+        return Err(Answer { reason: Some("room_forbidden"), ..Answer::text(403, text) });
+    }
+    Ok(who)
 }
 
 /// A request target in origin form (`/room?x`): an absolute-form target
@@ -319,6 +351,11 @@ pub struct Access {
     pub allowed_origins: Vec<String>,
     /// The shared secret clients must present (`--token`), if any.
     pub token: Option<String>,
+    /// What identity tokens are checked with (`--jwt-secret`,
+    /// `--jwt-public-key`), if any.
+    pub jwt: Option<Arc<Verifier>>,
+    /// `--guests`: with a JWT key, requests without a token come in as guests.
+    pub guests: bool,
     /// The server's own origins and names.
     pub own: OwnOrigins,
     /// `--trusted-proxy`.
@@ -348,19 +385,43 @@ impl Access {
         AddressKey::of(client_address(peer, &self.proxies, forwarded))
     }
 
-    /// Whether the request presents the token, when one is required: as
-    /// `Authorization: Bearer TOKEN` or, for browsers, `?token=TOKEN`.
-    fn admits(&self, request: &httparse::Request<'_, '_>, query: Option<&str>) -> bool {
+    /// Who the request proves to be, if it is let in: with `--token`, it
+    /// must present it; with a JWT key, a valid token (or none, as a guest,
+    /// with `--guests`). Either travels as `Authorization: Bearer TOKEN` or,
+    /// for browsers, `?token=TOKEN`.
+    fn admits(
+        &self,
+        request: &httparse::Request<'_, '_>,
+        query: Option<&str>,
+    ) -> Result<Who, TokenError> {
         use subtle::ConstantTimeEq as _;
-        let Some(token) = &self.token else { return true };
+        if self.token.is_none() && self.jwt.is_none() {
+            return Ok(Who::Anyone);
+        }
         // The scheme is case-insensitive (RFC 9110, section 11.1).
         let bearer = header(request, "authorization")
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, value)| value.trim().to_owned());
-        let presented = bearer.or_else(|| query_param(query, "token"));
+        let presented =
+            bearer.or_else(|| offered_token(request)).or_else(|| query_param(query, "token"));
+        if let Some(jwt) = &self.jwt {
+            // A bad token is refused even with --guests: its holder learns
+            // it is bad rather than coming in as a guest.
+            return match presented {
+                Some(token) => Ok(Who::User(Arc::new(jwt.verify(&token)?))),
+                None if self.guests => Ok(Who::Guest),
+                None => Err(TokenError::Missing),
+            };
+        }
+        let token = self.token.as_deref().unwrap_or_default();
         // Compared in constant time, so timing does not reveal how much matched.
-        presented.is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(token.as_bytes())))
+        match presented {
+            Some(presented) if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) => {
+                Ok(Who::Anyone)
+            }
+            _ => Err(TokenError::NotTheSharedToken),
+        }
     }
 
     /// Browsers send `Origin`; a page from another site must not be able to
@@ -370,6 +431,18 @@ impl Access {
         self.own.is_own_origin(origin, host)
             || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
+}
+
+/// A token offered as a subprotocol (`chat.token.TOKEN`), as the web page
+/// sends it.
+fn offered_token(request: &httparse::Request<'_, '_>) -> Option<String> {
+    request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL_PREFIX).map(str::to_owned))
 }
 
 /// A header's value, if present and text.
@@ -493,6 +566,8 @@ mod tests {
         Access {
             allowed_origins: vec!["https://chat.example.org".into()],
             token: Some("s3cret".into()),
+            jwt: None,
+            guests: false,
             own: OwnOrigins::new(
                 std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
                 false,

@@ -9,6 +9,7 @@
 //! - `hub`: this node's rooms, their locks, recent history and fan-out;
 //! - `backend`: what nodes share (names, numbering, history, presence),
 //!   in-process or in Redis;
+//! - [`identity`]: checks identity tokens (JWT) against the configured key;
 //! - `limit`, `address`, `origin`: flood control, per-address bounds, and
 //!   the Origin and Host checks;
 //! - `metrics`: the counters behind `GET /metrics`.
@@ -26,6 +27,7 @@ pub mod config;
 pub(crate) mod connection;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub mod identity;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub(crate) mod origin;
@@ -65,8 +67,8 @@ use crate::server::config::{
 use crate::server::http::{
     Access, Answer, Handshake, HandshakeError, read_head, read_request, refuse, respond,
 };
-use crate::server::hub::Hub;
 use crate::server::hub::ring::Budget;
+use crate::server::hub::{Hub, JoinError};
 use crate::server::metrics::Metrics;
 use crate::server::wire::Wire;
 use connection::Setup;
@@ -194,6 +196,8 @@ fn access(config: &ServerConfig, listener: &TcpListener, secure: bool) -> Access
     Access {
         allowed_origins: config.allow_origin.clone(),
         token: config.token.clone(),
+        jwt: crate::server::identity::Verifier::from_config(config).map(Arc::new),
+        guests: config.guests,
         own,
         proxies: config.trusted_proxy.clone(),
         addresses: Addresses::new(AddressLimits {
@@ -394,6 +398,17 @@ async fn tls_upgrade_and_join(tls: TlsAcceptor, stream: TcpStream, start: Start)
     }
 }
 
+/// The 409 of a token holder whose name looks like another's (another
+/// `sub`) in the room it asks for.
+fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answer> {
+    let identity = request.who.identity()?;
+    hub.name_held_by_other(&request.room, identity).then(|| {
+        let (name, room) = (&identity.name, &request.room);
+        let text = format!("the name {name:?} looks like someone else's in room {room:?}");
+        Answer { reason: Some("name_held"), ..Answer::text(409, text) }
+    })
+}
+
 /// One connection's HTTP handshake and join; the chat itself is spawned as
 /// [`connection::serve`]. Errors end here, logged.
 async fn upgrade_and_join<S>(mut stream: S, start: Start)
@@ -434,6 +449,11 @@ where
                 return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
             }
         };
+        // A look-alike of another token holder's name: refused before the
+        // upgrade, so the client reads why (the join checks again).
+        if let Some(answer) = look_alike(&upgrading.hub, &request) {
+            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
+        }
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
@@ -472,10 +492,15 @@ where
     let joined = match context.hub.join(&request, &peer.to_string()).await {
         Ok(joined) => joined,
         Err(error) => {
-            // Only with --redis: the client retries, here or on another node.
-            warn!(%error, "cannot join: closing with 1013");
-            context.metrics.refuse("cluster_down");
-            let close = Message::close(Some(CloseCode::SERVICE_OVERLOAD), "cluster link down");
+            // With --redis, 1013: the client retries, here or on another node.
+            // 1008: a look-alike came in since the check before the upgrade.
+            let (code, reason, text) = match &error {
+                JoinError::Backend(_) => (1013, "cluster_down", "cluster link down".into()),
+                JoinError::NameHeld { .. } => (1008, "name_held", error.to_string()),
+            };
+            warn!(%error, code, "cannot join");
+            context.metrics.refuse(reason);
+            let close = Message::close(CloseCode::try_from(code).ok(), &text);
             let _ = timeout(CLOSE_TIMEOUT, ws.send(close)).await;
             return;
         }
@@ -484,7 +509,12 @@ where
     info!("joined");
     // Its own task: this one's state (the handshake's, the request) would
     // otherwise stay in memory for as long as the client does.
+    // A token's connection lasts until its `exp` (plus the leeway).
+    let expires = context.access.jwt.as_ref().zip(request.who.identity());
     let setup = Setup {
+        expires: expires
+            .and_then(|(jwt, identity)| jwt.lifetime(identity))
+            .and_then(|d| Instant::now().checked_add(d)),
         protocol: request.protocol,
         limits: context.limits,
         metrics: context.metrics.clone(),

@@ -11,6 +11,16 @@ const INSTALL: &str = "apt-get install chromium nodejs npm && npm ci --prefix te
 
 #[test]
 fn two_pages_and_a_terminal_client_chat_survive_a_restart_and_scroll_back() {
+    run_script("chat.mjs");
+}
+
+#[test]
+fn the_page_takes_a_token_from_its_fragment_and_keeps_it_out_of_request_lines() {
+    run_script("identity.mjs");
+}
+
+/// Runs `tests/browser/SCRIPT` with node, or says why it cannot and skips.
+fn run_script(script: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var_os("CHAT_CHROMIUM")
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
@@ -32,16 +42,17 @@ fn two_pages_and_a_terminal_client_chat_survive_a_restart_and_scroll_back() {
     // CHAT_SCREENSHOT=img/page.png, passed through, saves README's pictures:
     // that one (desktop) and img/page-phone.png (390 x 844, dark).
     let status = Command::new("node")
-        .arg(root.join("tests/browser/chat.mjs"))
+        .arg(root.join("tests/browser").join(script))
         .env("CHAT_SERVER", env!("CARGO_BIN_EXE_server"))
         .env("CHAT_CLIENT", env!("CARGO_BIN_EXE_client"))
         .env("CHAT_CHROMIUM", &chromium)
-        // Its server names a --db of its own, a temporary file, so that a
-        // restart keeps the history; anything else keeps nothing on disk.
+        // chat.mjs's server names a --db of its own, a temporary file, so
+        // that a restart keeps the history; anything else keeps nothing on
+        // disk.
         .env("CHAT_DB", ":memory:")
         .status()
         .expect("run node");
-    assert!(status.success(), "the browser test failed (its output is above)");
+    assert!(status.success(), "the browser test {script} failed (its output is above)");
 }
 
 /// The page answers `/help` itself, with the server's words.

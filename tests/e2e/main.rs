@@ -28,6 +28,7 @@ mod durable_history;
 mod history;
 mod http_details;
 mod http_refusals;
+mod identity;
 mod join_rate;
 mod json_and_resume;
 mod keepalive;

@@ -37,8 +37,8 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Frame, Limits, MAX_WHO_NAMES, Phase, Protocol, Resume, Str,
-    name_key, now, validate_name,
+    ChatRequest, ClientError, Event, Frame, GUEST_MARK, Identity, Limits, MAX_WHO_NAMES, NameError,
+    Phase, Protocol, Resume, Str, Who, name_key, now, validate_name,
 };
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
 use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
@@ -195,8 +195,11 @@ struct RoomState {
     /// Clients holding a [`Member`] of this room, joining ones included.
     members: usize,
     /// Names of this node's clients, by [`name_key`]: names that look
-    /// alike have the same key, so only one of them can be held.
+    /// alike have the same key, so only one of them can be held; but a
+    /// token holder's further connections are under a [`device_key`].
     names: HashMap<String, Holder>,
+    /// Token holders here, by their name's [`name_key`]: one `sub` per key.
+    people: HashMap<String, Person>,
     speakers: Speakers,
     /// The last message's number (the last delivered, with a shared backend).
     seq: u64,
@@ -219,6 +222,31 @@ struct RoomState {
     /// carried out: one that comes back learns where it got to. At most
     /// [`DEPARTED_SESSIONS`], the oldest forgotten first.
     departed: VecDeque<(Secret, Box<str>)>,
+}
+
+impl RoomState {
+    /// Seats a token holder under its name (`name`, with `key`): one person
+    /// per key, however many connections, each with an entry of its own in
+    /// `names`, the first under the key itself. Another `sub` holding the
+    /// key is refused.
+    fn seat(
+        &mut self,
+        identity: &Identity,
+        name: String,
+        key: String,
+        tenure: &Tenure,
+    ) -> Result<(String, String), JoinError> {
+        let person = self
+            .people
+            .entry(key.clone())
+            .or_insert_with(|| Person { sub: identity.sub.clone(), connections: 0 });
+        if person.sub != identity.sub {
+            return Err(JoinError::NameHeld { name });
+        }
+        person.connections += 1;
+        let key = if self.names.contains_key(&key) { device_key(&key, tenure) } else { key };
+        Ok((name, key))
+    }
 }
 
 /// A message in a room's history.
@@ -431,6 +459,64 @@ pub struct Member {
     registered: bool,
     /// Shared with the name it holds.
     tenure: Arc<Tenure>,
+    /// Who it is: a token holder's name is its token's.
+    who: Who,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// A shared backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Another token holder (another `sub`) holds a name that looks like
+    /// this one's: it came in between the check before the upgrade and the
+    /// join.
+    #[error("{name:?} looks like the name of someone else in the room")]
+    NameHeld {
+        /// The token's name.
+        name: String,
+    },
+}
+
+/// A token holder in a room: the `sub` its name's key belongs to, and how
+/// many connections it has there.
+#[derive(Debug)]
+struct Person {
+    sub: Arc<str>,
+    connections: usize,
+}
+
+/// A name as shown (a guest's with its mark), and its [`name_key`].
+type ShownName = (String, String);
+
+/// The name a join asks for, unchecked, with its check: the name shown and
+/// its key. A token holder's name is its token's (`?name=` is ignored); a
+/// guest's is marked once it is found valid.
+fn requested_name<'a>(
+    who: &'a Who,
+    requested: Option<&'a str>,
+) -> Option<(&'a str, Result<ShownName, NameError>)> {
+    let requested = match who {
+        Who::User(identity) => Some(identity.name.as_str()),
+        Who::Anyone | Who::Guest => requested,
+    };
+    requested.map(|name| {
+        let checked = validate_name(name).map(|()| {
+            let shown =
+                if *who == Who::Guest { format!("{GUEST_MARK}{name}") } else { name.to_owned() };
+            let key = name_key(&shown);
+            (shown, key)
+        });
+        (name, checked)
+    })
+}
+
+/// The key in [`RoomState::names`] of a token holder's connection beyond
+/// the one holding its name's own key: one entry per connection, so that
+/// each leaves on its own. The NUL cannot be in a name.
+fn device_key(key: &str, tenure: &Tenure) -> String {
+    format!("{key}\0{}", tenure.session.hex())
 }
 
 impl Hub {
@@ -522,25 +608,50 @@ impl Hub {
     /// error notice saying why. Its first frames replay the room's history,
     /// or only what it missed when it resumes.
     ///
-    /// Fails only with a shared backend that cannot be reached.
+    /// A token holder's name is its token's (`?name=` is ignored); a
+    /// guest's gets [`GUEST_MARK`] before it, fallback names included.
+    ///
+    /// Fails with a shared backend that cannot be reached, or when another
+    /// token holder holds a look-alike of a token holder's name.
     pub async fn join(
         self: &Arc<Self>,
         request: &ChatRequest,
         fallback: &str,
-    ) -> Result<Joined, BackendError> {
+    ) -> Result<Joined, JoinError> {
+        let marked;
+        let fallback = if request.who == Who::Guest {
+            marked = format!("{GUEST_MARK}{fallback}");
+            &marked
+        } else {
+            fallback
+        };
         match self.backend.mode() {
             // Boxed: the store's answer stays out of every connection's future.
-            Mode::Alone => Ok(Box::pin(self.join_alone(request, fallback)).await),
+            Mode::Alone => Box::pin(self.join_alone(request, fallback)).await,
             // Boxed: the backend's state stays out of every connection's future.
-            Mode::Shared => Box::pin(self.join_shared(request, fallback)).await,
-            Mode::Degraded => Err(BackendError::Down),
+            Mode::Shared => Ok(Box::pin(self.join_shared(request, fallback)).await?),
+            Mode::Degraded => Err(BackendError::Down.into()),
         }
+    }
+
+    /// Whether another `sub` than `identity`'s holds a look-alike of its
+    /// name in `room` on this node: checked before the upgrade, to answer
+    /// 409 (the join checks again).
+    pub fn name_held_by_other(&self, room: &str, identity: &Identity) -> bool {
+        let key = name_key(&identity.name);
+        let Some(room) = lock(&self.rooms).get(room).cloned() else { return false };
+        let state = lock(&room.state);
+        state.people.get(&key).is_some_and(|person| person.sub != identity.sub)
     }
 
     /// Joins in-process: a room not in memory is read back from the store
     /// first (outside any lock), unless someone else brought it back
     /// meanwhile. A store that fails gives a room of its own, not kept.
-    async fn join_alone(self: &Arc<Self>, request: &ChatRequest, fallback: &str) -> Joined {
+    async fn join_alone(
+        self: &Arc<Self>,
+        request: &ChatRequest,
+        fallback: &str,
+    ) -> Result<Joined, JoinError> {
         let Some(store) = self.backend.store() else {
             return self.join_here(request, fallback, None);
         };
@@ -616,7 +727,7 @@ impl Hub {
         request: &ChatRequest,
         fallback: &str,
         loaded: Option<Result<Loaded, StoreError>>,
-    ) -> Joined {
+    ) -> Result<Joined, JoinError> {
         let mut loaded = loaded;
         loop {
             if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
@@ -633,37 +744,40 @@ impl Hub {
         request: &ChatRequest,
         fallback: &str,
         loaded: &mut Option<Result<Loaded, StoreError>>,
-    ) -> Option<Joined> {
-        let ChatRequest { room, name: requested, resume, protocol, session } = request;
-        let (requested, protocol) = (requested.as_deref(), *protocol);
+    ) -> Option<Result<Joined, JoinError>> {
+        let ChatRequest { room, name: requested, resume, protocol, session, who } = request;
+        let protocol = *protocol;
         let tenure = Arc::new(Tenure::new());
         let secret = tenure.session.hex();
         // Keys are computed before the room's lock is taken.
-        let requested = requested.map(|name| (name, validate_name(name).map(|()| name_key(name))));
+        let requested = requested_name(who, requested.as_deref());
         // The first fallback name's key too; the others are rarely needed.
         let mut fallbacks = local::fallback_names(fallback).peekable();
         fallbacks.peek();
         let keep_for = self.keep_for;
-        let (room, (name, notices, rx)) = self.enter(room, protocol, loaded, |room, state| {
+        let (room, joined) = self.enter(room, protocol, loaded, |room, state| {
             let mut notices = Vec::new();
             let mut last_id = None;
             // A client coming back with its session takes its name back from
             // its own dead connection, which is retired without a word; this
             // is how that connection spelled it.
             let mut was = None;
-            let granted = match requested {
-                None => None,
-                Some((name, Err(reason))) => {
+            let granted = match (requested, who.identity()) {
+                (None, _) => None,
+                (Some((name, Err(reason))), _) => {
                     notices.push(error_frame(ClientError::InvalidName { name, reason }, protocol));
                     None
                 }
-                Some((name, Ok(key))) => match state.names.get(&key) {
-                    None => Some((name.to_owned(), key)),
+                // One person, however many connections: each has an entry
+                // of its own in `names`, the first under the name's key.
+                (Some((_, Ok((name, key)))), Some(id)) => Some(state.seat(id, name, key, &tenure)?),
+                (Some((name, Ok((shown, key)))), None) => match state.names.get(&key) {
+                    None => Some((shown, key)),
                     Some(holder) if holder.owned_by(session.as_deref()) => {
                         holder.tenure.retire();
                         last_id = holder.tenure.last_id();
                         was = state.names.remove(&key).map(|holder| holder.name);
-                        Some((name.to_owned(), key))
+                        Some((shown, key))
                     }
                     Some(_) => {
                         notices.push(error_frame(ClientError::NameTaken { name }, protocol));
@@ -737,10 +851,16 @@ impl Hub {
             } else {
                 state.presence.joined();
             }
-            (name, notices, rx)
+            Ok((name, notices, rx))
         })?;
-        let member = Member { hub: self.clone(), room, name, protocol, registered: true, tenure };
-        Some(Joined { member, rx, notices, skip_through: 0 })
+        let (who, registered, name) = (who.clone(), joined.is_ok(), String::new());
+        let mut member =
+            Member { hub: self.clone(), room, name, protocol, registered, tenure, who };
+        // When refused, the member was counted in, and is out again as it drops.
+        Some(joined.map(|(name, notices, rx)| {
+            member.name = name;
+            Joined { member, rx, notices, skip_through: 0 }
+        }))
     }
 
     /// The welcome of a client of `protocol`: JSON clients also learn their
@@ -773,7 +893,7 @@ impl Hub {
         request: &ChatRequest,
         fallback: &str,
     ) -> Result<Joined, BackendError> {
-        let ChatRequest { room, name: requested, resume, protocol, session } = request;
+        let ChatRequest { room, name: requested, resume, protocol, session, who } = request;
         let protocol = *protocol;
         // In the room (and subscribed to its events) before the backend announces
         // the join, so the joiner sees its own notice and all that follows.
@@ -795,6 +915,7 @@ impl Hub {
             protocol,
             registered: false,
             tenure,
+            who: who.clone(),
         };
         let room = &member.room;
         room.subscribed.get_or_try_init(|| self.backend.subscribe(&room.name)).await?;
@@ -1245,12 +1366,23 @@ impl Member {
     /// Changes this client's name and tells the room; returns what its
     /// notice is.
     pub async fn rename<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
+        if self.who.identity().is_some() {
+            return Err(ClientError::NameFromToken);
+        }
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
         if self.hub.backend.is_shared() {
             // Boxed whole: its state stays out of every connection's future.
+            // (No guests there: JWT is refused with --redis for now.)
             return Box::pin(self.rename_shared(new)).await;
         }
-        let (key, old_key) = (name_key(new), name_key(&self.name));
+        let marked;
+        let shown = if self.who == Who::Guest {
+            marked = format!("{GUEST_MARK}{new}");
+            marked.as_str()
+        } else {
+            new
+        };
+        let (key, old_key) = (name_key(shown), name_key(&self.name));
         let mut state = lock(&self.room.state);
         // Retired under this lock: its name is its successor's to change.
         if self.tenure.is_retired() {
@@ -1260,11 +1392,14 @@ impl Member {
             return Err(ClientError::NameTaken { name: new });
         }
         let holder = state.names.remove(&old_key);
-        let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
+        let holder = holder.map(|h| Holder { name: shown.to_owned(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
-        let old = std::mem::replace(&mut self.name, new.to_owned());
-        let event =
-            Event::Nick { room: self.room.name.as_str().into(), old: old.into(), new: new.into() };
+        let old = std::mem::replace(&mut self.name, shown.to_owned());
+        let event = Event::Nick {
+            room: self.room.name.as_str().into(),
+            old: old.into(),
+            new: shown.into(),
+        };
         Ok(Ack::Pos(self.room.broadcast(&mut state, &event)))
     }
 
@@ -1334,8 +1469,19 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let key = name_key(&self.name);
+        let mut key = name_key(&self.name);
         let mut state = lock(&self.room.state);
+        if self.who.identity().is_some() && self.registered {
+            if let Some(person) = state.people.get_mut(&key) {
+                person.connections -= 1;
+                if person.connections == 0 {
+                    state.people.remove(&key);
+                }
+            }
+            if !state.names.get(&key).is_some_and(|h| self.holds(h)) {
+                key = device_key(&key, &self.tenure);
+            }
+        }
         // A retired connection's name is its successor's now.
         let holds = self.registered && state.names.get(&key).is_some_and(|h| self.holds(h));
         if holds {
@@ -1487,6 +1633,7 @@ mod tests {
             protocol: Protocol::Text,
             registered: true,
             tenure,
+            who: Who::Anyone,
         };
         Joined { member, rx, notices: Vec::new(), skip_through: 0 }
     }
@@ -1594,7 +1741,7 @@ mod tests {
         let config = ServerConfig { presence_limit: 0, ..ServerConfig::default() };
         let hub = hub(Backend::fake(Mode::Degraded), &config);
         let joined = block_on(hub.join(&request("lobby", Some("carol")), "10.0.0.1"));
-        assert!(matches!(joined, Err(BackendError::Down)), "{joined:?}");
+        assert!(matches!(joined, Err(JoinError::Backend(BackendError::Down))), "{joined:?}");
         let mut alice = member_while_linked(&hub, "lobby", "alice");
         let bob = member_while_linked(&hub, "lobby", "bob");
         drop(bob);
