@@ -33,7 +33,7 @@ field() { # json, name: a number from chat-bench's JSON report
 }
 
 echo "$(date -u +%Y-%m-%d) on $(nproc) cores; generator on the same machine; 10 senders, 64-byte messages"
-printf '%-8s %5s %7s %6s | %12s %9s %8s %6s\n' variant round clients rate "deliv/s" "p99 ms" "cpu us" lost
+printf '%-8s %5s %7s %6s | %12s %9s %8s %9s %6s\n' variant round clients rate "deliv/s" "p99 ms" "cpu us" "KiB/conn" lost
 for round in $(seq "$rounds"); do
   for variant in "${variants[@]}"; do
     label=${variant%%=*} command=${variant#*=}
@@ -56,8 +56,10 @@ for round in $(seq "$rounds"); do
       kill "$pid"; wait "$pid" 2>/dev/null || true
       d=$(field "$json" delivered_per_s); p=$(field "$json" p99)
       c=$(field "$json" server_cpu_us_per_delivery); l=$(field "$json" lost)
-      printf '%-8s %5d %7d %6d | %12.0f %9.2f %8.3f %6s\n' "$label" "$round" "$clients" "$rate" \
-        "${d:-0}" "${p:-0}" "${c:-0}" "${l:-?}" | tee -a "$out/runs"
+      b=$(field "$json" before); k=$(field "$json" connected)
+      m=$(awk -v b="${b:-0}" -v k="${k:-0}" -v n="$clients" 'BEGIN { print (k - b) / n }')
+      printf '%-8s %5d %7d %6d | %12.0f %9.2f %8.3f %9.2f %6s\n' "$label" "$round" "$clients" "$rate" \
+        "${d:-0}" "${p:-0}" "${c:-0}" "$m" "${l:-?}" | tee -a "$out/runs"
     done
   done
 done
@@ -69,12 +71,12 @@ for variant in "${variants[@]}"; do
     read -r clients rate _ <<<"$load"
     awk -v l="$label" -v c="$clients" -v r="$rate" '
       BEGIN { n = 0 }
-      $1 == l && $3 == c && $4 == r { d[n] = $6; p[n] = $7; u[n] = $8; n++ }
+      $1 == l && $3 == c && $4 == r { d[n] = $6; p[n] = $7; u[n] = $8; k[n] = $9; n++ }
       function median(a, n,   i, j, t) {
         for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
         return n % 2 ? a[int(n / 2)] : (a[n / 2 - 1] + a[n / 2]) / 2
       }
-      END { if (n) printf "%-8s %7d %6d | %12.0f %9.2f %8.3f  (%d runs)\n", l, c, r, median(d, n), median(p, n), median(u, n), n }' \
+      END { if (n) printf "%-8s %7d %6d | %12.0f %9.2f %8.3f %9.2f  (%d runs)\n", l, c, r, median(d, n), median(p, n), median(u, n), median(k, n), n }' \
       "$out/runs"
   done
 done
