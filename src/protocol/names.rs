@@ -79,8 +79,22 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.contains(super::GUEST_MARK) || name_key(name).contains(super::GUEST_MARK) {
         return Err(NameError::GuestMark);
     }
+    // Nor may a name start with what passes for the mark at a glance, which
+    // the look-alike key keeps apart (`˜bob` would pass for the guest `~bob`).
+    if name.chars().next().is_some_and(|c| TILDE_LIKE.contains(&c)) {
+        return Err(NameError::GuestMark);
+    }
     Ok(())
 }
+
+/// Characters that look like the guest mark `~` but that the look-alike key
+/// keeps apart; a name may hold them, but not first. Combining tildes
+/// first would sit on nothing, or on what comes before the name.
+const TILDE_LIKE: &[char] = &[
+    '\u{02DC}', '\u{02F7}', '\u{1FC0}', '\u{2053}', '\u{223C}', '\u{2248}', '\u{2307}', '\u{2E2F}',
+    '\u{301C}', '\u{3030}', '\u{FE4B}', '\u{FF5E}', '\u{0303}', '\u{0330}', '\u{0334}', '\u{0342}',
+    '\u{0360}', '\u{033E}',
+];
 
 /// Whether `c` shows as nothing, or as something it is not: a
 /// `Default_Ignorable_Code_Point`, a format character (`General_Category` Cf,
@@ -228,6 +242,12 @@ mod tests {
         for name in ["~bob", "bob~", "b~b", "\u{FF5E}bob", "\u{2053}bob"] {
             assert_eq!(validate_name(name), Err(NameError::GuestMark), "{name}");
         }
+        // Tildes the look-alike key keeps apart may not come first either.
+        for name in ["\u{02DC}bob", "\u{1FC0}bob", "\u{02F7}bob", "\u{3030}bob", "\u{0303}bob"] {
+            assert_eq!(validate_name(name), Err(NameError::GuestMark), "{name}");
+        }
+        assert_eq!(validate_name("se\u{00F1}or"), Ok(()));
+        assert_eq!(validate_name("sen\u{0303}or"), Ok(()));
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Default `--jwt-leeway`: the clocks of a token's issuer and of this
 /// server may differ by this much.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest `--jwt-leeway`: a day is already no expiry to speak of, and a
+/// leeway past the clock's own count would turn jsonwebtoken's check around.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_hours(24);
 /// Default `--ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `--ping-timeout`.
@@ -436,6 +439,12 @@ impl ServerConfig {
         if jwt && self.token.is_some() {
             return Err("--token cannot be used with --jwt-secret or --jwt-public-key".into());
         }
+        if self.jwt_leeway > MAX_JWT_LEEWAY {
+            return Err(format!(
+                "--jwt-leeway (CHAT_JWT_LEEWAY) must be at most {} seconds",
+                MAX_JWT_LEEWAY.as_secs()
+            ));
+        }
         if self.guests && !jwt {
             return Err("--guests needs --jwt-secret or --jwt-public-key".into());
         }
@@ -578,6 +587,20 @@ mod tests {
     }
 
     // So CHAT_PORT and the like, set for the process, do not leak into it.
+    #[test]
+    fn a_leeway_past_a_day_is_refused() {
+        let secret = Some("s3cret".into());
+        let config = ServerConfig {
+            jwt_secret: secret,
+            jwt_leeway: MAX_JWT_LEEWAY,
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.check_identity(), Ok(()));
+        let config = ServerConfig { jwt_leeway: MAX_JWT_LEEWAY * 2, ..config };
+        let error = config.check_identity().expect_err("refused");
+        assert!(error.starts_with("--jwt-leeway"), "{error}");
+    }
+
     #[test]
     fn the_default_reads_no_environment() {
         assert!(defaults_command().get_arguments().all(|arg| arg.get_env().is_none()));

@@ -399,9 +399,12 @@ impl Access {
             return Ok(Who::Anyone);
         }
         // The scheme is case-insensitive (RFC 9110, section 11.1).
-        let bearer = header(request, "authorization")
+        let authorization = header(request, "authorization");
+        let bearer = authorization
             .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .filter(|(scheme, value)| {
+                scheme.eq_ignore_ascii_case("bearer") && !value.trim().is_empty()
+            })
             .map(|(_, value)| value.trim().to_owned());
         let presented =
             bearer.or_else(|| offered_token(request)).or_else(|| query_param(query, "token"));
@@ -410,6 +413,8 @@ impl Access {
             // it is bad rather than coming in as a guest.
             return match presented {
                 Some(token) => Ok(Who::User(Arc::new(jwt.verify(&token)?))),
+                // Credentials of another kind are not a guest's absence of them.
+                None if authorization.is_some() => Err(TokenError::NotBearer),
                 None if self.guests => Ok(Who::Guest),
                 None => Err(TokenError::Missing),
             };

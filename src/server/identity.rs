@@ -54,6 +54,10 @@ pub enum TokenError {
     /// None was presented, and guests are not let in.
     #[error("a token is required: Authorization: Bearer TOKEN, or ?token=")]
     Missing,
+    /// An `Authorization` header that does not carry a bearer token (a
+    /// bare `Bearer`, another scheme): refused, not taken for a guest.
+    #[error("Authorization carries no bearer token: Authorization: Bearer TOKEN")]
+    NotBearer,
     /// Not `--token`, or none (with `--token`, not a JWT key).
     #[error("a valid token is required: Authorization: Bearer TOKEN, or ?token=")]
     NotTheSharedToken,

@@ -196,6 +196,22 @@ async fn guests_are_marked_and_never_look_like_a_token_holder() {
 }
 
 #[tokio::test]
+async fn with_guests_credentials_that_are_no_bearer_token_are_refused_not_taken_for_a_guest() {
+    let server = TestServer::with(ServerConfig { guests: true, ..hs256_server_config() }).await;
+    for authorization in ["Basic YWxpY2U6cHc=", "Bearer", "Bearer   "] {
+        let request = format!(
+            "GET /?name=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Authorization: {authorization}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let response = exchange_from(LOOPBACK, server.addr, request.as_bytes()).await;
+        assert_eq!(status_of(&response), "401", "{authorization}: {response}");
+        assert!(body(&response).contains("no bearer token"), "{response}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn without_guests_a_request_without_token_is_refused() {
     let server = TestServer::with(hs256_server_config()).await;
     let response = answer(&server, "/?name=alice", None).await;

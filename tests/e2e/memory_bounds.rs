@@ -498,3 +498,64 @@ async fn memory_freed_when_rooms_empty_is_reused_and_rooms_leave_connections_the
         held_until(server.addr, max, "the rooms are gone", |held| held == 0).await;
     }
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
+        .expect("VmHWM");
+    kib * KIB
+}
+
+#[tokio::test]
+async fn many_joins_at_once_to_a_room_read_back_from_the_store_read_it_once() {
+    let (mut child, addr) = spawn_server(&[
+        "--rate-limit",
+        "0",
+        "--joins-per-ip",
+        "0",
+        "--max-handshakes-per-ip",
+        "0",
+        "--max-connections-per-ip",
+        "0",
+    ])
+    .await;
+    // 100 messages of 60 KiB in the store; the room then leaves memory.
+    let url = format!("ws://{addr}/big");
+    let mut filler = join(&format!("{url}?name=filler")).await;
+    let text = quotes(60 * KIB);
+    for _ in 0..100 {
+        say(&mut filler, &text).await;
+        assert_eq!(next_message(&mut filler).await, format!("filler: {text}"));
+    }
+    drop(filler);
+    timeout(PATIENCE, async {
+        while metric(addr, "chat_memory_bytes").await > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the emptied room forgotten");
+
+    let pid = child.id().expect("a pid");
+    let before = rss_bytes(pid);
+    let joins =
+        (0..60).map(|i| async move { joined_not_reading(addr, &format!("/big?name=j{i}")).await });
+    let held = futures_util::future::join_all(joins).await;
+    timeout(PATIENCE, async {
+        while metric(addr, "chat_connections").await < held.len() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("all joined");
+    // Each join used to read the room's 100 messages (6 MB) itself: 60 at
+    // once took 370 MB. Read once, and only what the history keeps (1 MiB).
+    let grown = peak_rss_bytes(pid).saturating_sub(before);
+    assert!(grown < 100 * MIB, "peak RSS grew {} MiB", grown / MIB);
+    drop(held);
+    child.kill().await.expect("kill");
+}

@@ -168,6 +168,7 @@ enum Job {
     Load {
         room: Box<str>,
         history: usize,
+        history_bytes: usize,
         reply: oneshot::Sender<Result<Loaded, StoreError>>,
     },
     Page {
@@ -287,12 +288,18 @@ impl Store {
     }
 
     /// Reads `room` back (creating it, with a new epoch, if the store has
-    /// never seen it) with its last `history` messages, and reserves
-    /// numbers ahead of its last.
-    pub(crate) async fn load(&self, room: &str, history: usize) -> Result<Loaded, StoreError> {
+    /// never seen it) with its last `history` messages, at most
+    /// `history_bytes` of text and names (the hub keeps no more, and counts
+    /// more for each), and reserves numbers ahead of its last.
+    pub(crate) async fn load(
+        &self,
+        room: &str,
+        history: usize,
+        history_bytes: usize,
+    ) -> Result<Loaded, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job::Load { room: room.into(), history, reply })
+            .send(Job::Load { room: room.into(), history, history_bytes, reply })
             .map_err(|_| StoreError::Failed("the writer stopped".into()))?;
         answer.await.map_err(|_| StoreError::Failed("the writer stopped".into()))?
     }
@@ -613,8 +620,8 @@ fn apply(
             )?
             .execute(params![&*room, &*epoch, seq])?;
         }
-        Job::Load { room, history, reply } => {
-            owed.loads.push((reply, load(tx, &room, history, retention)?));
+        Job::Load { room, history, history_bytes, reply } => {
+            owed.loads.push((reply, load(tx, &room, history, history_bytes, retention)?));
         }
         Job::Page { room, before, limit, reply } => {
             owed.pages.push((reply, page(tx, &room, before, limit, retention)?));
@@ -708,6 +715,7 @@ fn load(
     tx: &rusqlite::Transaction<'_>,
     room: &str,
     history: usize,
+    history_bytes: usize,
     retention: Retention,
 ) -> rusqlite::Result<Loaded> {
     let row = tx
@@ -740,11 +748,16 @@ fn load(
     )?;
     let mut newest_first: Vec<Stored> = Vec::new();
     let limit = i64::try_from(history).unwrap_or(i64::MAX);
+    let mut bytes = 0usize;
     for message in rows.query_map(params![room, cutoff(retention.age), limit], stored)? {
         let message = message?;
         // Only the tail without a gap: the hub's history is numbered
         // without one.
         if newest_first.last().is_some_and(|next| next.seq != message.seq + 1) {
+            break;
+        }
+        bytes = bytes.saturating_add(message.text.len() + message.from.len());
+        if bytes > history_bytes {
             break;
         }
         newest_first.push(message);
@@ -840,7 +853,7 @@ mod tests {
     fn three_then_stop(db: &TempDb, clean: bool) -> String {
         let store = db.open().expect("opens");
         block_on(async {
-            let loaded = store.load("r", 100).await.expect("loads");
+            let loaded = store.load("r", 100, usize::MAX).await.expect("loads");
             assert_eq!((loaded.seq, loaded.floor, loaded.ceiling.get()), (0, 0, RESERVE_AHEAD));
             for seq in 1..=3 {
                 store.append("r", message(seq));
@@ -854,11 +867,23 @@ mod tests {
     }
 
     #[test]
+    fn a_room_is_read_back_with_no_more_than_the_history_bytes() {
+        let db = TempDb::new();
+        three_then_stop(&db, true);
+        let store = db.open().expect("opens again");
+        // Each message is "alice" and "mN": 7 bytes; 15 hold the last two.
+        let loaded = block_on(store.load("r", 100, 15)).expect("loads");
+        let seqs: Vec<_> = loaded.history.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(loaded.seq, 3);
+    }
+
+    #[test]
     fn after_a_clean_stop_numbering_goes_on_from_the_last_message() {
         let db = TempDb::new();
         let epoch = three_then_stop(&db, true);
         let store = db.open().expect("opens again");
-        let loaded = block_on(store.load("r", 100)).expect("loads");
+        let loaded = block_on(store.load("r", 100, usize::MAX)).expect("loads");
         assert_eq!((loaded.epoch.as_str(), loaded.seq, loaded.floor), (epoch.as_str(), 3, 0));
         let seqs: Vec<_> = loaded.history.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
@@ -870,7 +895,7 @@ mod tests {
         let db = TempDb::new();
         let epoch = three_then_stop(&db, false);
         let store = db.open().expect("opens again");
-        let loaded = block_on(store.load("r", 100)).expect("loads");
+        let loaded = block_on(store.load("r", 100, usize::MAX)).expect("loads");
         // Numbers up to the ceiling may have been handed out before the crash.
         assert_eq!(
             (loaded.epoch.as_str(), loaded.seq, loaded.floor),
@@ -885,7 +910,7 @@ mod tests {
         let db = TempDb::new();
         let store = db.open().expect("opens");
         block_on(async {
-            let loaded = store.load("r", 100).await.expect("loads");
+            let loaded = store.load("r", 100, usize::MAX).await.expect("loads");
             store.reserve("r", &loaded.epoch, 5000, loaded.ceiling.clone());
             // Answered after the reservation's commit.
             store.page("r", 1, 1).await.expect("a page");
@@ -896,7 +921,7 @@ mod tests {
             store.close(Duration::from_secs(10)).await;
         });
         let store = db.open().expect("opens again");
-        let loaded = block_on(store.load("r", 100)).expect("loads");
+        let loaded = block_on(store.load("r", 100, usize::MAX)).expect("loads");
         assert_eq!((loaded.epoch.as_str(), loaded.floor), ("another", 6000));
     }
 

@@ -169,6 +169,11 @@ pub struct Hub {
     budget: Arc<Budget>,
     /// Taken by whoever frees memory for all rooms: one at a time.
     reclaiming: Mutex<()>,
+    /// Taken while a room is read back from the store and entered: many
+    /// joins at once to a room not in memory would otherwise each read its
+    /// history, none of it counted (60 such joins once took 370 MB). The
+    /// store's one writer reads one room at a time anyway.
+    loading: tokio::sync::Mutex<()>,
     /// Largest room whose joins and leaves are announced one by one
     /// (`--presence-limit`); larger rooms get [`Hub::summarize`]'s summaries.
     presence_limit: usize,
@@ -532,6 +537,7 @@ impl Hub {
             keep_for: config.keep_for,
             budget,
             reclaiming: Mutex::new(()),
+            loading: tokio::sync::Mutex::new(()),
             presence_limit: config.presence_limit,
             limits: config.wire_limits(),
             backend,
@@ -655,10 +661,19 @@ impl Hub {
         let Some(store) = self.backend.store() else {
             return self.join_here(request, fallback, None);
         };
-        let mut loaded = None;
         loop {
-            if loaded.is_none() && !lock(&self.rooms).contains_key(&request.room) {
-                let read = store.load(&request.room, self.history).await;
+            if lock(&self.rooms).contains_key(&request.room) {
+                let mut loaded = None;
+                if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+                    return joined;
+                }
+            }
+            // Not in memory: read back by one join while the others wait,
+            // and find it there.
+            let _loading = self.loading.lock().await;
+            let mut loaded = None;
+            if !lock(&self.rooms).contains_key(&request.room) {
+                let read = store.load(&request.room, self.history, self.history_bytes).await;
                 loaded = Some(read.map_err(|error| {
                     warn!(%error, room = request.room, "cannot read the room back: not keeping it");
                     error
