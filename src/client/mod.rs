@@ -111,6 +111,9 @@ pub enum Error {
         /// Why, when it is one reason for all: `": the server is unreachable"`.
         why: String,
     },
+    /// In a pipe, the name asked for was refused: nothing was sent.
+    #[error("{0}: nothing sent under another name")]
+    NameRefused(String),
     /// Stdout or the terminal failed.
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
@@ -149,6 +152,12 @@ struct Session {
     secret: Option<String>,
     /// What the server lets us send.
     limits: Option<Limits>,
+    /// In a pipe with `--name`: a name refused before the first welcome
+    /// ends the client, rather than posting under the address the server
+    /// falls back to.
+    strict_name: bool,
+    /// Whether a welcome came on any connection.
+    welcomed: bool,
 }
 
 /// Lines on their way to the server.
@@ -186,7 +195,13 @@ pub async fn run(config: ClientConfig) -> Result<(), Error> {
         (Output::Pipe(style), None)
     };
     let output = RefCell::new(output);
-    let mut session = Session { name: config.name.clone(), ..Session::default() };
+    // A name asked for with --name, or in the URL's query.
+    let named = config.name.is_some()
+        || config.url.split_once('?').is_some_and(|(_, query)| {
+            form_urlencoded::parse(query.as_bytes()).any(|(key, _)| key == "name")
+        });
+    let strict_name = !interactive && named;
+    let mut session = Session { name: config.name.clone(), strict_name, ..Session::default() };
     let lines = RefCell::new(Lines::default());
 
     let chatting = stay_connected(&config, &tls, &mut session, &mut stdin, &lines, &output);
@@ -263,6 +278,7 @@ async fn stay_connected(
                     }
                     Ended::Lost(cause) => Error::Lost { url: config.url.clone(), cause },
                     Ended::Output(error) => return Err(Error::Output(error)),
+                    Ended::NameRefused(why) => return Err(Error::NameRefused(why)),
                 }
             }
             // The first connection fails at once: the URL or server is wrong.
@@ -369,6 +385,8 @@ enum Ended {
     },
     Lost(String),
     Output(io::Error),
+    /// The name asked for was refused ([`Session::strict_name`]).
+    NameRefused(String),
 }
 
 /// Sends stdin lines and prints the server's events until one side ends.
@@ -566,7 +584,12 @@ where
             Some(Ok(frame)) => {
                 if let Some(text) = frame.as_text() {
                     let printed = match serde_json::from_str::<Event<'_>>(text) {
-                        Ok(event) => on_event(&event, session, lines, answered, output),
+                        Ok(event) => {
+                            if let Some(why) = session.borrow().refused_name(&event) {
+                                return Ended::NameRefused(why);
+                            }
+                            on_event(&event, session, lines, answered, output)
+                        }
                         Err(error) => output
                             .borrow_mut()
                             .notice(&format!("the server sent an unreadable event: {error}")),
@@ -650,9 +673,26 @@ fn on_event(
 }
 
 impl Session {
+    /// Why the name asked for was refused, when that ends the client.
+    fn refused_name(&self, event: &Event<'_>) -> Option<String> {
+        let refusals = [
+            ClientError::InvalidName { name: "", reason: crate::protocol::NameError::Empty }.code(),
+            ClientError::NameTaken { name: "" }.code(),
+        ];
+        match event {
+            Event::Error { code: Some(code), text, .. }
+                if self.strict_name && !self.welcomed && refusals.contains(&code.as_ref()) =>
+            {
+                Some(text.to_string())
+            }
+            _ => None,
+        }
+    }
+
     fn update(&mut self, event: &Event<'_>) {
         match event {
             Event::Welcome { name, epoch, limits, session, .. } => {
+                self.welcomed = true;
                 if self.epoch.as_deref() != Some(epoch) {
                     // A new history: its numbers start over.
                     self.epoch = Some(epoch.to_string());

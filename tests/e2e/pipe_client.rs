@@ -27,6 +27,35 @@ async fn a_hundred_piped_lines_all_arrive_in_order_within_the_default_rate_limit
 }
 
 #[tokio::test]
+async fn a_refused_name_ends_a_piped_client_before_it_posts_under_another() {
+    let server = TestServer::start().await;
+    let mut holder = Peer::named(&server, "bob").await;
+    for (args, why) in [
+        (vec![server.url("/"), "--name".to_owned(), "a b".to_owned()], "invalid name \"a b\""),
+        (vec![server.url("/?name=BOB")], "name \"BOB\" is taken"),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(CLIENT, &args, "posted\n").await;
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(stdout, "");
+        assert!(stderr.starts_with(&format!("error: {why}")), "{stderr}");
+        assert!(stderr.ends_with(": nothing sent under another name\n"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    // Nothing was posted: the server let them in under their address
+    // before they heard the refusal, and they left without a word.
+    holder.send("still alone").await;
+    loop {
+        let line = holder.next().await;
+        assert!(!line.ends_with(": posted"), "{line}");
+        if line == "bob: still alone" {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn lines_that_cannot_be_sent_are_reported_on_stderr_and_exit_3() {
     let config = ServerConfig { max_message_bytes: 16, ..ServerConfig::default() };
     let server = TestServer::with(config).await;

@@ -99,7 +99,7 @@ pub(crate) struct Loaded {
     pub floor: u64,
     /// Numbers up to here are reserved on disk.
     pub ceiling: Arc<Ceiling>,
-    /// The last messages, oldest first, numbered without a gap.
+    /// The last messages, oldest first (numbers jump where a crash was).
     pub history: Vec<Stored>,
 }
 
@@ -751,11 +751,8 @@ fn load(
     let mut bytes = 0usize;
     for message in rows.query_map(params![room, cutoff(retention.age), limit], stored)? {
         let message = message?;
-        // Only the tail without a gap: the hub's history is numbered
-        // without one.
-        if newest_first.last().is_some_and(|next| next.seq != message.seq + 1) {
-            break;
-        }
+        // Across the jump in numbering after a crash too: the hub finds
+        // messages by number, and a newcomer sees what was said before it.
         bytes = bytes.saturating_add(message.text.len() + message.from.len());
         if bytes > history_bytes {
             break;
@@ -903,6 +900,23 @@ mod tests {
         );
         assert_eq!(loaded.history.len(), 3);
         assert_eq!(loaded.ceiling.get(), 2 * RESERVE_AHEAD);
+    }
+
+    #[test]
+    fn a_room_is_read_back_across_the_jump_a_crash_left() {
+        let db = TempDb::new();
+        let epoch = three_then_stop(&db, false);
+        let store = db.open().expect("opens again");
+        block_on(async {
+            let loaded = store.load("r", 100, usize::MAX).await.expect("loads");
+            store.append("r", message(loaded.floor + 1));
+            store.settle("r", &epoch, loaded.floor + 1);
+            store.close(Duration::from_secs(10)).await;
+        });
+        let store = db.open().expect("opens a third time");
+        let loaded = block_on(store.load("r", 100, usize::MAX)).expect("loads");
+        let seqs: Vec<_> = loaded.history.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, RESERVE_AHEAD + 1]);
     }
 
     #[test]
