@@ -274,6 +274,25 @@ async fn ctrl_d_while_connected_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_shown_under_its_line_does_not_make_quitting_a_failure() {
+    let server = TestServer::start().await;
+    let mut alice = Peer::named(&server, "alice").await;
+    let mut bob = bob_joins(&server, &[]);
+    alice.expect("* bob joined").await;
+
+    bob.keys("/nick alice\r");
+    bob.expect("name \"alice\" is taken");
+    bob.keys("hello\r");
+    alice.expect("bob: hello").await;
+    bob.keys("/quit\r");
+    let rest = bob.expect_end();
+    assert!(!rest.contains("not sent"), "{rest:?}");
+    assert_eq!(bob.exit_code(), 0);
+    alice.expect("* bob left").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quit_command_while_connected_exits_0() {
     let server = TestServer::start().await;
     let mut alice = Peer::named(&server, "alice").await;
