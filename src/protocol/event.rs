@@ -343,10 +343,12 @@ impl fmt::Display for Event<'_> {
                 write!(f, "* {joined} joined, {left} left; {online} online")
             }
             Event::History { phase: Phase::Start, count } => {
-                write!(f, "* {count} earlier messages")
+                write!(f, "* {count} earlier message{}", plural(*count as u64))
             }
             Event::History { phase: Phase::End, .. } => f.write_str("* end of history"),
-            Event::Missed { count: Some(count), .. } => write!(f, "! missed {count} messages"),
+            Event::Missed { count: Some(count), .. } => {
+                write!(f, "! missed {count} message{}", plural(*count))
+            }
             Event::Missed { count: None, .. } => {
                 f.write_str("! missed an unknown number of messages: the room's history was reset")
             }
@@ -360,7 +362,8 @@ impl fmt::Display for Event<'_> {
                     None => f.write_str("* no earlier messages")?,
                     Some(first) => {
                         let count = messages.len();
-                        write!(f, "* {count} earlier messages from #{}:", first.seq)?;
+                        let s = plural(count as u64);
+                        write!(f, "* {count} earlier message{s} from #{}:", first.seq)?;
                     }
                 }
                 for PastMessage { seq, from, text, ts } in messages {
@@ -380,4 +383,9 @@ impl fmt::Display for Event<'_> {
 pub fn parse_welcome(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("* you are ")?;
     rest.split_once(" in room ").map(|(name, _)| name)
+}
+
+/// The plural ending for `count` of something: "1 message", "2 messages".
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
 }

@@ -93,7 +93,7 @@ impl Peer {
         let mut peer = Self { ws, name };
         // The room's history, if any, comes before the join notice.
         let mut line = peer.next().await;
-        if line.ends_with(" earlier messages") {
+        if line.ends_with(" earlier messages") || line.ends_with(" earlier message") {
             while line != "* end of history" {
                 line = peer.next().await;
             }

@@ -111,7 +111,10 @@ async fn next_message(ws: &mut Socket) -> String {
 async fn replayed(url: &str) -> usize {
     let mut ws = join(url).await;
     let line = next_text(&mut ws).await;
-    let count = line.strip_prefix("* ").and_then(|rest| rest.strip_suffix(" earlier messages"));
+    let rest = line.strip_prefix("* ");
+    let count = rest.and_then(|rest| {
+        rest.strip_suffix(" earlier messages").or_else(|| rest.strip_suffix(" earlier message"))
+    });
     count.map_or(0, |count| count.parse().expect("a count"))
 }
 

@@ -217,7 +217,7 @@ async fn history_prints_earlier_messages_with_dates_one_line_each_and_pages_back
          #2 DATE alice: two\u{2424}bob: forged\n\
          #3 DATE alice: m3\n\
          * more: /history N 2\n\
-         * 1 earlier messages from #1:\n\
+         * 1 earlier message from #1:\n\
          #1 DATE alice: m1\n\
          * no earlier messages\n"
     );
