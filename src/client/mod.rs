@@ -744,11 +744,12 @@ fn chat_uri(
 ) -> Result<Uri, Error> {
     let invalid =
         |reason: &str| Error::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
-    let uri: Uri =
-        url.parse().map_err(|error: http::uri::InvalidUri| invalid(&error.to_string()))?;
+    let uri: Uri = url.parse().map_err(|error: http::uri::InvalidUri| {
+        invalid(&format!("{error}; write it as ws://HOST:PORT/ROOM"))
+    })?;
     match uri.scheme_str() {
         Some("ws" | "wss") => {}
-        _ => return Err(invalid("the URL must start with ws:// or wss://")),
+        _ => return Err(invalid("the URL must start with ws:// or wss:// (ws://HOST:PORT/ROOM)")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));

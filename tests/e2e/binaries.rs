@@ -58,7 +58,7 @@ async fn client_reports_a_refused_upgrade_and_a_malformed_url_in_one_line() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        "error: invalid URL \"http://example.com/\": the URL must start with ws:// or wss://\n"
+        "error: invalid URL \"http://example.com/\": the URL must start with ws:// or wss:// (ws://HOST:PORT/ROOM)\n"
     );
     server.stop().await;
 }

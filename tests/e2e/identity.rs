@@ -180,8 +180,11 @@ async fn guests_are_marked_and_never_look_like_a_token_holder() {
         assert_ne!(name_key(&guest.name), name_key("alice"), "{}", guest.name);
         alice.wait_for(&format!("* {} joined", guest.name)).await;
     }
-    // The mark itself cannot be asked for: the guest gets its marked address.
-    let mut ws = crate::common::connect(&server.url("/?name=~alice")).await;
+    // Asking with the mark gets it once; the mark inside a name is refused,
+    // and the guest gets its marked address.
+    let eve = Peer::join(&server, "/?name=~eve").await;
+    assert_eq!(eve.name, "~eve");
+    let mut ws = crate::common::connect(&server.url("/?name=~~alice")).await;
     let refusal = crate::common::next_text(&mut ws).await;
     assert!(refusal.starts_with("! invalid name \"~alice\""), "{refusal}");
     let welcome = crate::common::next_text(&mut ws).await;
@@ -192,6 +195,9 @@ async fn guests_are_marked_and_never_look_like_a_token_holder() {
     // A guest's new name is marked too.
     guest.send("/nick zed").await;
     guest.wait_for(&format!("* {} is now ~zed", guest.name)).await;
+    guest.name = "~zed".into();
+    guest.send("/nick ~ann").await;
+    guest.wait_for("* ~zed is now ~ann").await;
     server.stop().await;
 }
 

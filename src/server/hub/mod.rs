@@ -504,7 +504,9 @@ fn requested_name<'a>(
 ) -> Option<(&'a str, Result<ShownName, NameError>)> {
     let requested = match who {
         Who::User(identity) => Some(identity.name.as_str()),
-        Who::Anyone | Who::Guest => requested,
+        Who::Anyone => requested,
+        // A guest asking for its name with the mark gets it once.
+        Who::Guest => requested.map(|name| name.strip_prefix(GUEST_MARK).unwrap_or(name)),
     };
     requested.map(|name| {
         let checked = validate_name(name).map(|()| {
@@ -1384,6 +1386,8 @@ impl Member {
         if self.who.identity().is_some() {
             return Err(ClientError::NameFromToken);
         }
+        let new =
+            if self.who == Who::Guest { new.strip_prefix(GUEST_MARK).unwrap_or(new) } else { new };
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
         if self.hub.backend.is_shared() {
             // Boxed whole: its state stays out of every connection's future.
