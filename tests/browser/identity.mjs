@@ -71,6 +71,8 @@ try {
   const response = await stranger.goto(base);
   if (response.status() !== 200) fail(`the page without a token answered ${response.status()}`);
   await stranger.locator("#state.offline").waitFor({ timeout: PATIENCE });
+  // It cannot see the 401, and says what is likely missing.
+  await stranger.locator("#messages li", { hasText: "#token=" }).waitFor({ timeout: PATIENCE });
   console.log("browser identity test passed");
 } catch (error) {
   fail(error.stack || String(error));
