@@ -344,7 +344,9 @@ async fn refusal<R: AsyncBufRead + Unpin>(
     });
     let wait =
         retry_after.map_or_else(String::new, |wait| format!(" (retry after {} s)", wait.as_secs()));
-    let detail = format!("{explanation}{wait}");
+    // The server names its headers; this client's own way is a flag.
+    let hint = if status == 401 { " (this client sends one with --token)" } else { "" };
+    let detail = format!("{explanation}{wait}{hint}");
     Failure::Refused { status, detail, retry_after }
 }
 

@@ -133,6 +133,12 @@ impl Verifier {
     /// The identity `token` proves.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         let expected = self.validation.algorithms[0];
+        // Said plainly, rather than as what the decoder tripped on.
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed(
+                "a JWT is three base64url parts separated by dots".into(),
+            ));
+        }
         // Read first, so that an algorithm the crate does not know (`none`)
         // is told as such, not as malformed JSON.
         if header_alg(token).is_some_and(|alg| alg != format!("{expected:?}")) {

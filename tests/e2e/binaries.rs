@@ -216,7 +216,8 @@ async fn client_presents_its_token() {
         stderr,
         format!(
             "error: cannot connect to {url}: the server refused the upgrade with HTTP 401: \
-             a valid token is required: Authorization: Bearer TOKEN, or ?token=\n"
+             a valid token is required: Authorization: Bearer TOKEN, or ?token= \
+             (this client sends one with --token)\n"
         )
     );
     server.stop().await;

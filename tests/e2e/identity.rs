@@ -124,6 +124,7 @@ async fn bad_tokens_get_401_with_a_one_line_reason() {
         (Some(token(&json!({"sub": "a b"}))), "not usable"),
         (Some(token(&json!({"sub": "u", "name": "~alice"}))), "not usable"),
         (Some("not.a.token".into()), "not valid"),
+        (Some("garbage".into()), "not valid: a JWT is three base64url parts"),
         (None, "required"),
     ];
     for (presented, reason) in cases {
