@@ -27,6 +27,7 @@
 
 pub(crate) mod ring;
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -510,13 +511,17 @@ fn requested_name<'a>(
     };
     requested.map(|name| {
         let checked = validate_name(name).map(|()| {
-            let shown =
-                if *who == Who::Guest { format!("{GUEST_MARK}{name}") } else { name.to_owned() };
+            let shown = shown_as(who, name).into_owned();
             let key = name_key(&shown);
             (shown, key)
         });
         (name, checked)
     })
+}
+
+/// A name as `who` is shown under it: a guest's with [`GUEST_MARK`] before it.
+fn shown_as<'a>(who: &Who, name: &'a str) -> Cow<'a, str> {
+    if *who == Who::Guest { Cow::Owned(format!("{GUEST_MARK}{name}")) } else { Cow::Borrowed(name) }
 }
 
 /// The key in [`RoomState::names`] of a token holder's connection beyond
@@ -626,13 +631,7 @@ impl Hub {
         request: &ChatRequest,
         fallback: &str,
     ) -> Result<Joined, JoinError> {
-        let marked;
-        let fallback = if request.who == Who::Guest {
-            marked = format!("{GUEST_MARK}{fallback}");
-            &marked
-        } else {
-            fallback
-        };
+        let fallback = &*shown_as(&request.who, fallback);
         match self.backend.mode() {
             // Boxed: the store's answer stays out of every connection's future.
             Mode::Alone => Box::pin(self.join_alone(request, fallback)).await,
@@ -1394,13 +1393,7 @@ impl Member {
             // (No guests there: JWT is refused with --redis for now.)
             return Box::pin(self.rename_shared(new)).await;
         }
-        let marked;
-        let shown = if self.who == Who::Guest {
-            marked = format!("{GUEST_MARK}{new}");
-            marked.as_str()
-        } else {
-            new
-        };
+        let shown = &*shown_as(&self.who, new);
         let (key, old_key) = (name_key(shown), name_key(&self.name));
         let mut state = lock(&self.room.state);
         // Retired under this lock: its name is its successor's to change.
