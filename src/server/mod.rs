@@ -68,7 +68,7 @@ use crate::server::http::{
     Access, Answer, Handshake, HandshakeError, read_head, read_request, refuse, respond,
 };
 use crate::server::hub::ring::Budget;
-use crate::server::hub::{Hub, JoinError};
+use crate::server::hub::{Hub, JoinError, Restriction, subject};
 use crate::server::metrics::Metrics;
 use crate::server::wire::Wire;
 use connection::Setup;
@@ -454,6 +454,20 @@ where
         if let Some(answer) = look_alike(&upgrading.hub, &request) {
             return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
         }
+        // Bans, by name and by who it is: refused before the upgrade too.
+        let subject = subject(&request.who, client);
+        let restriction = match upgrading.hub.restriction(&request, &subject).await {
+            Ok(restriction) => restriction,
+            // The join fails too, if the backend cannot be reached.
+            Err(error) => {
+                warn!(%error, "cannot read the room's bans");
+                Restriction::default()
+            }
+        };
+        if let Some(told) = restriction.banned {
+            let answer = Answer { reason: Some("banned"), ..Answer::text(403, told) };
+            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
+        }
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
@@ -465,14 +479,15 @@ where
         })?;
         // Boxed once here: not in the connection's future as well as in the
         // split halves' allocation (see `connection_futures_stay_small`).
-        Ok::<_, HandshakeError>(Some((request, Box::new(ws), slot, address_slot)))
+        let joining = (request, subject, restriction);
+        Ok::<_, HandshakeError>(Some((joining, Box::new(ws), slot, address_slot)))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
         upgraded = timeout_at(deadline, upgrade) => upgraded,
     };
     drop(handshake);
-    let (request, mut ws, slot, address_slot) = match upgraded {
+    let ((request, subject, restriction), mut ws, slot, address_slot) = match upgraded {
         Ok(Ok(Some(upgraded))) => upgraded,
         // Answered already: nothing to join.
         Ok(Ok(None)) => return,
@@ -489,7 +504,7 @@ where
 
     let span = tracing::Span::current();
     span.record("room", request.room.as_str());
-    let joined = match context.hub.join(&request, &peer.to_string()).await {
+    let joined = match context.hub.join(&request, &peer.to_string(), &subject).await {
         Ok(joined) => joined,
         Err(error) => {
             // With --redis, 1013: the client retries, here or on another node.
@@ -506,6 +521,7 @@ where
         }
     };
     span.record("name", joined.member.name());
+    restriction.apply(&joined.member);
     info!("joined");
     // Its own task: this one's state (the handshake's, the request) would
     // otherwise stay in memory for as long as the client does.
