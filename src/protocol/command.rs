@@ -227,13 +227,15 @@ impl Request<'_> {
                 limit: limit.unwrap_or(super::HISTORY_PAGE_DEFAULT),
                 before: *before,
             },
-            Request::Kick { name, reason, .. } => moderate(Action::Kick, name, None, reason),
-            Request::Ban { name, seconds, reason, .. } => {
-                moderate(Action::Ban, name, *seconds, reason)
+            Request::Kick { name, reason, .. } => {
+                moderate(Action::Kick, name, None, reason.as_deref())
             }
-            Request::Unban { name, .. } => moderate(Action::Unban, name, None, &None),
-            Request::Mute { name, seconds, .. } => moderate(Action::Mute, name, *seconds, &None),
-            Request::Unmute { name, .. } => moderate(Action::Unmute, name, None, &None),
+            Request::Ban { name, seconds, reason, .. } => {
+                moderate(Action::Ban, name, *seconds, reason.as_deref())
+            }
+            Request::Unban { name, .. } => moderate(Action::Unban, name, None, None),
+            Request::Mute { name, seconds, .. } => moderate(Action::Mute, name, *seconds, None),
+            Request::Unmute { name, .. } => moderate(Action::Unmute, name, None, None),
         }
     }
 
@@ -257,10 +259,10 @@ fn moderate<'a>(
     action: Action,
     name: &'a str,
     seconds: Option<u64>,
-    reason: &'a Option<Str<'_>>,
+    reason: Option<&'a str>,
 ) -> Command<'a> {
     let duration = seconds.map(std::time::Duration::from_secs);
-    Command::Moderate(Moderation { action, name, duration, reason: reason.as_deref() })
+    Command::Moderate(Moderation { action, name, duration, reason })
 }
 
 /// What a client did wrong; sent to that client only, as `! ...`.

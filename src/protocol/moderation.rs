@@ -19,7 +19,7 @@ pub const MAX_SANCTIONS_PER_ROOM: usize = 1000;
 pub const MAX_SANCTIONS: usize = 10_000;
 /// Longest ban or mute: a longer one is refused (none given means until
 /// lifted).
-pub const MAX_SANCTION: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_SANCTION: Duration = Duration::from_hours(366 * 24);
 
 /// One of the moderators' actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -184,14 +184,14 @@ mod tests {
     fn durations_and_reasons_are_told_apart() {
         let ban = parse_moderation(Action::Ban, "bob 2h spamming links").expect("fits");
         assert_eq!(ban.name, "bob");
-        assert_eq!(ban.duration, Some(Duration::from_secs(7200)));
+        assert_eq!(ban.duration, Some(Duration::from_hours(2)));
         assert_eq!(ban.reason, Some("spamming links"));
         let ban = parse_moderation(Action::Ban, "bob spamming").expect("fits");
         assert_eq!((ban.duration, ban.reason), (None, Some("spamming")));
         let kick = parse_moderation(Action::Kick, "bob 2h").expect("fits");
         assert_eq!((kick.duration, kick.reason), (None, Some("2h")), "a kick does not last");
         let mute = parse_moderation(Action::Mute, "bob 10m").expect("fits");
-        assert_eq!(mute.duration, Some(Duration::from_secs(600)));
+        assert_eq!(mute.duration, Some(Duration::from_mins(10)));
         assert_eq!(parse_moderation(Action::Mute, "bob for a while"), None);
         assert_eq!(parse_moderation(Action::Unban, "bob now"), None);
         assert_eq!(parse_moderation(Action::Kick, ""), None);

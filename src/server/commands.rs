@@ -81,8 +81,8 @@ pub(crate) async fn act<'a>(
             if !member.moderates() {
                 return Err(ClientError::NotModerator);
             }
-            member.moderate(&moderation).await?;
-            Ok(Outcome::Done { wait: Ack::None, ack: ack(None) })
+            let wait = member.moderate(&moderation).await?;
+            Ok(Outcome::Done { wait, ack: ack(None) })
         }
         Command::MissingArgument(usage) => Err(ClientError::Usage { usage }),
         Command::Unknown(command) => Err(ClientError::UnknownCommand { command }),

@@ -57,7 +57,7 @@ use tokio_util::task::TaskTracker;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::protocol::{JSON_PROTOCOL, Protocol};
+use crate::protocol::{ChatRequest, JSON_PROTOCOL, Protocol};
 use crate::server::address::{AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slot};
 use crate::server::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, BUSY_RETRY_AFTER_SECONDS, CLOSE_TIMEOUT,
@@ -400,13 +400,58 @@ async fn tls_upgrade_and_join(tls: TlsAcceptor, stream: TcpStream, start: Start)
 
 /// The 409 of a token holder whose name looks like another's (another
 /// `sub`) in the room it asks for.
-fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answer> {
+fn look_alike(hub: &Hub, request: &ChatRequest) -> Option<Answer> {
     let identity = request.who.identity()?;
     hub.name_held_by_other(&request.room, identity).then(|| {
         let (name, room) = (&identity.name, &request.room);
         let text = format!("the name {name:?} looks like someone else's in room {room:?}");
         Answer { reason: Some("name_held"), ..Answer::text(409, text) }
     })
+}
+
+/// The chat slots, overall and of the client's address, held for the
+/// whole connection; or the 503 or 429 that says they are all taken.
+fn chat_slots(
+    context: &Context,
+    client: AddressKey,
+) -> Result<(OwnedSemaphorePermit, Slot), Answer> {
+    let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
+    let Ok(slot) = context.slots.clone().try_acquire_owned() else {
+        let reason = "the server is full: try again later".to_owned();
+        return Err(Answer::busy(503, "full", wait, reason));
+    };
+    match context.addresses.connection(client) {
+        Ok(address_slot) => Ok((slot, address_slot)),
+        Err(full) => {
+            let (status, reason, text) = match full {
+                Full::Address => {
+                    (429, "address_connections", "too many connections from your address")
+                }
+                Full::Table => (503, "addresses_full", "the server is full"),
+            };
+            Err(Answer::busy(status, reason, wait, format!("{text}: try again later")))
+        }
+    }
+}
+
+/// What `request` is held to in its room from `subject`: the 403 of a ban,
+/// or its mute, if any.
+async fn restriction(
+    hub: &Hub,
+    request: &ChatRequest,
+    subject: &str,
+) -> Result<Restriction, Answer> {
+    match hub.restriction(request, subject).await {
+        Ok(Restriction { banned: Some(told), .. }) => {
+            Err(Answer { reason: Some("banned"), ..Answer::text(403, told) })
+        }
+        Ok(restriction) => Ok(restriction),
+        // The join fails too, if the backend cannot be reached.
+        Err(error) => {
+            warn!(%error, "cannot read the room's bans");
+            Ok(Restriction::default())
+        }
+    }
 }
 
 /// One connection's HTTP handshake and join; the chat itself is spawned as
@@ -428,26 +473,9 @@ where
                     return Ok(None);
                 }
             };
-        // The chat slots, overall and of the client's address, held for the
-        // whole connection.
-        let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
-        let Ok(slot) = upgrading.slots.clone().try_acquire_owned() else {
-            let reason = "the server is full: try again later".to_owned();
-            let answer = Answer::busy(503, "full", wait, reason);
-            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
-        };
-        let address_slot = match upgrading.addresses.connection(client) {
-            Ok(address_slot) => address_slot,
-            Err(full) => {
-                let (status, reason, text) = match full {
-                    Full::Address => {
-                        (429, "address_connections", "too many connections from your address")
-                    }
-                    Full::Table => (503, "addresses_full", "the server is full"),
-                };
-                let answer = Answer::busy(status, reason, wait, format!("{text}: try again later"));
-                return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
-            }
+        let (slot, address_slot) = match chat_slots(&upgrading, client) {
+            Ok(slots) => slots,
+            Err(answer) => return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await),
         };
         // A look-alike of another token holder's name: refused before the
         // upgrade, so the client reads why (the join checks again).
@@ -456,18 +484,10 @@ where
         }
         // Bans, by name and by who it is: refused before the upgrade too.
         let subject = subject(&request.who, client);
-        let restriction = match upgrading.hub.restriction(&request, &subject).await {
+        let restriction = match restriction(&upgrading.hub, &request, &subject).await {
             Ok(restriction) => restriction,
-            // The join fails too, if the backend cannot be reached.
-            Err(error) => {
-                warn!(%error, "cannot read the room's bans");
-                Restriction::default()
-            }
+            Err(answer) => return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await),
         };
-        if let Some(told) = restriction.banned {
-            let answer = Answer { reason: Some("banned"), ..Answer::text(403, told) };
-            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
-        }
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::warn;
 
-use super::{Hub, Member, Tenure, requested_name};
+use super::{Ack, Hub, Member, Tenure, requested_name};
 use crate::protocol::{
     Action, ChatRequest, ClientError, Event, Moderation, Who, describe, name_key,
 };
@@ -53,15 +53,17 @@ impl Restriction {
 }
 
 impl Tenure {
-    /// Seconds left of its mute: `Some(None)` until lifted, `None` when it
-    /// is not muted.
-    fn muted(&self) -> Option<Option<u64>> {
+    /// Refuses a message while it is muted, saying for how long.
+    fn check_muted(&self) -> Result<(), ClientError<'static>> {
         match self.muted_until.load(Ordering::Acquire) {
-            0 => None,
-            u64::MAX => Some(None),
+            0 => Ok(()),
+            u64::MAX => Err(ClientError::Muted { seconds_left: None }),
             until => {
                 let now = unix_ms();
-                (until > now).then(|| Some((until - now).div_ceil(1000)))
+                if until <= now {
+                    return Ok(());
+                }
+                Err(ClientError::Muted { seconds_left: Some((until - now).div_ceil(1000)) })
             }
         }
     }
@@ -73,18 +75,16 @@ impl Member {
         self.who.identity().is_some_and(|identity| identity.moderates.allows(&self.room.name))
     }
 
-    /// Carries out a moderator's request in this client's room, by this client.
-    pub async fn moderate<'a>(&self, moderation: &Moderation<'a>) -> Result<(), ClientError<'a>> {
+    /// Carries out a moderator's request in this client's room, by this
+    /// client; returns what its ack waits for: the room's notice.
+    pub async fn moderate<'a>(&self, moderation: &Moderation<'a>) -> Result<Ack, ClientError<'a>> {
         // Boxed: its state stays out of every connection's future.
         Box::pin(self.hub.moderate(&self.room.name, Some(&self.name), moderation)).await
     }
 
     /// Refuses a message from a muted client.
     pub(super) fn check_muted(&self) -> Result<(), ClientError<'static>> {
-        match self.tenure.muted() {
-            Some(seconds_left) => Err(ClientError::Muted { seconds_left }),
-            None => Ok(()),
-        }
+        self.tenure.check_muted()
     }
 }
 
@@ -109,16 +109,17 @@ impl Hub {
             let until = sanction.until.unwrap_or(u64::MAX);
             match sanction.action {
                 Action::Ban => {
+                    use std::fmt::Write as _;
                     let room = &request.room;
                     let mut told = format!("you are banned from room {room:?}");
                     if until != u64::MAX {
                         let left = std::time::Duration::from_secs(
                             until.saturating_sub(unix_ms()).div_ceil(1000),
                         );
-                        told += &format!(" for {}", humantime::format_duration(left));
+                        let _ = write!(told, " for {}", humantime::format_duration(left));
                     }
                     if let Some(reason) = &sanction.reason {
-                        told += &format!(": {reason}");
+                        let _ = write!(told, ": {reason}");
                     }
                     restriction.banned = Some(told);
                 }
@@ -130,13 +131,14 @@ impl Hub {
 
     /// Carries out a moderator's request in `room`, by `by` (a moderator's
     /// name; none for the HTTP API). Whether the requester may is the
-    /// caller's to check.
+    /// caller's to check. Returns the room's notice's position (none with
+    /// a shared backend, which publishes it, or when nobody is in the room).
     pub async fn moderate<'a>(
         self: &Arc<Self>,
         room: &str,
         by: Option<&str>,
         moderation: &Moderation<'a>,
-    ) -> Result<(), ClientError<'a>> {
+    ) -> Result<Ack, ClientError<'a>> {
         moderation.check().map_err(ClientError::Moderation)?;
         let Moderation { action, name, duration, reason } = *moderation;
         let key = name_key(name);
@@ -193,13 +195,14 @@ impl Hub {
         if shared {
             // Every node, this one too, acts on it as it comes back.
             Box::pin(self.backend.publish(room, &event)).await.map_err(link)?;
-        } else {
-            if let Some(room) = lock(&self.rooms).get(room).cloned() {
-                room.broadcast(&mut lock(&room.state), &event);
-            }
-            self.enforce(room, &event);
+            return Ok(Ack::None);
         }
-        Ok(())
+        let mut told = Ack::None;
+        if let Some(room) = lock(&self.rooms).get(room).cloned() {
+            told = Ack::Pos(room.broadcast(&mut lock(&room.state), &event));
+        }
+        self.enforce(room, &event);
+        Ok(told)
     }
 
     /// The connections of this node in `room` under the name of key `key`.
