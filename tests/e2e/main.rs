@@ -23,7 +23,6 @@ mod cluster;
 mod cluster_bounds;
 mod cluster_data_loss;
 mod cluster_history;
-mod cluster_moderation;
 mod connect_errors;
 mod durable_history;
 mod history;
