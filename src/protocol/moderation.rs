@@ -106,11 +106,17 @@ pub enum ModerationError {
     /// The reason is over [`MAX_REASON_BYTES`] or holds control characters.
     #[error("a reason is at most {MAX_REASON_BYTES} bytes on one line")]
     Reason,
+    /// The name is longer than any name can be (a guest's mark included).
+    #[error("no name is that long")]
+    Name,
 }
 
 impl Moderation<'_> {
     /// Checks the duration and reason.
     pub fn check(&self) -> Result<(), ModerationError> {
+        if self.name.chars().count() > super::MAX_NAME_CHARS + 1 {
+            return Err(ModerationError::Name);
+        }
         if self.duration.is_some_and(|d| d.is_zero() || d > MAX_SANCTION) {
             return Err(ModerationError::Duration);
         }
@@ -207,6 +213,9 @@ mod tests {
         let kick =
             Moderation { action: Action::Kick, name: "bob", duration: None, reason: Some(&long) };
         assert_eq!(kick.check(), Err(ModerationError::Reason));
+        let long = "b".repeat(40);
+        let kick = Moderation { action: Action::Kick, name: &long, duration: None, reason: None };
+        assert_eq!(kick.check(), Err(ModerationError::Name));
     }
 
     #[test]
