@@ -359,12 +359,7 @@ impl Redis {
             1 => Claim::Taken,
             _ => Claim::Held,
         };
-        Ok(Joined {
-            name,
-            outcome,
-            online,
-            room: Snapshot { epoch, seq, first, history },
-        })
+        Ok(Joined { name, outcome, online, room: Snapshot { epoch, seq, first, history } })
     }
 
     /// Numbers, keeps and publishes a message event; returns its seq.

@@ -45,8 +45,8 @@ use crate::protocol::{
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
 use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
 use crate::server::backend::{
-    Backend, BackendError, Claim, Events, Held, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode, Snapshot,
-    StoreError, new_epoch,
+    Backend, BackendError, Claim, Events, Held, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode,
+    Snapshot, StoreError, new_epoch,
 };
 use crate::server::config::{CONNECTION_SHARE, ServerConfig};
 use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
@@ -1145,7 +1145,9 @@ impl Events for Hub {
             key: key.clone(),
             name: holder.name.clone(),
             held: match &holder.sub {
-                Some(sub) => Held::Person { sub: sub.to_string(), connections: holder.tenures.len() },
+                Some(sub) => {
+                    Held::Person { sub: sub.to_string(), connections: holder.tenures.len() }
+                }
                 None => Held::Session(holder.tenures[0].session.hex()),
             },
         });
