@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::common::{PATIENCE, Peer, SERVER, TestServer, command, exchange_from, status_of};
 
-const SECRET: &str = "the signing secret";
+pub(crate) const SECRET: &str = "the signing secret";
 const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
 
 fn unix_now() -> u64 {
@@ -26,7 +26,7 @@ fn hs256(claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("encoded")
 }
 
-fn token(claims: &Value) -> String {
+pub(crate) fn token(claims: &Value) -> String {
     hs256(claims, SECRET.as_bytes())
 }
 
