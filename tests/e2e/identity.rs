@@ -8,6 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chat::protocol::{TOKEN_EXPIRED_CLOSE_CODE, name_key};
 use chat::server::config::ServerConfig;
+use futures_util::SinkExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -322,7 +323,6 @@ async fn the_welcome_and_the_json_who_count_persons_not_connections() {
     let welcome = crate::common::next_json(&mut ws).await;
     assert_eq!((welcome["type"].as_str(), welcome["online"].as_u64()), (Some("welcome"), Some(2)));
     assert_eq!(crate::common::next_json(&mut ws).await["type"], "join");
-    use futures_util::SinkExt as _;
     let who = json!({"type": "who"}).to_string();
     ws.send(tokio_websockets::Message::text(who)).await.expect("send");
     let answer = crate::common::next_json(&mut ws).await;

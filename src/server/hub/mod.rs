@@ -276,6 +276,26 @@ impl RoomState {
         Some(gone)
     }
 
+    /// Holds `name` for `tenure`, as the shared backend granted it: with
+    /// its person's other connections here if it is a token holder's
+    /// (`sub`), else in place of whoever held it here (a returning
+    /// session's old connection, retired).
+    fn hold(&mut self, name: &str, tenure: &Arc<Tenure>, sub: Option<Arc<str>>) {
+        let tenures = vec![tenure.clone()];
+        match self.names.entry(name_key(name)) {
+            Entry::Occupied(mut held) if sub.is_some() && held.get().sub == sub => {
+                held.get_mut().tenures.push(tenure.clone());
+            }
+            Entry::Occupied(mut held) => {
+                held.get().retire();
+                held.insert(Holder { name: name.to_owned(), tenures, sub });
+            }
+            Entry::Vacant(free) => {
+                free.insert(Holder { name: name.to_owned(), tenures, sub });
+            }
+        }
+    }
+
     /// Every connection of this node holding the name of `key` in the
     /// room: a token holder's all (say, to close them all), or a plain
     /// name's one; none if nobody here holds it.
@@ -904,17 +924,9 @@ impl Hub {
                     };
                     room.broadcast(state, &event);
                 }
-            } else if further {
-                // One person: its first connection was announced.
-            } else if local::announces_each(state.names.len(), self.presence_limit) {
-                let event = Event::Join {
-                    room: room.name.as_str().into(),
-                    name: name.as_str().into(),
-                    ts: now(),
-                };
-                room.broadcast(state, &event);
-            } else {
-                state.presence.joined();
+            } else if !further {
+                // (A person's further connection: its first was announced.)
+                room.arrived(state, &name, self.presence_limit);
             }
             Ok((name, notices, rx))
         })?;
@@ -1030,22 +1042,8 @@ impl Hub {
         let reset = {
             let mut local = lock(&room.state);
             let reset = room.adopt_epoch(&mut local, &state.epoch);
-            let tenure = member.tenure.clone();
             let sub = who.identity().map(|identity| identity.sub.clone());
-            match local.names.entry(name_key(&reply.name)) {
-                // The person's further connection here.
-                Entry::Occupied(mut held) if sub.is_some() && held.get().sub == sub => {
-                    held.get_mut().tenures.push(tenure);
-                }
-                Entry::Occupied(mut held) => {
-                    // A returning session's old connection, if it is on this node.
-                    held.get().retire();
-                    held.insert(Holder { name: reply.name.clone(), tenures: vec![tenure], sub });
-                }
-                Entry::Vacant(free) => {
-                    free.insert(Holder { name: reply.name.clone(), tenures: vec![tenure], sub });
-                }
-            }
+            local.hold(&reply.name, &member.tenure, sub);
             reset
         };
         // The backend lost the room, and this join learnt it before the
@@ -1231,6 +1229,18 @@ impl Room {
         } else if seq + RESERVE_MARGIN > state.reserved {
             state.reserved = seq + RESERVE_AHEAD;
             store.reserve(&self.name, &state.epoch, state.reserved, ceiling.clone());
+        }
+    }
+
+    /// Announces that `name` joined, or counts it for the next summary in
+    /// a room larger than `presence_limit`.
+    fn arrived(&self, state: &mut RoomState, name: &str, presence_limit: usize) {
+        if local::announces_each(state.names.len(), presence_limit) {
+            let event =
+                Event::Join { room: self.name.as_str().into(), name: name.into(), ts: now() };
+            self.broadcast(state, &event);
+        } else {
+            state.presence.joined();
         }
     }
 
@@ -1794,6 +1804,70 @@ mod tests {
         hub.summarize();
         assert!(taken(&mut alice.rx).is_empty(), "nothing new to summarize");
         drop(carol);
+    }
+
+    /// Joins `room` as the holder of a token for `sub` named `name`.
+    fn join_as(hub: &Arc<Hub>, room: &str, sub: &str, name: &str) -> Result<Joined, JoinError> {
+        let identity = Identity {
+            sub: sub.into(),
+            name: name.to_owned(),
+            expires: None,
+            rooms: crate::protocol::Scope::All,
+            moderates: crate::protocol::Scope::All,
+        };
+        let request = ChatRequest { who: Who::User(Arc::new(identity)), ..request(room, None) };
+        block_on(hub.join(&request, "10.0.0.1"))
+    }
+
+    #[test]
+    fn in_process_a_person_is_one_name_however_many_connections() {
+        let hub = hub(local(), &ServerConfig::default());
+        let mut bob = join(&hub, "lobby", Some("bob"));
+        let laptop = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        let mut phone = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        let tablet = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        assert_eq!(taken(&mut bob.rx), ["* bob joined", "* alice joined"]);
+        let welcome = text(phone.notices.last().expect("a welcome"));
+        assert!(welcome.contains(", 2 online;"), "{welcome}");
+        let room = lock(&hub.rooms)["lobby"].clone();
+        let every = |state: &RoomState| state.tenures_of(&name_key("alice"));
+        assert_eq!(every(&lock(&room.state)).len(), 3);
+        assert_eq!(lock(&room.state).names.len(), 2, "one entry for the person");
+        // Another person's look-alike is refused outright.
+        let other = join_as(&hub, "lobby", "u-2", "ALICE");
+        assert!(matches!(other, Err(JoinError::NameHeld { .. })), "{other:?}");
+
+        // The first connection (the one announced) goes, then another: silently.
+        drop(laptop);
+        drop(tablet);
+        let left = every(&lock(&room.state));
+        assert!(left.len() == 1 && Arc::ptr_eq(&left[0], &phone.member.tenure()));
+        let Event::Who { count, names, .. } = block_on(bob.member.who()) else { panic!("who") };
+        assert_eq!((count, names.len()), (2, 2));
+        block_on(phone.member.say("still here")).expect("said");
+        assert_eq!(taken(&mut bob.rx), ["alice: still here"]);
+        assert!(taken(&mut phone.rx).iter().all(|line| !line.contains("left")));
+        drop(phone);
+        assert_eq!(taken(&mut bob.rx), ["* alice left"]);
+        assert!(every(&lock(&room.state)).is_empty());
+        // Free for another person now.
+        let other = join_as(&hub, "lobby", "u-2", "ALICE").expect("joined");
+        assert_eq!(other.member.name(), "ALICE");
+    }
+
+    #[test]
+    fn in_process_a_crowd_counts_persons_in_its_summaries() {
+        let config = ServerConfig { presence_limit: 0, ..ServerConfig::default() };
+        let hub = hub(local(), &config);
+        let mut bob = join(&hub, "big", Some("bob"));
+        let laptop = join_as(&hub, "big", "u-1", "alice").expect("joined");
+        let phone = join_as(&hub, "big", "u-1", "alice").expect("joined");
+        drop(laptop);
+        hub.summarize();
+        assert_eq!(taken(&mut bob.rx), ["* 2 joined, 0 left; 2 online"]);
+        drop(phone);
+        hub.summarize();
+        assert_eq!(taken(&mut bob.rx), ["* 0 joined, 1 left; 1 online"]);
     }
 
     #[test]
