@@ -548,7 +548,7 @@ pub enum JoinError {
     Backend(#[from] BackendError),
     /// Another token holder (another `sub`) holds a name that looks like
     /// this one's: it came in between the check before the upgrade and the
-    /// join.
+    /// join, or (with a shared backend) holds it on another node.
     #[error("{name:?} looks like the name of someone else in the room")]
     NameHeld {
         /// The token's name.
