@@ -169,3 +169,37 @@ async fn a_node_that_dies_takes_only_its_own_connections_of_a_person() {
     phone.send(Message::close(None, "")).await.expect("close");
     until(&mut bob, |event| event["type"] == "leave" && event["name"] == "alice").await;
 }
+
+#[tokio::test]
+async fn a_person_on_two_nodes_is_claimed_again_once_after_redis_loses_its_data() {
+    let Some(redis) = Redis::start("people-lost").await else { return };
+    let (one, two) = (node(&redis).await, node(&redis).await);
+    let (mut bob, _) = join(&two, &path("lost", "u-2", "bob")).await;
+    let alice = path("lost", "u-1", "alice");
+    let (mut laptop, _) = join(&one, &alice).await;
+    let (mut phone, _) = join(&two, &alice).await;
+    until(&mut bob, |event| event["type"] == "join" && event["name"] == "alice").await;
+
+    redis.run(&redis::cmd("FLUSHALL")).await;
+    say(&mut bob, "m1").await;
+    // Each node claims its clients' names again before it delivers m1.
+    for ws in [&mut bob, &mut laptop, &mut phone] {
+        until(ws, |event| event["type"] == "missed").await;
+        let seen = events_through(ws, "m1").await;
+        assert!(presence_of(&seen, "alice").is_empty(), "{seen:?}");
+    }
+    let answer = who(&mut bob).await;
+    assert_eq!(
+        (answer["count"].clone(), answer["names"].clone()),
+        (json!(2), json!(["alice", "bob"]))
+    );
+
+    // Both nodes' connections were counted again: the first to go is silent.
+    laptop.send(Message::close(None, "")).await.expect("close");
+    on_one_node(&redis, "lost", "alice", PATIENCE).await;
+    say(&mut phone, "still here").await;
+    let seen = events_through(&mut bob, "still here").await;
+    assert!(presence_of(&seen, "alice").is_empty(), "{seen:?}");
+    phone.send(Message::close(None, "")).await.expect("close");
+    until(&mut bob, |event| event["type"] == "leave" && event["name"] == "alice").await;
+}
