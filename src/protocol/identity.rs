@@ -48,7 +48,7 @@ impl Who {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The `sub` claim: who the holder is. The same `sub` may be connected
-    /// several times.
+    /// several times, and is one person in a room however many.
     pub sub: Arc<str>,
     /// The name shown: the `name` claim, else `sub`; it follows the name rules.
     pub name: String,

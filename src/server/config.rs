@@ -428,9 +428,7 @@ impl ServerConfig {
 
     /// The identity flags go together as documented: one JWT key at most,
     /// not with `--token` (two ways to admit would be one too many), and
-    /// `--guests` only with a key. With `--redis`, names are one per
-    /// node's name table: a token holder's several connections are not
-    /// shared across nodes yet, so JWT is refused there for now.
+    /// `--guests` only with a key.
     pub fn check_identity(&self) -> Result<(), String> {
         let jwt = self.jwt_secret.is_some() || self.jwt_public_key.is_some();
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
@@ -447,9 +445,6 @@ impl ServerConfig {
         }
         if self.guests && !jwt {
             return Err("--guests needs --jwt-secret or --jwt-public-key".into());
-        }
-        if jwt && self.redis.is_some() {
-            return Err("--jwt-secret and --jwt-public-key do not work with --redis yet".into());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chat::protocol::{TOKEN_EXPIRED_CLOSE_CODE, name_key};
 use chat::server::config::ServerConfig;
+use futures_util::SinkExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -238,26 +239,98 @@ async fn a_token_holder_cannot_change_its_name() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_same_sub_may_connect_twice_under_its_name() {
-    let server = TestServer::with(hs256_server_config()).await;
-    let path = format!("/?token={}", token(&json!({"sub": "u-1", "name": "alice"})));
-    let mut laptop = Peer::join(&server, &path).await;
-    let mut phone = Peer::join(&server, &path).await;
-    assert_eq!((laptop.name.as_str(), phone.name.as_str()), ("alice", "alice"));
-    laptop.expect("* alice joined").await;
-    phone.send("from the phone").await;
-    laptop.expect("alice: from the phone").await;
-    phone.expect("alice: from the phone").await;
+/// A person's further connection: welcomed, and not announced (the room
+/// knows the person already), so only its welcome is read.
+pub(crate) async fn another_device(server: &TestServer, path: &str) -> (Peer, String) {
+    let mut ws = crate::common::connect(&server.url(path)).await;
+    let welcome = crate::common::next_text(&mut ws).await;
+    let name = chat::protocol::parse_welcome(&welcome).expect("a welcome").to_owned();
+    (Peer { ws, name }, welcome)
+}
 
-    // The first connection gone, the name is still the person's.
+/// Waits until the server has let go of `count` connections its clients
+/// closed: a device that leaves without a word leaves nothing else to wait for.
+async fn closed_by_clients(server: &TestServer, bearer: &str, count: usize) {
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\r\n");
+    let line = format!("chat_closed_total{{reason=\"client\"}} {count}\n");
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !exchange_from(LOOPBACK, server.addr, request.as_bytes()).await.contains(&line) {
+            tokio::task::yield_now().await;
+        }
+    });
+    waited.await.expect("the connections closed in time");
+}
+
+#[tokio::test]
+async fn one_person_on_two_connections_is_listed_and_announced_once() {
+    let server = TestServer::with(hs256_server_config()).await;
+    let bob_token = token(&json!({"sub": "u-2", "name": "bob"}));
+    let mut bob = Peer::join(&server, &format!("/?token={bob_token}")).await;
+    let alice = format!("/?token={}", token(&json!({"sub": "u-1", "name": "alice"})));
+    let mut laptop = Peer::join(&server, &alice).await;
+    bob.expect("* alice joined").await;
+    // The phone is welcomed among 2 persons, and the room is not told again.
+    let (mut phone, welcome) = another_device(&server, &alice).await;
+    assert_eq!(
+        welcome,
+        "* you are alice in room lobby, 2 online, signed in; /help lists the commands"
+    );
+    bob.send("/who").await;
+    bob.expect("* 2 in lobby: alice, bob").await;
+    phone.send("/who").await;
+    phone.expect("* 2 in lobby: alice, bob").await;
+    // A third device neither.
+    let (mut tablet, _) = another_device(&server, &alice).await;
+    tablet.send("from the tablet").await;
+    for peer in [&mut bob, &mut laptop, &mut phone, &mut tablet] {
+        peer.expect("alice: from the tablet").await;
+    }
+
+    // The first device goes (the one the room heard join), then another:
+    // not announced, and the person is still listed and still speaks.
     laptop.close().await;
-    phone.expect("* alice left").await;
-    let other = token(&json!({"sub": "u-2", "name": "Alice"}));
+    closed_by_clients(&server, &bob_token, 1).await;
+    tablet.close().await;
+    closed_by_clients(&server, &bob_token, 2).await;
+    bob.send("/who").await;
+    bob.expect("* 2 in lobby: alice, bob").await;
+    phone.send("still here").await;
+    bob.expect("alice: still here").await;
+    phone.expect("alice: still here").await;
+    // Its name is still the person's: another `sub` cannot take a look-alike.
+    let other = token(&json!({"sub": "u-3", "name": "Alice"}));
     assert_eq!(status_of(&answer(&server, "/", Some(&other)).await), "409");
-    // And a third connection of the same person comes in.
-    let third = Peer::join(&server, &path).await;
-    assert_eq!(third.name, "alice");
+
+    // The last device goes: now the room hears it, once.
+    phone.close().await;
+    bob.expect("* alice left").await;
+    bob.send("/who").await;
+    bob.expect("* 1 in lobby: bob").await;
+    // The name is free for anyone now, and the person comes back announced.
+    let mut again = Peer::join(&server, &alice).await;
+    bob.expect("* alice joined").await;
+    again.send("/who").await;
+    again.expect("* 2 in lobby: alice, bob").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_welcome_and_the_json_who_count_persons_not_connections() {
+    let server = TestServer::with(hs256_server_config()).await;
+    let alice = format!("/?token={}", token(&json!({"sub": "u-1", "name": "alice"})));
+    let _laptop = Peer::join(&server, &alice).await;
+    let _phone = another_device(&server, &alice).await;
+    let bob = format!("/?token={}", token(&json!({"sub": "u-2", "name": "bob"})));
+    let mut ws = crate::common::connect_json(&server.url(&bob)).await;
+    let welcome = crate::common::next_json(&mut ws).await;
+    assert_eq!((welcome["type"].as_str(), welcome["online"].as_u64()), (Some("welcome"), Some(2)));
+    assert_eq!(crate::common::next_json(&mut ws).await["type"], "join");
+    let who = json!({"type": "who"}).to_string();
+    ws.send(tokio_websockets::Message::text(who)).await.expect("send");
+    let answer = crate::common::next_json(&mut ws).await;
+    assert_eq!(answer["count"], 2, "{answer}");
+    assert_eq!(answer["names"], json!(["alice", "bob"]), "{answer}");
     server.stop().await;
 }
 
@@ -308,11 +381,6 @@ async fn a_jwt_key_with_the_shared_token_is_refused_at_start() {
     assert_eq!(
         refusal_at_start(&["--port", "0", "--guests"]).await,
         "error: --guests needs --jwt-secret or --jwt-public-key\n"
-    );
-    assert_eq!(
-        refusal_at_start(&["--port", "0", "--jwt-secret", "b", "--redis", "redis://127.0.0.1:1"])
-            .await,
-        "error: --jwt-secret and --jwt-public-key do not work with --redis yet\n"
     );
 }
 

@@ -23,6 +23,8 @@ mod cluster;
 mod cluster_bounds;
 mod cluster_data_loss;
 mod cluster_history;
+mod cluster_moderation;
+mod cluster_people;
 mod connect_errors;
 mod durable_history;
 mod history;

@@ -13,7 +13,7 @@ use crate::common::{
     CLIENT, PATIENCE, Peer, TestServer, command, connect_json, join_from, next_json, status_of,
 };
 use crate::durable_history::TempDb;
-use crate::identity::{answer, body, hs256_server_config, token};
+use crate::identity::{another_device, answer, body, hs256_server_config, token};
 
 /// The path of a join with a token of `sub`, named `name`, moderating `mods`.
 fn path_of(sub: &str, name: &str, mods: &Value) -> String {
@@ -39,7 +39,8 @@ async fn a_kick_closes_every_connection_of_the_person_and_the_room_is_told() {
     let server = TestServer::with(hs256_server_config()).await;
     let mut alice = Peer::join(&server, &moderator()).await;
     let mut laptop = Peer::join(&server, &bob_path()).await;
-    let mut phone = Peer::join(&server, &bob_path()).await;
+    // One person: the second device is not announced.
+    let (mut phone, _) = another_device(&server, &bob_path()).await;
     alice.wait_for("* bob joined").await;
     alice.send("/kick bob flooding the room").await;
     alice.wait_for("* bob was kicked by alice: flooding the room").await;

@@ -121,15 +121,29 @@ pub(crate) struct LocalRoom {
     pub holders: Vec<Holding>,
 }
 
-/// A name held by a client of this node.
+/// A name held by a client of this node, or by a person's connections here.
 #[derive(Debug)]
 pub(crate) struct Holding {
     /// The name's look-alike key.
     pub key: String,
-    /// Its holder's session secret.
-    pub session: String,
     /// The name as its holder wrote it.
     pub name: String,
+    /// Who holds it.
+    pub held: Held,
+}
+
+/// Who holds a name on a node.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A plain or guest name's one connection, by its session secret.
+    Session(String),
+    /// A token holder: its `sub`, and how many connections it has here.
+    Person {
+        /// The token's `sub`.
+        sub: String,
+        /// Its connections in the room on this node.
+        connections: usize,
+    },
 }
 
 /// What a client asks for when it joins a shared room.
@@ -137,6 +151,9 @@ pub(crate) struct Holding {
 pub(crate) struct Join<'a> {
     /// The name it asks for (valid), with its key.
     pub requested: Option<(&'a str, String)>,
+    /// A token holder's `sub`: its name is its person's, which any number
+    /// of its connections share, and which no other `sub` may hold.
+    pub sub: Option<&'a str>,
     /// The session secret it came back with, if any.
     pub presented: Option<&'a str>,
     /// Its new session secret.
@@ -156,12 +173,25 @@ pub(crate) struct Join<'a> {
 pub(crate) struct Joined {
     /// The name the client got.
     pub name: String,
-    /// Whether the name it asked for was held by someone else.
-    pub taken: bool,
-    /// Clients in the room on all nodes.
+    /// What became of the name it asked for.
+    pub outcome: Claim,
+    /// Names in the room on all nodes (a person counts once).
     pub online: usize,
     /// The room's position and what to replay.
     pub room: Snapshot,
+}
+
+/// What became of the name a client asked for when it joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// It got it (or none was asked for), or joined its person's other
+    /// connections under it.
+    Granted,
+    /// Someone else held it (or a look-alike): the client got a fallback name.
+    Taken,
+    /// A token holder's name, held by another `sub` (or a look-alike is):
+    /// the client was refused, nothing was claimed.
+    Held,
 }
 
 /// A room's epoch, last seq and history, as the shared backend holds them.

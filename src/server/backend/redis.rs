@@ -40,7 +40,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Events, Join, Joined, Sanction, Snapshot, new_epoch, unix_ms};
+use super::{Claim, Events, Held, Join, Joined, Sanction, Snapshot, new_epoch, unix_ms};
 use crate::protocol::{
     Action, Event, HISTORY_PAGE_BYTES, HISTORY_PAGE_MESSAGES, MAX_SANCTIONS_PER_ROOM,
     MAX_WHO_NAMES, PastMessage, name_key, now,
@@ -349,17 +349,18 @@ impl Redis {
         invocation.arg(join.session).arg(new_epoch()).arg(join.floor);
         let (epoch, since) = join.resume.map_or(("", -1), |(e, s)| (e, i128::from(s)));
         invocation.arg(epoch).arg(since.to_string()).arg(self.history).arg(self.replay_bytes);
+        invocation.arg(join.sub.unwrap_or_default());
         for (name, key) in join.candidates {
             invocation.arg(name).arg(key);
         }
-        let (name, taken, online, epoch, seq, first, history): JoinScriptReply =
+        let (name, claim, online, epoch, seq, first, history): JoinScriptReply =
             invocation.invoke_async(&mut commands).await?;
-        Ok(Joined {
-            name,
-            taken: taken == 1,
-            online,
-            room: Snapshot { epoch, seq, first, history },
-        })
+        let outcome = match claim {
+            0 => Claim::Granted,
+            1 => Claim::Taken,
+            _ => Claim::Held,
+        };
+        Ok(Joined { name, outcome, online, room: Snapshot { epoch, seq, first, history } })
     }
 
     /// Numbers, keeps and publishes a message event; returns its seq.
@@ -722,7 +723,11 @@ impl Redis {
         invocation.arg(new_epoch()).arg(local.seq).arg(&local.epoch);
         invocation.arg(self.history).arg(self.replay_bytes);
         for holder in &local.holders {
-            invocation.arg(&holder.key).arg(&holder.session).arg(&holder.name);
+            invocation.arg(&holder.key).arg(&holder.name);
+            match &holder.held {
+                Held::Session(session) => invocation.arg("").arg(session),
+                Held::Person { sub, connections } => invocation.arg(sub).arg(connections),
+            };
         }
         let (clashes, epoch, seq, first, history): RejoinScriptReply =
             invocation.invoke_async(commands).await?;

@@ -32,6 +32,7 @@ pub use moderation::{Restriction, subject};
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,8 +48,8 @@ use crate::protocol::{
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
 use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
 use crate::server::backend::{
-    Backend, BackendError, Events, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode, Snapshot,
-    StoreError, new_epoch,
+    Backend, BackendError, Claim, Events, Held, Holding, Join, LINK_DOWN, LINK_UP, LocalRoom, Mode,
+    Snapshot, StoreError, new_epoch,
 };
 use crate::server::config::{CONNECTION_SHARE, ServerConfig};
 use crate::server::hub::ring::{Budget, Receiver, Ring, Wake};
@@ -204,11 +205,9 @@ struct RoomState {
     /// Clients holding a [`Member`] of this room, joining ones included.
     members: usize,
     /// Names of this node's clients, by [`name_key`]: names that look
-    /// alike have the same key, so only one of them can be held; but a
-    /// token holder's further connections are under a [`device_key`].
+    /// alike have the same key, so only one of them can be held. A token
+    /// holder is one entry however many connections it has here.
     names: HashMap<String, Holder>,
-    /// Token holders here, by their name's [`name_key`]: one `sub` per key.
-    people: HashMap<String, Person>,
     speakers: Speakers,
     /// The last message's number (the last delivered, with a shared backend).
     seq: u64,
@@ -234,37 +233,77 @@ struct RoomState {
 }
 
 impl RoomState {
-    /// This node's connections under the name of key `key` (a token
-    /// holder's every device).
-    fn tenures_of(&self, key: &str) -> Vec<Arc<Tenure>> {
-        let device = |k: &str| k.strip_prefix(key).is_some_and(|rest| rest.starts_with('\0'));
-        (self.names.iter())
-            .filter(|(k, _)| *k == key || device(k))
-            .map(|(_, holder)| holder.tenure.clone())
-            .collect()
-    }
-
-    /// Seats a token holder under its name (`name`, with `key`): one person
-    /// per key, however many connections, each with an entry of its own in
-    /// `names`, the first under the key itself. Another `sub` holding the
-    /// key is refused.
+    /// Seats a token holder's connection under its name's `key`: with the
+    /// person's other connections if it has some here, else as a new
+    /// entry. Another `sub` (or anyone else) holding the key is refused.
+    /// Returns whether this is the person's first connection here.
     fn seat(
         &mut self,
         identity: &Identity,
-        name: String,
+        name: &str,
         key: String,
-        tenure: &Tenure,
-    ) -> Result<(String, String), JoinError> {
-        let person = self
-            .people
-            .entry(key.clone())
-            .or_insert_with(|| Person { sub: identity.sub.clone(), connections: 0 });
-        if person.sub != identity.sub {
-            return Err(JoinError::NameHeld { name });
+        tenure: &Arc<Tenure>,
+    ) -> Result<bool, JoinError> {
+        match self.names.entry(key) {
+            Entry::Occupied(mut held) => {
+                let holder = held.get_mut();
+                if holder.sub.as_deref() != Some(&*identity.sub) {
+                    return Err(JoinError::NameHeld { name: name.to_owned() });
+                }
+                holder.tenures.push(tenure.clone());
+                Ok(false)
+            }
+            Entry::Vacant(free) => {
+                free.insert(Holder {
+                    name: name.to_owned(),
+                    tenures: vec![tenure.clone()],
+                    sub: Some(identity.sub.clone()),
+                });
+                Ok(true)
+            }
         }
-        person.connections += 1;
-        let key = if self.names.contains_key(&key) { device_key(&key, tenure) } else { key };
-        Ok((name, key))
+    }
+
+    /// Lets go of `tenure`'s hold on the name of `key`: returns `None` if
+    /// it held none (it was retired: its name is its successor's), else
+    /// whether the name is gone from the room with it (a person's last
+    /// connection, or any other holder).
+    fn release(&mut self, key: &str, tenure: &Arc<Tenure>) -> Option<bool> {
+        let holder = self.names.get_mut(key)?;
+        let at = holder.tenures.iter().position(|held| Arc::ptr_eq(held, tenure))?;
+        holder.tenures.remove(at);
+        let gone = holder.tenures.is_empty();
+        if gone {
+            self.names.remove(key);
+        }
+        Some(gone)
+    }
+
+    /// Holds `name` for `tenure`, as the shared backend granted it: with
+    /// its person's other connections here if it is a token holder's
+    /// (`sub`), else in place of whoever held it here (a returning
+    /// session's old connection, retired).
+    fn hold(&mut self, name: &str, tenure: &Arc<Tenure>, sub: Option<Arc<str>>) {
+        let tenures = vec![tenure.clone()];
+        match self.names.entry(name_key(name)) {
+            Entry::Occupied(mut held) if sub.is_some() && held.get().sub == sub => {
+                held.get_mut().tenures.push(tenure.clone());
+            }
+            Entry::Occupied(mut held) => {
+                held.get().retire();
+                held.insert(Holder { name: name.to_owned(), tenures, sub });
+            }
+            Entry::Vacant(free) => {
+                free.insert(Holder { name: name.to_owned(), tenures, sub });
+            }
+        }
+    }
+
+    /// Every connection of this node holding the name of `key` in the
+    /// room: a token holder's all (say, to close them all), or a plain
+    /// name's one; none if nobody here holds it.
+    fn tenures_of(&self, key: &str) -> Vec<Arc<Tenure>> {
+        self.names.get(key).map_or_else(Vec::new, |holder| holder.tenures.clone())
     }
 }
 
@@ -334,19 +373,40 @@ impl RoomState {
 /// (its connection reset) learns which of its requests were carried out.
 pub const DEPARTED_SESSIONS: usize = 64;
 
-/// Who holds a name in a room.
+/// Who holds a name in a room: a plain or guest name's one connection, or
+/// a token holder (a person) with every connection it has in the room on
+/// this node.
 #[derive(Debug)]
 struct Holder {
     /// The name as its holder wrote it.
     name: String,
-    /// The holder's [`Member::tenure`], with its session secret.
-    tenure: Arc<Tenure>,
+    /// Its connections' [`Member::tenure`]s, oldest first, never empty: the
+    /// entry goes with the last one. More than one only for a token holder,
+    /// bounded by `--max-connections` (and `--max-connections-per-ip` for
+    /// each of its addresses).
+    tenures: Vec<Arc<Tenure>>,
+    /// A token holder's `sub`: the only one whose connections may join it.
+    sub: Option<Arc<str>>,
 }
 
 impl Holder {
-    /// Whether `presented` is this holder's session secret.
+    /// A plain or guest name's holder: one connection.
+    fn one(name: String, tenure: Arc<Tenure>) -> Self {
+        Self { name, tenures: vec![tenure], sub: None }
+    }
+
+    /// Whether `presented` is the session secret of this plain name's
+    /// holder (a token holder's connections are each its own).
     fn owned_by(&self, presented: Option<&str>) -> bool {
-        presented.is_some_and(|p| self.tenure.session.proven_by(p))
+        self.sub.is_none()
+            && presented.is_some_and(|p| self.tenures.iter().any(|t| t.session.proven_by(p)))
+    }
+
+    /// Retires every connection holding it: their name is someone else's now.
+    fn retire(&self) {
+        for tenure in &self.tenures {
+            tenure.retire();
+        }
     }
 }
 
@@ -511,20 +571,12 @@ pub enum JoinError {
     Backend(#[from] BackendError),
     /// Another token holder (another `sub`) holds a name that looks like
     /// this one's: it came in between the check before the upgrade and the
-    /// join.
+    /// join, or (with a shared backend) holds it on another node.
     #[error("{name:?} looks like the name of someone else in the room")]
     NameHeld {
         /// The token's name.
         name: String,
     },
-}
-
-/// A token holder in a room: the `sub` its name's key belongs to, and how
-/// many connections it has there.
-#[derive(Debug)]
-struct Person {
-    sub: Arc<str>,
-    connections: usize,
 }
 
 /// A name as shown (a guest's with its mark), and its [`name_key`].
@@ -553,16 +605,16 @@ fn requested_name<'a>(
     })
 }
 
+/// Holds `name` (of `key`, free) for a plain or guest name's connection;
+/// returns the name.
+fn plain(state: &mut RoomState, name: String, key: String, tenure: &Arc<Tenure>) -> String {
+    state.names.insert(key, Holder::one(name.clone(), tenure.clone()));
+    name
+}
+
 /// A name as `who` is shown under it: a guest's with [`GUEST_MARK`] before it.
 fn shown_as<'a>(who: &Who, name: &'a str) -> Cow<'a, str> {
     if *who == Who::Guest { Cow::Owned(format!("{GUEST_MARK}{name}")) } else { Cow::Borrowed(name) }
-}
-
-/// The key in [`RoomState::names`] of a token holder's connection beyond
-/// the one holding its name's own key: one entry per connection, so that
-/// each leaves on its own. The NUL cannot be in a name.
-fn device_key(key: &str, tenure: &Tenure) -> String {
-    format!("{key}\0{}", tenure.session.hex())
 }
 
 impl Hub {
@@ -684,7 +736,7 @@ impl Hub {
         let key = name_key(&identity.name);
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return false };
         let state = lock(&room.state);
-        state.people.get(&key).is_some_and(|person| person.sub != identity.sub)
+        state.names.get(&key).is_some_and(|holder| holder.sub.as_deref() != Some(&*identity.sub))
     }
 
     /// Joins in-process: a room not in memory is read back from the store
@@ -815,22 +867,27 @@ impl Hub {
             // its own dead connection, which is retired without a word; this
             // is how that connection spelled it.
             let mut was = None;
+            // A token holder's connection joining its others here: the room
+            // knows the person already.
+            let mut further = false;
             let granted = match (requested, who.identity()) {
                 (None, _) => None,
                 (Some((name, Err(reason))), _) => {
                     notices.push(error_frame(ClientError::InvalidName { name, reason }, protocol));
                     None
                 }
-                // One person, however many connections: each has an entry
-                // of its own in `names`, the first under the name's key.
-                (Some((_, Ok((name, key)))), Some(id)) => Some(state.seat(id, name, key, &tenure)?),
+                // One person, however many connections: one entry in `names`.
+                (Some((_, Ok((name, key)))), Some(id)) => {
+                    further = !state.seat(id, &name, key, &tenure)?;
+                    Some(name)
+                }
                 (Some((name, Ok((shown, key)))), None) => match state.names.get(&key) {
-                    None => Some((shown, key)),
+                    None => Some(plain(state, shown, key, &tenure)),
                     Some(holder) if holder.owned_by(session.as_deref()) => {
-                        holder.tenure.retire();
-                        last_id = holder.tenure.last_id();
+                        holder.retire();
+                        last_id = holder.tenures.iter().find_map(|t| t.last_id());
                         was = state.names.remove(&key).map(|holder| holder.name);
-                        Some((shown, key))
+                        Some(plain(state, shown, key, &tenure))
                     }
                     Some(_) => {
                         notices.push(error_frame(ClientError::NameTaken { name }, protocol));
@@ -838,17 +895,16 @@ impl Hub {
                     }
                 },
             };
-            let (name, key) = granted.unwrap_or_else(|| {
+            let name = granted.unwrap_or_else(|| {
                 let mut free = fallbacks.filter(|(_, key)| !state.names.contains_key(key));
-                free.next().unwrap_or_default()
+                let (name, key) = free.next().unwrap_or_default();
+                plain(state, name, key, &tenure)
             });
             if last_id.is_none()
                 && let Some(presented) = session.as_deref()
             {
                 last_id = take_departed(&mut state.departed, presented);
             }
-            let holder = Holder { name: name.clone(), tenure: tenure.clone() };
-            state.names.insert(key, holder);
             notices.push(self.welcome(
                 room,
                 (&name, who),
@@ -894,15 +950,9 @@ impl Hub {
                     };
                     room.broadcast(state, &event);
                 }
-            } else if local::announces_each(state.names.len(), self.presence_limit) {
-                let event = Event::Join {
-                    room: room.name.as_str().into(),
-                    name: name.as_str().into(),
-                    ts: now(),
-                };
-                room.broadcast(state, &event);
-            } else {
-                state.presence.joined();
+            } else if !further {
+                // (A person's further connection: its first was announced.)
+                room.arrived(state, &name, self.presence_limit);
             }
             Ok((name, notices, rx))
         })?;
@@ -947,7 +997,7 @@ impl Hub {
         self: &Arc<Self>,
         request: &ChatRequest,
         from: (&str, &str),
-    ) -> Result<Joined, BackendError> {
+    ) -> Result<Joined, JoinError> {
         let ChatRequest { room, name: requested, resume, protocol, session, who } = request;
         let protocol = *protocol;
         let (fallback, subject) = from;
@@ -977,19 +1027,28 @@ impl Hub {
         room.subscribed.get_or_try_init(|| self.backend.subscribe(&room.name)).await?;
 
         let mut notices = Vec::new();
-        let requested = requested.as_deref().filter(|name| match validate_name(name) {
-            Ok(()) => true,
-            Err(reason) => {
+        let requested = match requested_name(who, requested.as_deref()) {
+            None => None,
+            Some((_, Ok(shown))) => Some(shown),
+            Some((name, Err(reason))) => {
                 notices.push(error_frame(ClientError::InvalidName { name, reason }, protocol));
-                false
+                None
             }
-        });
+        };
+        let sub = who.identity().map(|identity| &*identity.sub);
+        // Another person here holds a look-alike: no need to ask.
+        if let (Some(sub), Some((name, key))) = (sub, &requested)
+            && lock(&room.state).names.get(key).is_some_and(|h| h.sub.as_deref() != Some(sub))
+        {
+            return Err(JoinError::NameHeld { name: name.clone() });
+        }
         // Lua has no Unicode tables: the keys are computed here, and the
         // script claims the first free candidate.
         let candidates: Vec<_> =
             local::fallback_names(fallback).take(FALLBACK_CANDIDATES).collect();
         let join = Join {
-            requested: requested.map(|name| (name, name_key(name))),
+            requested: requested.as_ref().map(|(name, key)| (name.as_str(), key.clone())),
+            sub,
             presented: session.as_deref(),
             session: &member.tenure.session.hex(),
             candidates: &candidates,
@@ -997,19 +1056,23 @@ impl Hub {
             floor,
         };
         let reply = self.backend.join(&room.name, &join).await?;
-        if reply.taken {
-            let name = requested.unwrap_or_default();
-            notices.push(error_frame(ClientError::NameTaken { name }, protocol));
+        match reply.outcome {
+            Claim::Granted => {}
+            Claim::Taken => {
+                let name = requested.as_ref().map_or("", |(name, _)| name.as_str());
+                notices.push(error_frame(ClientError::NameTaken { name }, protocol));
+            }
+            Claim::Held => {
+                let name = requested.map(|(name, _)| name).unwrap_or_default();
+                return Err(JoinError::NameHeld { name });
+            }
         }
         let state = reply.room;
         let reset = {
             let mut local = lock(&room.state);
             let reset = room.adopt_epoch(&mut local, &state.epoch);
-            let holder = Holder { name: reply.name.clone(), tenure: member.tenure.clone() };
-            // A returning session's old connection, if it is on this node.
-            if let Some(old) = local.names.insert(name_key(&reply.name), holder) {
-                old.tenure.retire();
-            }
+            let sub = who.identity().map(|identity| identity.sub.clone());
+            local.hold(&reply.name, &member.tenure, sub);
             reset
         };
         // The backend lost the room, and this join learnt it before the
@@ -1055,8 +1118,12 @@ impl Events for Hub {
 
     fn retire(&self, room: &str, key: &str) {
         let Some(room) = lock(&self.rooms).get(room).cloned() else { return };
-        if let Some(old) = lock(&room.state).names.remove(key) {
-            old.tenure.retire();
+        let mut state = lock(&room.state);
+        // Only a plain name's session returns: a person's connections are each its own.
+        if state.names.get(key).is_some_and(|holder| holder.sub.is_none())
+            && let Some(old) = state.names.remove(key)
+        {
+            old.retire();
         }
     }
 
@@ -1106,8 +1173,13 @@ impl Events for Hub {
         let state = lock(&room.state);
         let holders = state.names.iter().map(|(key, holder)| Holding {
             key: key.clone(),
-            session: holder.tenure.session.hex(),
             name: holder.name.clone(),
+            held: match &holder.sub {
+                Some(sub) => {
+                    Held::Person { sub: sub.to_string(), connections: holder.tenures.len() }
+                }
+                None => Held::Session(holder.tenures[0].session.hex()),
+            },
         });
         Some(LocalRoom { epoch: state.epoch.clone(), seq: state.seq, holders: holders.collect() })
     }
@@ -1189,6 +1261,18 @@ impl Room {
         } else if seq + RESERVE_MARGIN > state.reserved {
             state.reserved = seq + RESERVE_AHEAD;
             store.reserve(&self.name, &state.epoch, state.reserved, ceiling.clone());
+        }
+    }
+
+    /// Announces that `name` joined, or counts it for the next summary in
+    /// a room larger than `presence_limit`.
+    fn arrived(&self, state: &mut RoomState, name: &str, presence_limit: usize) {
+        if local::announces_each(state.names.len(), presence_limit) {
+            let event =
+                Event::Join { room: self.name.as_str().into(), name: name.into(), ts: now() };
+            self.broadcast(state, &event);
+        } else {
+            state.presence.joined();
         }
     }
 
@@ -1303,9 +1387,9 @@ impl Member {
         Some(answer.tied_to(charge))
     }
 
-    /// Whether `holder` is this client.
+    /// Whether `holder` is this client (or this client's person).
     fn holds(&self, holder: &Holder) -> bool {
-        Arc::ptr_eq(&holder.tenure, &self.tenure)
+        holder.tenures.iter().any(|tenure| Arc::ptr_eq(tenure, &self.tenure))
     }
 
     /// Relays `message` to the room; returns what its echo is, and its seq
@@ -1434,7 +1518,6 @@ impl Member {
         validate_name(new).map_err(|reason| ClientError::InvalidName { name: new, reason })?;
         if self.hub.backend.is_shared() {
             // Boxed whole: its state stays out of every connection's future.
-            // (No guests there: JWT is refused with --redis for now.)
             return Box::pin(self.rename_shared(new)).await;
         }
         let shown = &*shown_as(&self.who, new);
@@ -1461,7 +1544,8 @@ impl Member {
 
     /// Renames through the shared backend, which holds the names.
     async fn rename_shared<'a>(&mut self, new: &'a str) -> Result<Ack, ClientError<'a>> {
-        let key = name_key(new);
+        let shown = shown_as(&self.who, new).into_owned();
+        let key = name_key(&shown);
         if lock(&self.room.state).names.get(&key).is_some_and(|holder| !self.holds(holder)) {
             return Err(ClientError::NameTaken { name: new });
         }
@@ -1470,7 +1554,7 @@ impl Member {
             return Err(ClientError::LinkDown);
         }
         let session = self.tenure.session.hex();
-        let renamed = self.hub.backend.rename(&self.room.name, &self.name, new, &session).await;
+        let renamed = self.hub.backend.rename(&self.room.name, &self.name, &shown, &session).await;
         match renamed {
             Ok(true) => {}
             Ok(false) => return Err(ClientError::NameTaken { name: new }),
@@ -1485,9 +1569,9 @@ impl Member {
             return Ok(Ack::None);
         }
         let holder = state.names.remove(&old_key);
-        let holder = holder.map(|h| Holder { name: new.to_owned(), ..h });
+        let holder = holder.map(|h| Holder { name: shown.clone(), ..h });
         state.names.extend(holder.map(|h| (key, h)));
-        new.clone_into(&mut self.name);
+        self.name = shown;
         // The notice comes back from the backend, after any message sent before it.
         Ok(Ack::None)
     }
@@ -1525,31 +1609,24 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let mut key = name_key(&self.name);
+        let key = name_key(&self.name);
         let mut state = lock(&self.room.state);
-        if self.who.identity().is_some() && self.registered {
-            if let Some(person) = state.people.get_mut(&key) {
-                person.connections -= 1;
-                if person.connections == 0 {
-                    state.people.remove(&key);
-                }
-            }
-            if !state.names.get(&key).is_some_and(|h| self.holds(h)) {
-                key = device_key(&key, &self.tenure);
-            }
-        }
+        let online = state.names.len();
         // A retired connection's name is its successor's now.
-        let holds = self.registered && state.names.get(&key).is_some_and(|h| self.holds(h));
-        if holds {
+        let released = if self.registered { state.release(&key, &self.tenure) } else { None };
+        if let Some(gone) = released {
             let mode = self.hub.backend.mode();
             match mode {
-                // The backend releases the name and announces the departure.
+                // The backend releases the name (a person's once its last
+                // connection on any node leaves) and announces the departure.
                 Mode::Shared => {
                     self.hub.backend.leave(&self.room.name, &key, &self.tenure.session.hex());
                 }
+                // A person's other connections are still here.
+                _ if !gone => {}
                 // Degraded: announced to this node's clients, whatever the size.
                 _ if mode == Mode::Degraded
-                    || local::announces_each(state.names.len(), self.hub.presence_limit) =>
+                    || local::announces_each(online, self.hub.presence_limit) =>
                 {
                     let event = Event::Leave {
                         room: self.room.name.as_str().into(),
@@ -1560,7 +1637,6 @@ impl Drop for Member {
                 }
                 _ => state.presence.left(),
             }
-            state.names.remove(&key);
             if let Some(last_id) = self.tenure.last_id() {
                 if state.departed.len() == DEPARTED_SESSIONS {
                     state.departed.pop_front();
@@ -1677,8 +1753,7 @@ mod tests {
     fn member_while_linked(hub: &Arc<Hub>, room: &str, name: &str) -> Joined {
         let tenure = Arc::new(Tenure::new("ip:10.0.0.1"));
         let entered = hub.enter(room, Protocol::Text, &mut None, |room, state| {
-            let holder = Holder { name: name.to_owned(), tenure: tenure.clone() };
-            state.names.insert(name_key(name), holder);
+            state.names.insert(name_key(name), Holder::one(name.to_owned(), tenure.clone()));
             room.ring.subscribe(tenure.clone())
         });
         let (room, rx) = entered.expect("a fake backend has no store");
@@ -1762,6 +1837,70 @@ mod tests {
         hub.summarize();
         assert!(taken(&mut alice.rx).is_empty(), "nothing new to summarize");
         drop(carol);
+    }
+
+    /// Joins `room` as the holder of a token for `sub` named `name`.
+    fn join_as(hub: &Arc<Hub>, room: &str, sub: &str, name: &str) -> Result<Joined, JoinError> {
+        let identity = Identity {
+            sub: sub.into(),
+            name: name.to_owned(),
+            expires: None,
+            rooms: crate::protocol::Scope::All,
+            moderates: crate::protocol::Scope::All,
+        };
+        let request = ChatRequest { who: Who::User(Arc::new(identity)), ..request(room, None) };
+        block_on(hub.join(&request, "10.0.0.1", "ip:10.0.0.1"))
+    }
+
+    #[test]
+    fn in_process_a_person_is_one_name_however_many_connections() {
+        let hub = hub(local(), &ServerConfig::default());
+        let mut bob = join(&hub, "lobby", Some("bob"));
+        let laptop = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        let mut phone = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        let tablet = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+        assert_eq!(taken(&mut bob.rx), ["* bob joined", "* alice joined"]);
+        let welcome = text(phone.notices.last().expect("a welcome"));
+        assert!(welcome.contains(", 2 online,"), "{welcome}");
+        let room = lock(&hub.rooms)["lobby"].clone();
+        let every = |state: &RoomState| state.tenures_of(&name_key("alice"));
+        assert_eq!(every(&lock(&room.state)).len(), 3);
+        assert_eq!(lock(&room.state).names.len(), 2, "one entry for the person");
+        // Another person's look-alike is refused outright.
+        let other = join_as(&hub, "lobby", "u-2", "ALICE");
+        assert!(matches!(other, Err(JoinError::NameHeld { .. })), "{other:?}");
+
+        // The first connection (the one announced) goes, then another: silently.
+        drop(laptop);
+        drop(tablet);
+        let left = every(&lock(&room.state));
+        assert!(left.len() == 1 && Arc::ptr_eq(&left[0], &phone.member.tenure()));
+        let Event::Who { count, names, .. } = block_on(bob.member.who()) else { panic!("who") };
+        assert_eq!((count, names.len()), (2, 2));
+        block_on(phone.member.say("still here")).expect("said");
+        assert_eq!(taken(&mut bob.rx), ["alice: still here"]);
+        assert!(taken(&mut phone.rx).iter().all(|line| !line.contains("left")));
+        drop(phone);
+        assert_eq!(taken(&mut bob.rx), ["* alice left"]);
+        assert!(every(&lock(&room.state)).is_empty());
+        // Free for another person now.
+        let other = join_as(&hub, "lobby", "u-2", "ALICE").expect("joined");
+        assert_eq!(other.member.name(), "ALICE");
+    }
+
+    #[test]
+    fn in_process_a_crowd_counts_persons_in_its_summaries() {
+        let config = ServerConfig { presence_limit: 0, ..ServerConfig::default() };
+        let hub = hub(local(), &config);
+        let mut bob = join(&hub, "big", Some("bob"));
+        let laptop = join_as(&hub, "big", "u-1", "alice").expect("joined");
+        let phone = join_as(&hub, "big", "u-1", "alice").expect("joined");
+        drop(laptop);
+        hub.summarize();
+        assert_eq!(taken(&mut bob.rx), ["* 2 joined, 0 left; 2 online"]);
+        drop(phone);
+        hub.summarize();
+        assert_eq!(taken(&mut bob.rx), ["* 0 joined, 1 left; 1 online"]);
     }
 
     #[test]

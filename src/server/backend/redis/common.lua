@@ -1,9 +1,13 @@
 -- Shared by every script. KEYS: the room's meta hash (epoch, seq, presence
 -- counters, the time of the last message), its history stream, its names
--- hash and its nodes hash (node -> local members). The names hash maps a
--- name's key (its look-alike skeleton, computed in Rust) to 'NODE SESSION
--- NAME': the node holding it, the holder's session secret and the name as
--- written (names hold no spaces). ARGV: channel, room, node, timestamp,
+-- hash and its nodes hash (node -> local connections). The names hash maps
+-- a name's key (its look-alike skeleton, computed in Rust) to 'NODE SESSION
+-- NAME' for a plain or guest name: the node holding it, the holder's session
+-- secret and the name as written (names hold no spaces); or, for a token
+-- holder, one person however many connections, to '+ COUNTS NAME SUB': its
+-- connections per node ('NODE=N,NODE=N'), its name, and its token's `sub`
+-- (last: it may hold spaces). So a person is one field, and the hash's length
+-- counts persons. ARGV: channel, room, node, timestamp,
 -- presence limit, how long an empty room is kept after its last message
 -- (ms, `--keep-for`), then the script's own arguments.
 local meta, log, names, nodes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -47,12 +51,69 @@ local function hold()
   redis.call('PERSIST', log)
 end
 
--- The node, session and name of a names hash value.
+-- The node, session and name of a plain name's value; nothing for a person's.
 local function holder(value)
+  if string.sub(value, 1, 2) == '+ ' then
+    return nil
+  end
   return string.match(value, '^(%S+) (%S+) (.+)$')
 end
 
--- Names held by nodes whose heartbeat key expired leave the room, which
+-- A person's connections per node (a table), name and sub; nothing for a
+-- plain name's value.
+local function person(value)
+  local counts, name, sub = string.match(value, '^%+ (%S+) (%S+) (.+)$')
+  if not counts then
+    return nil
+  end
+  local per = {}
+  for n, count in string.gmatch(counts, '([^=,]+)=(%d+)') do
+    per[n] = tonumber(count)
+  end
+  return per, name, sub
+end
+
+-- A person's value, or nil when it has no connection left on any node.
+local function person_value(per, name, sub)
+  local parts = {}
+  for n, count in pairs(per) do
+    if count > 0 then
+      parts[#parts + 1] = n .. '=' .. count
+    end
+  end
+  if #parts == 0 then
+    return nil
+  end
+  table.sort(parts)
+  return '+ ' .. table.concat(parts, ',') .. ' ' .. name .. ' ' .. sub
+end
+
+-- The name a value of either kind shows.
+local function shown(value)
+  local _, _, name = holder(value)
+  if name then
+    return name
+  end
+  local _, person_name = person(value)
+  return person_name
+end
+
+-- Sets the person of `key` (its value `value`) to `count` connections on
+-- node `n`; with none left on any node, it leaves the room, announced once.
+local function person_on(key, value, n, count)
+  local per, name, sub = person(value)
+  per[n] = count
+  local updated = person_value(per, name, sub)
+  if updated then
+    redis.call('HSET', names, key, updated)
+  else
+    presence('leave', name)
+    redis.call('HDEL', names, key)
+  end
+end
+
+-- Names held by nodes whose heartbeat key expired leave the room (a
+-- person's connections there go, and it leaves with its last), which
 -- starts to expire if that empties it and `forget`. A node that has clients
 -- in the room (its presence tick, its rejoin) does not let it: an empty
 -- names hash then means Redis lost them, and the node is about to claim
@@ -66,6 +127,11 @@ local function reap(forget)
         if owner == n then
           presence('leave', name)
           redis.call('HDEL', names, all[i])
+        elseif not owner then
+          local per = person(all[i + 1])
+          if per and per[n] then
+            person_on(all[i], all[i + 1], n, 0)
+          end
         end
       end
       redis.call('HDEL', nodes, n)

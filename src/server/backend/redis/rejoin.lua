@@ -1,22 +1,35 @@
 -- After the link comes back: ARGV[7] is an epoch in case the room is new,
 -- ARGV[8] the last seq this node delivered and ARGV[9] its epoch, ARGV[10]
--- and ARGV[11] the most messages and bytes to catch up with, ARGV[12..] the
--- keys, sessions and names of this node's clients now, in threes. Names
--- this node held but whose clients left meanwhile leave; the others are
--- claimed again.
+-- and ARGV[11] the most messages and bytes to catch up with, ARGV[12..] this
+-- node's names now, in fours: key, name, a token holder's `sub` ('' for a
+-- plain name), and the plain name's session secret or the person's number
+-- of connections here. Names this node held but whose clients left
+-- meanwhile leave (a person's count here goes, and it leaves if that was
+-- its last); the others are claimed again, a person's count here set.
 -- Returns {names held elsewhere meanwhile, epoch, seq, first caught-up seq,
 -- the messages after ARGV[8] (bounded)}.
 reap(false)
-local mine = {}
-for i = 12, #ARGV, 3 do
-  mine[ARGV[i]] = node .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2]
+local mine, people = {}, {}
+for i = 12, #ARGV, 4 do
+  if ARGV[i + 2] == '' then
+    mine[ARGV[i]] = node .. ' ' .. ARGV[i + 3] .. ' ' .. ARGV[i + 1]
+  else
+    people[ARGV[i]] = {name = ARGV[i + 1], sub = ARGV[i + 2], count = tonumber(ARGV[i + 3])}
+  end
 end
 local all = redis.call('HGETALL', names)
 for i = 1, #all, 2 do
-  local owner, _, name = holder(all[i + 1])
-  if owner == node and mine[all[i]] ~= all[i + 1] then
+  local key, value = all[i], all[i + 1]
+  local owner, _, name = holder(value)
+  if owner == node and mine[key] ~= value then
     presence('leave', name)
-    redis.call('HDEL', names, all[i])
+    redis.call('HDEL', names, key)
+  elseif not owner then
+    local per, _, sub = person(value)
+    local ours = people[key]
+    if per and per[node] and not (ours and ours.sub == sub) then
+      person_on(key, value, node, 0)
+    end
   end
 end
 local held, clashes = 0, 0
@@ -27,6 +40,22 @@ for key, value in pairs(mine) do
     held = held + 1
   elseif current == value then
     held = held + 1
+  else
+    clashes = clashes + 1
+  end
+end
+for key, ours in pairs(people) do
+  local current = redis.call('HGET', names, key)
+  local per, name, sub
+  if current then
+    per, name, sub = person(current)
+  else
+    per, name, sub = {}, ours.name, ours.sub
+  end
+  if sub == ours.sub then
+    per[node] = ours.count
+    redis.call('HSET', names, key, person_value(per, name, sub))
+    held = held + ours.count
   else
     clashes = clashes + 1
   end

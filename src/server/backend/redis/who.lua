@@ -1,7 +1,7 @@
 -- ARGV[7]: how many names to list at most. Returns {count, names}.
 local all = {}
 for _, value in ipairs(redis.call('HVALS', names)) do
-  local _, _, name = holder(value)
+  local name = shown(value)
   -- A value of another format (an older version's) is skipped, not a hole.
   if name then all[#all + 1] = name end
 end
