@@ -12,7 +12,9 @@
 //! - [`identity`]: checks identity tokens (JWT) against the configured key;
 //! - `limit`, `address`, `origin`: flood control, per-address bounds, and
 //!   the Origin and Host checks;
-//! - `metrics`: the counters behind `GET /metrics`.
+//! - `metrics`: the counters behind `GET /metrics`;
+//! - `api`, `ticket`: the HTTP API for programs (`/api/`, served by hyper)
+//!   and the page's single-use tickets.
 //!
 //! The accept loop takes connections from a bound listener, runs each in its
 //! own task, and shuts everything down gracefully when told to.
@@ -21,6 +23,7 @@
 //! shutdown future, so tests bind port 0 and stop the server at will.
 
 pub(crate) mod address;
+pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod commands;
 pub mod config;
@@ -31,6 +34,7 @@ pub mod identity;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub(crate) mod origin;
+pub(crate) mod ticket;
 pub(crate) mod wire;
 
 pub use address::{AddressKey, client_address, parse_proxy};
@@ -106,6 +110,7 @@ pub async fn run(
         // A permit per chat connection, taken once the request is read.
         slots: Arc::new(Semaphore::new(config.max_connections)),
         addresses,
+        api: api::Api::new(config.api_key.clone()),
     });
 
     // A permit per connection in its handshake, overall and per address
@@ -198,6 +203,7 @@ fn access(config: &ServerConfig, listener: &TcpListener, secure: bool) -> Access
         token: config.token.clone(),
         jwt: crate::server::identity::Verifier::from_config(config).map(Arc::new),
         guests: config.guests,
+        tickets: Arc::default(),
         own,
         proxies: config.trusted_proxy.clone(),
         addresses: Addresses::new(AddressLimits {
@@ -363,6 +369,20 @@ struct Context {
     slots: Arc<Semaphore>,
     /// The same as `access.addresses`.
     addresses: Arc<Addresses>,
+    /// `--api-key` and the API's publish rate.
+    api: api::Api,
+}
+
+/// What a connection's handshake came to: a chat client to join, or an API
+/// client for hyper (boxed: it stays out of the chat path's futures).
+enum Upgraded<S> {
+    Chat(
+        crate::protocol::ChatRequest,
+        Box<tokio_websockets::WebSocketStream<Wire<S>>>,
+        OwnedSemaphorePermit,
+        Slot,
+    ),
+    Api(Box<api::Handover<S>>),
 }
 
 /// What a connection's task starts with, besides its stream.
@@ -409,6 +429,35 @@ fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answe
     })
 }
 
+/// The chat slots, overall and of the client's address, held for the whole
+/// connection (an API connection's too); or the refusal, answered.
+async fn take_slots<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    client: AddressKey,
+    context: &Context,
+) -> Result<(OwnedSemaphorePermit, Slot), HandshakeError> {
+    let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
+    let Ok(slot) = context.slots.clone().try_acquire_owned() else {
+        let reason = "the server is full: try again later".to_owned();
+        let answer = Answer::busy(503, "full", wait, reason);
+        return Err(refuse(stream, answer, Some(&context.metrics)).await);
+    };
+    let address_slot = match context.addresses.connection(client) {
+        Ok(address_slot) => address_slot,
+        Err(full) => {
+            let (status, reason, text) = match full {
+                Full::Address => {
+                    (429, "address_connections", "too many connections from your address")
+                }
+                Full::Table => (503, "addresses_full", "the server is full"),
+            };
+            let answer = Answer::busy(status, reason, wait, format!("{text}: try again later"));
+            return Err(refuse(stream, answer, Some(&context.metrics)).await);
+        }
+    };
+    Ok((slot, address_slot))
+}
+
 /// One connection's HTTP handshake and join; the chat itself is spawned as
 /// [`connection::serve`]. Errors end here, logged.
 async fn upgrade_and_join<S>(mut stream: S, start: Start)
@@ -422,32 +471,18 @@ where
             match read_request(&mut stream, peer.ip(), &upgrading.access, &upgrading.metrics)
                 .await?
             {
-                Handshake::Upgrade(upgrade) => upgrade,
+                Handshake::Upgrade((request, read, client)) => (Some(request), read, client),
+                Handshake::Api((read, client)) => (None, read, client),
                 Handshake::Served { status } => {
                     debug!(status, "served without upgrading");
                     return Ok(None);
                 }
             };
-        // The chat slots, overall and of the client's address, held for the
-        // whole connection.
-        let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
-        let Ok(slot) = upgrading.slots.clone().try_acquire_owned() else {
-            let reason = "the server is full: try again later".to_owned();
-            let answer = Answer::busy(503, "full", wait, reason);
-            return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
-        };
-        let address_slot = match upgrading.addresses.connection(client) {
-            Ok(address_slot) => address_slot,
-            Err(full) => {
-                let (status, reason, text) = match full {
-                    Full::Address => {
-                        (429, "address_connections", "too many connections from your address")
-                    }
-                    Full::Table => (503, "addresses_full", "the server is full"),
-                };
-                let answer = Answer::busy(status, reason, wait, format!("{text}: try again later"));
-                return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
-            }
+        let (slot, address_slot) = take_slots(&mut stream, client, &upgrading).await?;
+        let Some(request) = request else {
+            let slots = (slot, address_slot);
+            let handover = api::Handover { stream, read, client, slots };
+            return Ok(Some(Upgraded::Api(Box::new(handover))));
         };
         // A look-alike of another token holder's name: refused before the
         // upgrade, so the client reads why (the join checks again).
@@ -465,7 +500,7 @@ where
         })?;
         // Boxed once here: not in the connection's future as well as in the
         // split halves' allocation (see `connection_futures_stay_small`).
-        Ok::<_, HandshakeError>(Some((request, Box::new(ws), slot, address_slot)))
+        Ok::<_, HandshakeError>(Some(Upgraded::Chat(request, Box::new(ws), slot, address_slot)))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
@@ -473,7 +508,13 @@ where
     };
     drop(handshake);
     let (request, mut ws, slot, address_slot) = match upgraded {
-        Ok(Ok(Some(upgraded))) => upgraded,
+        Ok(Ok(Some(Upgraded::Chat(request, ws, slot, address_slot)))) => {
+            (request, ws, slot, address_slot)
+        }
+        Ok(Ok(Some(Upgraded::Api(handover)))) => {
+            tracker.spawn(api::serve(*handover, context, shutdown).in_current_span());
+            return;
+        }
         // Answered already: nothing to join.
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {
