@@ -149,7 +149,7 @@ async fn a_missing_or_wrong_key_gets_401() {
         assert_eq!(answer.status, 401, "{bearer:?}: {}", answer.json);
         assert!(answer.json["error"].as_str().is_some_and(|e| e.contains("API key")));
         assert_eq!(
-            answer.headers.get("www-authenticate").map(|v| v.as_bytes()),
+            answer.headers.get("www-authenticate").map(http::HeaderValue::as_bytes),
             Some(&b"Bearer"[..])
         );
     }
