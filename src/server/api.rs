@@ -176,9 +176,25 @@ async fn answer(
     context: &super::Context,
 ) -> Response<Full<Bytes>> {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // A browser would send its next request for the page on this
+    // connection, which serves only the API: it gets a connection of its
+    // own instead.
+    let close = path == "/api/ticket" || is_from_browser(request.headers());
     let answer = route(request, client, context).await;
     debug!(%method, path, status = answer.status.as_u16(), "API request");
-    answer.into_response()
+    let mut response = answer.into_response();
+    if close {
+        let close = hyper::header::HeaderValue::from_static("close");
+        response.headers_mut().insert(hyper::header::CONNECTION, close);
+    }
+    response
+}
+
+/// Browsers mark their requests: `Origin`, or the `Sec-Fetch-*` headers.
+fn is_from_browser(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| name == hyper::header::ORIGIN || name.as_str().starts_with("sec-fetch-"))
 }
 
 /// Where a request goes: a match on the path's segments, so that new
