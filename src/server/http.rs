@@ -211,7 +211,7 @@ fn route(
         ));
     }
     // Bodies and keep-alive: hyper's (see `server::api`).
-    if (path == "/api" || path.starts_with("/api/")) && !upgrade {
+    if path.starts_with("/api/") && !upgrade {
         return Ok(Route::Api);
     }
     let now = tokio::time::Instant::now();
@@ -671,7 +671,7 @@ mod tests {
                     let path = target.split('?').next().unwrap_or_default();
                     prop_assert_eq!(room_from_path(path), Ok(chat.room.as_str()));
                 }
-                Some(Ok((Route::Api, _))) => prop_assert!(target.starts_with("/api")),
+                Some(Ok((Route::Api, _))) => prop_assert!(target.starts_with("/api/")),
                 Some(Ok((Route::Serve(answer), _)) | Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
                 None => prop_assert!(false, "a complete head must be decided"),
             }
