@@ -276,3 +276,30 @@ async fn a_ticket_stands_for_its_token_once_and_needs_no_api_key() {
     assert_eq!(rooms.status, 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_redis_a_publish_on_one_node_reaches_the_others_and_is_kept() {
+    use crate::redis_nodes::{Node, Redis, join, until};
+    let Some(redis) = Redis::start("api_with_redis").await else { return };
+    let flags = ["--api-key", KEY];
+    let (a, b) = (Node::start_with(&redis, &flags).await, Node::start_with(&redis, &flags).await);
+    let (mut bob, _) = join(&b, "/ops?name=bob").await;
+    until(&mut bob, |event| event["type"] == "join").await;
+    let body = json!({ "from": "ci", "text": "through redis" }).to_string();
+    let mut client = HttpClient::connect(a.addr).await;
+    let said = client.send("POST", "/api/rooms/ops/messages", Some(KEY), Some(&body)).await;
+    assert_eq!(said.status, 200, "{}", said.json);
+    let message = until(&mut bob, |event| event["type"] == "message").await;
+    assert_eq!((&message["seq"], &message["from"]), (&said.json["seq"], &json!("ci (api)")));
+    // A room nobody is in, on any node: kept in Redis for later.
+    let body = json!({ "from": "ci", "text": "for later" }).to_string();
+    let said = client.send("POST", "/api/rooms/quiet/messages", Some(KEY), Some(&body)).await;
+    assert_eq!((said.status, &said.json["seq"]), (200, &json!(1)), "{}", said.json);
+    let page = HttpClient::connect(b.addr)
+        .await
+        .send("GET", "/api/rooms/quiet/messages", Some(KEY), None)
+        .await;
+    assert_eq!(page.json["messages"][0]["text"], "for later", "{}", page.json);
+    let members = client.send("GET", "/api/rooms/ops/members", Some(KEY), None).await;
+    assert_eq!(members.json["names"], json!(["bob"]), "asked of Redis, from the other node");
+}
