@@ -51,8 +51,8 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::protocol::{
-    ClientError, Command, Event, HELP, Limits, REPLACED_CLOSE_CODE, Request,
-    TOKEN_EXPIRED_CLOSE_CODE, parse_command,
+    ClientError, Command, Event, HELP, Limits, MODERATOR_HELP, REMOVED_CLOSE_CODE,
+    REPLACED_CLOSE_CODE, Request, TOKEN_EXPIRED_CLOSE_CODE, parse_command,
 };
 use config::{
     ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
@@ -158,6 +158,8 @@ struct Session {
     strict_name: bool,
     /// Whether a welcome came on any connection.
     welcomed: bool,
+    /// Whether the last welcome said we moderate the room.
+    moderator: bool,
 }
 
 /// Lines on their way to the server.
@@ -272,9 +274,10 @@ async fn stay_connected(
                                 | 1010
                                 | REPLACED_CLOSE_CODE
                                 | TOKEN_EXPIRED_CLOSE_CODE
+                                | REMOVED_CLOSE_CODE
                         ) {
-                            // Our own fault, or our session went on elsewhere:
-                            // coming back would not help.
+                            // Our own fault, our session went on elsewhere, or
+                            // a moderator removed us: coming back would not help.
                             return Err(Error::Closed { code, reason });
                         }
                         Error::Closed { code, reason }
@@ -454,8 +457,13 @@ async fn converse(
                 unsent(lines, output, number, &why);
                 continue;
             }
-            let oldest = session.borrow().oldest;
-            let Some(request) = request(number, &line, oldest, output) else { continue };
+            let (oldest, moderator) = {
+                let session = session.borrow();
+                (session.oldest, session.moderator)
+            };
+            let Some(request) = request(number, &line, (oldest, moderator), output) else {
+                continue;
+            };
             // A line stays in flight until answered: a `slow down` sends it again.
             lines.borrow_mut().in_flight.push_back((number, line));
             sink.send(request).await?;
@@ -499,7 +507,7 @@ fn unsent(lines: &RefCell<Lines>, output: &RefCell<Output>, number: u64, why: &s
 fn request(
     number: u64,
     line: &str,
-    oldest: Option<u64>,
+    (oldest, moderator): (Option<u64>, bool),
     output: &RefCell<Output>,
 ) -> Option<Message> {
     let id = Some(number.to_string().into());
@@ -510,11 +518,13 @@ fn request(
         Command::History { limit, before } => {
             Request::History { before: before.or(oldest), limit: Some(limit), id }
         }
+        Command::Moderate(moderation) => Request::moderation(&moderation, id),
         // The same answers the text protocol gives.
         local => {
             let event = match local {
                 Command::MissingArgument(usage) => ClientError::Usage { usage }.into(),
                 Command::Unknown(command) => ClientError::UnknownCommand { command }.into(),
+                _ if moderator => Event::Notice { text: format!("{HELP}{MODERATOR_HELP}").into() },
                 _ => Event::Notice { text: HELP.into() },
             };
             if let Err(error) = output.borrow_mut().event(&event, None) {
@@ -694,8 +704,9 @@ impl Session {
 
     fn update(&mut self, event: &Event<'_>) {
         match event {
-            Event::Welcome { name, epoch, limits, session, .. } => {
+            Event::Welcome { name, epoch, limits, session, moderator, .. } => {
                 self.welcomed = true;
+                self.moderator = *moderator;
                 if self.epoch.as_deref() != Some(epoch) {
                     // A new history: its numbers start over.
                     self.epoch = Some(epoch.to_string());
@@ -868,7 +879,7 @@ mod tests {
         assert_eq!((session.seq, session.oldest), (Some(9), Some(3)));
         let asked = |oldest| {
             let output = RefCell::new(Output::Pipe(output::Style { json: false, quiet: true }));
-            let frame = request(7, "/history 2", oldest, &output).expect("a request");
+            let frame = request(7, "/history 2", (oldest, false), &output).expect("a request");
             frame.as_text().expect("text").to_owned()
         };
         assert_eq!(asked(Some(3)), r#"{"type":"history","before":3,"limit":2,"id":"7"}"#);

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NameError, Str, is_line_break};
+use super::{Action, Moderation, ModerationError, NameError, Str, is_line_break};
 
 /// What one text frame from a client asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub enum Command<'a> {
         /// Older than this seq.
         before: Option<u64>,
     },
+    /// `/kick`, `/ban`, `/unban`, `/mute` or `/unmute`.
+    Moderate(Moderation<'a>),
     /// `/nick` without a name, or `/history` with words that are not numbers.
     MissingArgument(&'static str),
     /// Any other `/command`.
@@ -50,7 +52,11 @@ pub fn parse_command(text: &str) -> Command<'_> {
         "who" => Command::Who,
         "help" => Command::Help,
         "history" => parse_history(arg),
-        _ => Command::Unknown(name),
+        _ => match Action::from_command(name) {
+            Some(action) => super::parse_moderation(action, arg)
+                .map_or(Command::MissingArgument(action.usage()), Command::Moderate),
+            None => Command::Unknown(name),
+        },
     }
 }
 
@@ -133,6 +139,81 @@ pub enum Request<'a> {
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         id: Option<Str<'a>>,
     },
+    /// A moderator closes `name`'s connections to the room.
+    Kick {
+        /// Who.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// Why, told to the room and to the person.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Str<'a>>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// A moderator kicks `name` and refuses their joins for `seconds` (until
+    /// lifted without it).
+    Ban {
+        /// Who.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// How long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// Why.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Str<'a>>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// A moderator lifts `name`'s ban.
+    Unban {
+        /// Who.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// A moderator lets `name` read but not send, for `seconds` (until
+    /// lifted without it).
+    Mute {
+        /// Who.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// How long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+    /// A moderator lifts `name`'s mute.
+    Unmute {
+        /// Who.
+        #[serde(borrow)]
+        name: Str<'a>,
+        /// Echoed in the answer.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        id: Option<Str<'a>>,
+    },
+}
+
+impl<'a> Request<'a> {
+    /// The JSON request of a moderation command.
+    pub fn moderation(moderation: &Moderation<'a>, id: Option<Str<'a>>) -> Self {
+        let name = moderation.name.into();
+        let reason = moderation.reason.map(Into::into);
+        let seconds = moderation.duration.map(|d| d.as_secs());
+        match moderation.action {
+            Action::Kick => Request::Kick { name, reason, id },
+            Action::Ban => Request::Ban { name, seconds, reason, id },
+            Action::Unban => Request::Unban { name, id },
+            Action::Mute => Request::Mute { name, seconds, id },
+            Action::Unmute => Request::Unmute { name, id },
+        }
+    }
 }
 
 impl Request<'_> {
@@ -146,6 +227,15 @@ impl Request<'_> {
                 limit: limit.unwrap_or(super::HISTORY_PAGE_DEFAULT),
                 before: *before,
             },
+            Request::Kick { name, reason, .. } => {
+                moderate(Action::Kick, name, None, reason.as_deref())
+            }
+            Request::Ban { name, seconds, reason, .. } => {
+                moderate(Action::Ban, name, *seconds, reason.as_deref())
+            }
+            Request::Unban { name, .. } => moderate(Action::Unban, name, None, None),
+            Request::Mute { name, seconds, .. } => moderate(Action::Mute, name, *seconds, None),
+            Request::Unmute { name, .. } => moderate(Action::Unmute, name, None, None),
         }
     }
 
@@ -155,9 +245,24 @@ impl Request<'_> {
             Request::Message { id, .. }
             | Request::Nick { id, .. }
             | Request::Who { id }
-            | Request::History { id, .. } => id.as_ref(),
+            | Request::History { id, .. }
+            | Request::Kick { id, .. }
+            | Request::Ban { id, .. }
+            | Request::Unban { id, .. }
+            | Request::Mute { id, .. }
+            | Request::Unmute { id, .. } => id.as_ref(),
         }
     }
+}
+
+fn moderate<'a>(
+    action: Action,
+    name: &'a str,
+    seconds: Option<u64>,
+    reason: Option<&'a str>,
+) -> Command<'a> {
+    let duration = seconds.map(std::time::Duration::from_secs);
+    Command::Moderate(Moderation { action, name, duration, reason })
 }
 
 /// What a client did wrong; sent to that client only, as `! ...`.
@@ -224,6 +329,28 @@ pub enum ClientError<'a> {
     /// The server holds all the messages its memory bound allows
     /// (`--max-memory`), and none could be dropped for this one.
     ServerFull,
+    /// A moderation command from someone who does not moderate the room.
+    NotModerator,
+    /// A moderation request that does not fit (its duration or reason).
+    Moderation(ModerationError),
+    /// A kick or mute of someone not in the room.
+    NotHere {
+        /// The name asked for.
+        name: &'a str,
+    },
+    /// An unban or unmute of someone who is not banned or muted.
+    NotSanctioned {
+        /// The name asked for.
+        name: &'a str,
+    },
+    /// The room holds as many bans and mutes as it may
+    /// ([`MAX_SANCTIONS_PER_ROOM`](super::MAX_SANCTIONS_PER_ROOM)).
+    TooManySanctions,
+    /// A muted client's message: it may read, not send.
+    Muted {
+        /// Seconds until the mute ends; none: until lifted.
+        seconds_left: Option<u64>,
+    },
 }
 
 impl ClientError<'_> {
@@ -245,6 +372,12 @@ impl ClientError<'_> {
             ClientError::ControlCharacter => "control_character",
             ClientError::ServerFull => "server_full",
             ClientError::HistoryUnavailable => "history_unavailable",
+            ClientError::NotModerator => "not_moderator",
+            ClientError::Moderation(_) => "bad_moderation",
+            ClientError::NotHere { .. } => "not_here",
+            ClientError::NotSanctioned { .. } => "not_sanctioned",
+            ClientError::TooManySanctions => "too_many_sanctions",
+            ClientError::Muted { .. } => "muted",
         }
     }
 }
@@ -253,6 +386,10 @@ impl ClientError<'_> {
 pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
                         /history [N] [BEFORE] shows earlier messages, /help shows this; \
                         start a message with // to send a literal /";
+/// What `/help` adds for a moderator of the room.
+pub const MODERATOR_HELP: &str = "; as a moderator: /kick NAME [REASON], \
+                                  /ban NAME [DURATION] [REASON], /unban NAME, \
+                                  /mute NAME [DURATION], /unmute NAME (DURATION like 10m, 2h, 7d)";
 
 impl fmt::Display for ClientError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -299,6 +436,26 @@ impl fmt::Display for ClientError<'_> {
             ClientError::ServerFull => f.write_str(
                 "the server is out of memory for messages: this one was not sent; try again",
             ),
+            ClientError::NotModerator => {
+                f.write_str("you do not moderate this room: nothing was done")
+            }
+            ClientError::Moderation(error) => write!(f, "{error}: nothing was done"),
+            ClientError::NotHere { name } => {
+                write!(f, "nobody named {name:?} is in this room: nothing was done")
+            }
+            ClientError::NotSanctioned { name } => {
+                write!(f, "{name:?} is not banned or muted here: nothing was done")
+            }
+            ClientError::TooManySanctions => {
+                f.write_str("this room holds as many bans and mutes as it may: lift some first")
+            }
+            ClientError::Muted { seconds_left: None } => {
+                f.write_str("you are muted in this room: this message was not sent")
+            }
+            ClientError::Muted { seconds_left: Some(seconds) } => {
+                let left = humantime::format_duration(std::time::Duration::from_secs(*seconds));
+                write!(f, "you are muted in this room for {left}: this message was not sent")
+            }
         }
     }
 }

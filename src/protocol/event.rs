@@ -54,6 +54,24 @@ pub enum Event<'a> {
         /// Name after.
         new: Str<'a>,
     },
+    /// `* NAME was kicked by MODERATOR: REASON`, and the like.
+    Moderated {
+        /// The room.
+        room: Str<'a>,
+        /// What was done.
+        action: super::Action,
+        /// To whom.
+        name: Str<'a>,
+        /// By which moderator; none for the HTTP API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Str<'a>>,
+        /// For how long, in seconds (a ban or a mute); none: until lifted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Str<'a>>,
+    },
     /// Sent to a client when it joins, before anything else but an error about
     /// its requested name.
     Welcome {
@@ -79,6 +97,12 @@ pub enum Event<'a> {
         /// old connection carried out, so that it sends again only the rest.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_id: Option<Str<'a>>,
+        /// Whether its name comes from a signed identity token.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        signed_in: bool,
+        /// Whether it moderates the room (its token's `mod` claim).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moderator: bool,
     },
     /// Answer to `/who`: `* N in ROOM: a, b, c` (and `, and M more` past
     /// [`MAX_WHO_NAMES`](super::MAX_WHO_NAMES)).
@@ -328,10 +352,20 @@ impl fmt::Display for Event<'_> {
             Event::Join { name, .. } => write!(f, "* {name} joined"),
             Event::Leave { name, .. } => write!(f, "* {name} left"),
             Event::Nick { old, new, .. } => write!(f, "* {old} is now {new}"),
-            Event::Welcome { name, room, online, .. } => write!(
-                f,
-                "* you are {name} in room {room}, {online} online; /help lists the commands"
-            ),
+            Event::Moderated { action, name, by, seconds, reason, .. } => {
+                let told =
+                    super::describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
+                write!(f, "* {told}")
+            }
+            Event::Welcome { name, room, online, signed_in, moderator, .. } => {
+                write!(f, "* you are {name} in room {room}, {online} online")?;
+                match (signed_in, moderator) {
+                    (true, true) => f.write_str(", signed in as a moderator")?,
+                    (true, false) => f.write_str(", signed in")?,
+                    _ => {}
+                }
+                f.write_str("; /help lists the commands")
+            }
             Event::Who { room, count, names, .. } => {
                 write!(f, "* {count} in {room}: {}", names.join(", "))?;
                 if *count > names.len() {

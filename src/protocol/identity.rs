@@ -56,8 +56,7 @@ pub struct Identity {
     pub expires: Option<u64>,
     /// The rooms the holder may join.
     pub rooms: Scope,
-    /// The rooms the holder moderates. Kept for moderation, which is not
-    /// there yet: nothing reads it today.
+    /// The rooms the holder moderates: `/kick`, `/ban` and the like.
     pub moderates: Scope,
 }
 

@@ -7,6 +7,7 @@
 //!   frames it is encoded into once ([`Frame`]);
 //! - `identity.rs`: who a connection is ([`Who`]): the claims of an
 //!   identity token and the guest mark;
+//! - `moderation.rs`: what moderators may do ([`Moderation`]);
 //! - [`names`]: the rules for names (the ones the protocol refers to are
 //!   re-exported here) and for escaping received text.
 //!
@@ -23,11 +24,13 @@ use serde::{Deserialize, Serialize};
 mod command;
 mod event;
 mod identity;
+mod moderation;
 pub mod names;
 
 pub use command::*;
 pub use event::*;
 pub use identity::*;
+pub use moderation::*;
 
 // Re-exported: a refused name is part of the protocol's error events.
 pub use crate::protocol::names::{MAX_NAME_CHARS, NameError, name_key, validate_name};
@@ -262,6 +265,8 @@ mod tests {
                     limits: Some(Limits { per_second: 20, burst: 50, max_bytes: 65536 }),
                     session: Some("5ec".into()),
                     last_id: None,
+                    signed_in: false,
+                    moderator: false,
                 },
                 r#"{"type":"welcome","room":"lobby","name":"bob","online":2,"epoch":"e1","seq":9,"limits":{"per_second":20,"burst":50,"max_bytes":65536},"session":"5ec"}"#,
                 "* you are bob in room lobby, 2 online; /help lists the commands",
@@ -338,6 +343,8 @@ mod tests {
             limits: None,
             session: None,
             last_id: None,
+            signed_in: true,
+            moderator: true,
         };
         assert_eq!(parse_welcome(&welcome.to_string()), Some("bob"));
     }

@@ -1,7 +1,9 @@
-//! What a client's commands do: a message, `/nick`, `/who`, `/history` and `/help`,
-//! each carried out in the room, answered to the client alone, or refused.
+//! What a client's commands do: a message, `/nick`, `/who`, `/history`, `/help`
+//! and a moderator's `/kick` and the like, each carried out in the room, answered to the client alone, or refused.
 
-use crate::protocol::{ClientError, Command, Event, Frame, HELP, Protocol, check_text};
+use crate::protocol::{
+    ClientError, Command, Event, Frame, HELP, MODERATOR_HELP, Protocol, check_text,
+};
 use crate::server::hub::{Ack, Member};
 use crate::server::metrics::Metrics;
 
@@ -67,7 +69,21 @@ pub(crate) async fn act<'a>(
             let answer = member.charged(earlier.encode(protocol));
             answer.map(Outcome::Answer).ok_or(ClientError::HistoryUnavailable)
         }
-        Command::Help => Ok(Outcome::Answer(Event::Notice { text: HELP.into() }.encode(protocol))),
+        Command::Help => {
+            let text = if member.moderates() {
+                format!("{HELP}{MODERATOR_HELP}").into()
+            } else {
+                HELP.into()
+            };
+            Ok(Outcome::Answer(Event::Notice { text }.encode(protocol)))
+        }
+        Command::Moderate(moderation) => {
+            if !member.moderates() {
+                return Err(ClientError::NotModerator);
+            }
+            let wait = member.moderate(&moderation).await?;
+            Ok(Outcome::Done { wait, ack: ack(None) })
+        }
         Command::MissingArgument(usage) => Err(ClientError::Usage { usage }),
         Command::Unknown(command) => Err(ClientError::UnknownCommand { command }),
     }

@@ -28,8 +28,8 @@ use tokio_websockets::{CloseCode, Error, Message, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::protocol::{
-    ClientError, Event, Frame, MAX_ID_BYTES, Protocol, REPLACED_CLOSE_CODE, Request,
-    TOKEN_EXPIRED_CLOSE_CODE, parse_command,
+    ClientError, Event, Frame, MAX_ID_BYTES, Protocol, REMOVED_CLOSE_CODE, REPLACED_CLOSE_CODE,
+    Request, TOKEN_EXPIRED_CLOSE_CODE, parse_command,
 };
 use crate::server::backend::ECHO_TIMEOUT;
 use crate::server::commands::{Outcome, act};
@@ -67,6 +67,17 @@ pub enum End {
     /// The same session joined again from a new connection, which took
     /// this one's name.
     Replaced,
+    /// A moderator kicked or banned it, saying this
+    /// ([`REMOVED_CLOSE_CODE`]).
+    Removed(Box<str>),
+}
+
+impl End {
+    /// How a retired connection ends: replaced by its session's new one,
+    /// or removed by a moderator.
+    fn retired(tenure: &Tenure) -> Self {
+        tenure.removed().map_or(End::Replaced, End::Removed)
+    }
 }
 
 /// What a connection is given besides its socket and its membership.
@@ -186,6 +197,10 @@ where
             info!("closed: its token expired");
             "token_expired"
         }
+        End::Removed(told) => {
+            info!(%told, "closed by a moderator");
+            "removed"
+        }
     };
     setup.metrics.connections.dec();
     setup.metrics.closed.get_or_create(&Reason { reason }).inc();
@@ -223,7 +238,7 @@ where
         };
         // Its session went on in a new connection: nothing more is done here.
         if shared.tenure.is_retired() {
-            return End::Replaced;
+            return End::retired(&shared.tenure);
         }
         let now = Instant::now();
         shared.last_heard.store(millis(now - shared.started), Ordering::Relaxed);
@@ -276,7 +291,7 @@ where
     let mut last_write: Option<Instant> = None;
     loop {
         if shared.tenure.is_retired() {
-            return End::Replaced;
+            return End::retired(&shared.tenure);
         }
         // Queuing never waits; only the write does, within the
         // slow-client limit (one timer per write, not per frame).
@@ -475,6 +490,12 @@ where
             if ws.flush().await.is_ok() {
                 let code = CloseCode::try_from(TOKEN_EXPIRED_CLOSE_CODE).ok();
                 let _ = ws.send(Message::close(code, "token expired")).await;
+            }
+        }
+        End::Removed(told) => {
+            if ws.flush().await.is_ok() {
+                let code = CloseCode::try_from(REMOVED_CLOSE_CODE).ok();
+                let _ = ws.send(Message::close(code, told)).await;
             }
         }
         End::Closed | End::Error(_) => {}
@@ -714,7 +735,7 @@ mod tests {
             session: None,
             who: crate::protocol::Who::Anyone,
         };
-        let joined = context.hub.join(&request, &peer.to_string()).await.unwrap();
+        let joined = context.hub.join(&request, &peer.to_string(), "ip:127.0.0.1").await.unwrap();
         let ws = Box::new(context.websockets.serve(Wire::new(BytesMut::new(), stream)));
         let setup = Setup {
             expires: None,

@@ -61,7 +61,7 @@ use tokio_util::task::TaskTracker;
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::protocol::{JSON_PROTOCOL, Protocol};
+use crate::protocol::{ChatRequest, JSON_PROTOCOL, Protocol};
 use crate::server::address::{AddressLimits, Addresses, Full, SWEEP_INTERVAL, Slot};
 use crate::server::config::{
     ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START, BUSY_RETRY_AFTER_SECONDS, CLOSE_TIMEOUT,
@@ -72,7 +72,7 @@ use crate::server::http::{
     Access, Answer, Handshake, HandshakeError, read_head, read_request, refuse, respond,
 };
 use crate::server::hub::ring::Budget;
-use crate::server::hub::{Hub, JoinError};
+use crate::server::hub::{Hub, JoinError, Restriction, subject};
 use crate::server::metrics::Metrics;
 use crate::server::wire::Wire;
 use connection::Setup;
@@ -373,15 +373,20 @@ struct Context {
     api: api::Api,
 }
 
+/// A chat client to join once upgraded: its request, subject and
+/// restriction, its socket, and its slots.
+type Joining<S> = (
+    (ChatRequest, String, Restriction),
+    Box<tokio_websockets::WebSocketStream<Wire<S>>>,
+    OwnedSemaphorePermit,
+    Slot,
+);
+
 /// What a connection's handshake came to: a chat client to join, or an API
-/// client for hyper (boxed: it stays out of the chat path's futures).
+/// client for hyper (boxed: the chat path's value is as large as it was).
+#[allow(clippy::large_enum_variant)]
 enum Upgraded<S> {
-    Chat(
-        crate::protocol::ChatRequest,
-        Box<tokio_websockets::WebSocketStream<Wire<S>>>,
-        OwnedSemaphorePermit,
-        Slot,
-    ),
+    Chat(Joining<S>),
     Api(Box<api::Handover<S>>),
 }
 
@@ -420,7 +425,7 @@ async fn tls_upgrade_and_join(tls: TlsAcceptor, stream: TcpStream, start: Start)
 
 /// The 409 of a token holder whose name looks like another's (another
 /// `sub`) in the room it asks for.
-fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answer> {
+fn look_alike(hub: &Hub, request: &ChatRequest) -> Option<Answer> {
     let identity = request.who.identity()?;
     hub.name_held_by_other(&request.room, identity).then(|| {
         let (name, room) = (&identity.name, &request.room);
@@ -429,21 +434,19 @@ fn look_alike(hub: &Hub, request: &crate::protocol::ChatRequest) -> Option<Answe
     })
 }
 
-/// The chat slots, overall and of the client's address, held for the whole
-/// connection (an API connection's too); or the refusal, answered.
-async fn take_slots<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    client: AddressKey,
+/// The chat slots, overall and of the client's address, held for the
+/// whole connection; or the 503 or 429 that says they are all taken.
+fn chat_slots(
     context: &Context,
-) -> Result<(OwnedSemaphorePermit, Slot), HandshakeError> {
+    client: AddressKey,
+) -> Result<(OwnedSemaphorePermit, Slot), Answer> {
     let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
     let Ok(slot) = context.slots.clone().try_acquire_owned() else {
         let reason = "the server is full: try again later".to_owned();
-        let answer = Answer::busy(503, "full", wait, reason);
-        return Err(refuse(stream, answer, Some(&context.metrics)).await);
+        return Err(Answer::busy(503, "full", wait, reason));
     };
-    let address_slot = match context.addresses.connection(client) {
-        Ok(address_slot) => address_slot,
+    match context.addresses.connection(client) {
+        Ok(address_slot) => Ok((slot, address_slot)),
         Err(full) => {
             let (status, reason, text) = match full {
                 Full::Address => {
@@ -451,11 +454,29 @@ async fn take_slots<S: AsyncWrite + Unpin>(
                 }
                 Full::Table => (503, "addresses_full", "the server is full"),
             };
-            let answer = Answer::busy(status, reason, wait, format!("{text}: try again later"));
-            return Err(refuse(stream, answer, Some(&context.metrics)).await);
+            Err(Answer::busy(status, reason, wait, format!("{text}: try again later")))
         }
-    };
-    Ok((slot, address_slot))
+    }
+}
+
+/// What `request` is held to in its room from `subject`: the 403 of a ban,
+/// or its mute, if any.
+async fn restriction(
+    hub: &Hub,
+    request: &ChatRequest,
+    subject: &str,
+) -> Result<Restriction, Answer> {
+    match hub.restriction(request, subject).await {
+        Ok(Restriction { banned: Some(told), .. }) => {
+            Err(Answer { reason: Some("banned"), ..Answer::text(403, told) })
+        }
+        Ok(restriction) => Ok(restriction),
+        // The join fails too, if the backend cannot be reached.
+        Err(error) => {
+            warn!(%error, "cannot read the room's bans");
+            Ok(Restriction::default())
+        }
+    }
 }
 
 /// One connection's HTTP handshake and join; the chat itself is spawned as
@@ -478,10 +499,12 @@ where
                     return Ok(None);
                 }
             };
-        let (slot, address_slot) = take_slots(&mut stream, client, &upgrading).await?;
+        let (slot, address_slot) = match chat_slots(&upgrading, client) {
+            Ok(slots) => slots,
+            Err(answer) => return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await),
+        };
         let Some(request) = request else {
-            let slots = (slot, address_slot);
-            let handover = api::Handover { stream, read, client, slots };
+            let handover = api::Handover { stream, read, client, slots: (slot, address_slot) };
             return Ok(Some(Upgraded::Api(Box::new(handover))));
         };
         // A look-alike of another token holder's name: refused before the
@@ -489,6 +512,12 @@ where
         if let Some(answer) = look_alike(&upgrading.hub, &request) {
             return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await);
         }
+        // Bans, by name and by who it is: refused before the upgrade too.
+        let subject = subject(&request.who, client);
+        let restriction = match restriction(&upgrading.hub, &request, &subject).await {
+            Ok(restriction) => restriction,
+            Err(answer) => return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await),
+        };
         let websockets = match request.protocol {
             Protocol::Text => &upgrading.websockets,
             Protocol::Json => &upgrading.websockets_json,
@@ -500,17 +529,16 @@ where
         })?;
         // Boxed once here: not in the connection's future as well as in the
         // split halves' allocation (see `connection_futures_stay_small`).
-        Ok::<_, HandshakeError>(Some(Upgraded::Chat(request, Box::new(ws), slot, address_slot)))
+        let joining = (request, subject, restriction);
+        Ok::<_, HandshakeError>(Some(Upgraded::Chat((joining, Box::new(ws), slot, address_slot))))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
         upgraded = timeout_at(deadline, upgrade) => upgraded,
     };
     drop(handshake);
-    let (request, mut ws, slot, address_slot) = match upgraded {
-        Ok(Ok(Some(Upgraded::Chat(request, ws, slot, address_slot)))) => {
-            (request, ws, slot, address_slot)
-        }
+    let ((request, subject, restriction), mut ws, slot, address_slot) = match upgraded {
+        Ok(Ok(Some(Upgraded::Chat(joining)))) => joining,
         Ok(Ok(Some(Upgraded::Api(handover)))) => {
             tracker.spawn(api::serve(*handover, context, shutdown).in_current_span());
             return;
@@ -530,7 +558,7 @@ where
 
     let span = tracing::Span::current();
     span.record("room", request.room.as_str());
-    let joined = match context.hub.join(&request, &peer.to_string()).await {
+    let joined = match context.hub.join(&request, &peer.to_string(), &subject).await {
         Ok(joined) => joined,
         Err(error) => {
             // With --redis, 1013: the client retries, here or on another node.
@@ -547,6 +575,7 @@ where
         }
     };
     span.record("name", joined.member.name());
+    restriction.apply(&joined.member);
     info!("joined");
     // Its own task: this one's state (the handshake's, the request) would
     // otherwise stay in memory for as long as the client does.

@@ -19,10 +19,10 @@ use crate::common::{
 };
 
 /// A database file of its own, deleted with its WAL when dropped.
-struct TempDb(PathBuf);
+pub(crate) struct TempDb(PathBuf);
 
 impl TempDb {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let name = format!("chat-test-{}-{:016x}.db", std::process::id(), fastrand::u64(..));
         Self(std::env::temp_dir().join(name))
     }
@@ -31,7 +31,7 @@ impl TempDb {
         self.0.to_str().expect("a UTF-8 temporary path")
     }
 
-    fn config(&self) -> ServerConfig {
+    pub(crate) fn config(&self) -> ServerConfig {
         ServerConfig { db: self.0.clone(), ..ServerConfig::default() }
     }
 }

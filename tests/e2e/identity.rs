@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::common::{PATIENCE, Peer, SERVER, TestServer, command, exchange_from, status_of};
 
-const SECRET: &str = "the signing secret";
-const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+pub(crate) const SECRET: &str = "the signing secret";
+pub(crate) const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
@@ -26,16 +26,16 @@ fn hs256(claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("encoded")
 }
 
-fn token(claims: &Value) -> String {
+pub(crate) fn token(claims: &Value) -> String {
     hs256(claims, SECRET.as_bytes())
 }
 
-fn hs256_server_config() -> ServerConfig {
+pub(crate) fn hs256_server_config() -> ServerConfig {
     ServerConfig { jwt_secret: Some(SECRET.into()), ..ServerConfig::default() }
 }
 
 /// An upgrade of `target` presenting `token` as `Authorization: Bearer`.
-fn upgrade_with_bearer(target: &str, token: &str) -> String {
+pub(crate) fn upgrade_with_bearer(target: &str, token: &str) -> String {
     format!(
         "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Authorization: Bearer {token}\r\n\
@@ -44,7 +44,7 @@ fn upgrade_with_bearer(target: &str, token: &str) -> String {
 }
 
 /// The response to an upgrade of `target` with `token` (none: no header).
-async fn answer(server: &TestServer, target: &str, token: Option<&str>) -> String {
+pub(crate) async fn answer(server: &TestServer, target: &str, token: Option<&str>) -> String {
     let request = match token {
         Some(token) => upgrade_with_bearer(target, token),
         None => crate::common::upgrade_request(target),
@@ -53,7 +53,7 @@ async fn answer(server: &TestServer, target: &str, token: Option<&str>) -> Strin
 }
 
 /// The body of a refusal: its one line.
-fn body(response: &str) -> &str {
+pub(crate) fn body(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, body)| body.trim_end())
 }
 

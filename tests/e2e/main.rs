@@ -34,6 +34,7 @@ mod join_rate;
 mod json_and_resume;
 mod keepalive;
 mod memory_bounds;
+mod moderation;
 mod names_and_commands;
 mod no_forgery;
 mod origin_and_host;

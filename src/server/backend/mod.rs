@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::Event;
+use std::collections::HashMap;
+
+use crate::protocol::{Action, Event, MAX_SANCTIONS, MAX_SANCTIONS_PER_ROOM};
 use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
 
@@ -327,6 +329,57 @@ impl Backend {
         }
     }
 
+    /// `room`'s active bans and mutes.
+    pub(crate) async fn sanctions(&self, room: &str) -> Result<Vec<Sanction>, BackendError> {
+        match &self.0 {
+            Kind::Local(store) => Ok(store.sanctions(room)),
+            Kind::Redis(redis) => Ok(redis.sanctions(room).await?),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
+    /// Records a ban or mute in `room`, in place of the same one of the same
+    /// name key and subject; false when the room holds as many as it may.
+    pub(crate) async fn sanction(
+        &self,
+        room: &str,
+        sanction: Sanction,
+    ) -> Result<bool, BackendError> {
+        match &self.0 {
+            Kind::Local(store) => Ok(store.sanction(room, sanction)),
+            Kind::Redis(redis) => Ok(redis.sanction(room, &sanction).await?),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
+    /// Lifts `room`'s bans (or mutes) of the name of key `key`; false when
+    /// there was none.
+    pub(crate) async fn lift(
+        &self,
+        room: &str,
+        action: Action,
+        key: &str,
+    ) -> Result<bool, BackendError> {
+        match &self.0 {
+            Kind::Local(store) => Ok(store.lift(room, action, key)),
+            Kind::Redis(redis) => Ok(redis.lift(room, action, key).await?),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
+    /// Whether someone holds the name of key `key` in `room`, on any node.
+    pub(crate) async fn holds(&self, room: &str, key: &str) -> Result<bool, BackendError> {
+        Ok(self.shared()?.holds(room, key).await?)
+    }
+
+    /// Publishes `event` (a moderation) to every node with clients in `room`.
+    pub(crate) async fn publish(&self, room: &str, event: &Event<'_>) -> Result<(), BackendError> {
+        Ok(self.shared()?.publish(room, event).await?)
+    }
+
     /// This node's last client left `room`: stop receiving its events,
     /// unless `events` has clients there again by then; in the background.
     pub(crate) fn forget(&self, room: &str, events: Arc<dyn Events>) {
@@ -347,6 +400,108 @@ impl Backend {
 }
 
 pub(crate) use store::Page;
+
+/// A ban or a mute in a room: of a name (its key), and, once it was given
+/// to someone there, of who that was (`sub:SUB` or `ip:ADDRESS`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Sanction {
+    /// [`Action::Ban`] or [`Action::Mute`].
+    pub action: Action,
+    /// The [`name_key`](crate::protocol::name_key) of the name it was given to.
+    pub key: String,
+    /// That name, as the moderator wrote it.
+    pub name: String,
+    /// Who had that name then, if anyone there did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Until when (Unix ms); none: until lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Sanction {
+    /// Whether it has not expired at `now` (Unix ms).
+    pub(crate) fn active(&self, now: u64) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+
+    /// Whether it applies to a connection of name key `key` and subject
+    /// `subject`.
+    pub(crate) fn applies(&self, key: &str, subject: &str) -> bool {
+        self.key == key || self.subject.as_deref() == Some(subject)
+    }
+
+    /// Whether it is the same as `other` but for its duration and reason.
+    fn replaces(&self, other: &Sanction) -> bool {
+        self.action == other.action && self.key == other.key && self.subject == other.subject
+    }
+}
+
+/// Every room's bans and mutes, in memory: the in-process backend's, read
+/// from the store at start and written through to it.
+#[derive(Debug, Default)]
+pub(crate) struct Sanctions {
+    rooms: HashMap<String, Vec<Sanction>>,
+    count: usize,
+}
+
+impl Sanctions {
+    /// `room`'s active ones; the expired ones are forgotten.
+    fn active(&mut self, room: &str) -> Vec<Sanction> {
+        let now = unix_ms();
+        let Some(held) = self.rooms.get_mut(room) else { return Vec::new() };
+        let before = held.len();
+        held.retain(|sanction| sanction.active(now));
+        self.count -= before - held.len();
+        let active = held.clone();
+        if held.is_empty() {
+            self.rooms.remove(room);
+        }
+        active
+    }
+
+    /// Adds `sanction` in place of the one it replaces; false past the bounds.
+    fn add(&mut self, room: &str, sanction: Sanction) -> bool {
+        self.active(room);
+        let held = self.rooms.entry(room.to_owned()).or_default();
+        if let Some(old) = held.iter_mut().find(|old| old.replaces(&sanction)) {
+            *old = sanction;
+            return true;
+        }
+        if held.len() >= MAX_SANCTIONS_PER_ROOM || self.count >= MAX_SANCTIONS {
+            if held.is_empty() {
+                self.rooms.remove(room);
+            }
+            return false;
+        }
+        held.push(sanction);
+        self.count += 1;
+        true
+    }
+
+    /// Forgets `room`'s `action`s of key `key`; false when there was none.
+    fn lift(&mut self, room: &str, action: Action, key: &str) -> bool {
+        self.active(room);
+        let Some(held) = self.rooms.get_mut(room) else { return false };
+        let before = held.len();
+        held.retain(|sanction| sanction.action != action || sanction.key != key);
+        let lifted = before - held.len();
+        self.count -= lifted;
+        if held.is_empty() {
+            self.rooms.remove(room);
+        }
+        lifted > 0
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A random epoch for a new room: its message numbers mean something only
 /// within it.

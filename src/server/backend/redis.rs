@@ -40,9 +40,10 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Events, Join, Joined, Snapshot, new_epoch};
+use super::{Events, Join, Joined, Sanction, Snapshot, new_epoch, unix_ms};
 use crate::protocol::{
-    Event, HISTORY_PAGE_BYTES, HISTORY_PAGE_MESSAGES, MAX_WHO_NAMES, PastMessage, name_key, now,
+    Action, Event, HISTORY_PAGE_BYTES, HISTORY_PAGE_MESSAGES, MAX_SANCTIONS_PER_ROOM,
+    MAX_WHO_NAMES, PastMessage, name_key, now,
 };
 use crate::server::config::ServerConfig;
 use crate::server::metrics::Metrics;
@@ -406,6 +407,102 @@ impl Redis {
         Ok(invocation.invoke_async(&mut commands).await?)
     }
 
+    /// `room`'s active bans and mutes, from its sanctions hash (field
+    /// `ACTION KEY SUBJECT`, value the [`Sanction`] in JSON); the expired
+    /// ones are deleted.
+    pub(crate) async fn sanctions(&self, room: &str) -> Result<Vec<Sanction>, LinkError> {
+        let mut commands = self.commands()?;
+        let all: Vec<(String, String)> =
+            within(redis::cmd("HGETALL").arg(sanctions_key(room)).query_async(&mut commands))
+                .await?;
+        let now = unix_ms();
+        let mut active = Vec::new();
+        let mut expired = Vec::new();
+        for (field, value) in all {
+            match serde_json::from_str::<Sanction>(&value) {
+                Ok(sanction) if sanction.active(now) => active.push(sanction),
+                _ => expired.push(field),
+            }
+        }
+        if !expired.is_empty() {
+            let mut delete = redis::cmd("HDEL");
+            delete.arg(sanctions_key(room)).arg(expired);
+            within(delete.query_async::<()>(&mut commands)).await?;
+        }
+        Ok(active)
+    }
+
+    /// Records a ban or mute in `room`, in place of the one of the same
+    /// action, key and subject; false when the room holds
+    /// [`MAX_SANCTIONS_PER_ROOM`] already.
+    pub(crate) async fn sanction(
+        &self,
+        room: &str,
+        sanction: &Sanction,
+    ) -> Result<bool, LinkError> {
+        let mut commands = self.commands()?;
+        let key = sanctions_key(room);
+        let field = sanction_field(sanction.action, &sanction.key, sanction.subject.as_deref());
+        let (held, exists): (usize, bool) = within(
+            redis::pipe()
+                .cmd("HLEN")
+                .arg(&key)
+                .cmd("HEXISTS")
+                .arg(&key)
+                .arg(&field)
+                .query_async(&mut commands),
+        )
+        .await?;
+        if held >= MAX_SANCTIONS_PER_ROOM && !exists {
+            // Perhaps expired ones: read (and delete) them, then look again.
+            if self.sanctions(room).await?.len() >= MAX_SANCTIONS_PER_ROOM {
+                return Ok(false);
+            }
+        }
+        let value = serde_json::to_string(sanction).unwrap_or_default();
+        within(redis::cmd("HSET").arg(&key).arg(field).arg(value).query_async::<()>(&mut commands))
+            .await?;
+        Ok(true)
+    }
+
+    /// Lifts `room`'s bans (or mutes) of key `key`; false when there was none.
+    pub(crate) async fn lift(
+        &self,
+        room: &str,
+        action: Action,
+        key: &str,
+    ) -> Result<bool, LinkError> {
+        let mut commands = self.commands()?;
+        let fields: Vec<String> =
+            within(redis::cmd("HKEYS").arg(sanctions_key(room)).query_async(&mut commands)).await?;
+        let prefix = sanction_field(action, key, None);
+        // Keys hold no spaces: the prefix is of this key's fields only.
+        let lifted: Vec<String> =
+            fields.into_iter().filter(|field| field.starts_with(&prefix)).collect();
+        if lifted.is_empty() {
+            return Ok(false);
+        }
+        let mut delete = redis::cmd("HDEL");
+        delete.arg(sanctions_key(room)).arg(lifted);
+        within(delete.query_async::<()>(&mut commands)).await?;
+        Ok(true)
+    }
+
+    /// Whether the name of key `key` is held in `room` on any node.
+    pub(crate) async fn holds(&self, room: &str, key: &str) -> Result<bool, LinkError> {
+        let mut commands = self.commands()?;
+        let names = format!("{PREFIX}:room:{room}:names");
+        within(redis::cmd("HEXISTS").arg(names).arg(key).query_async(&mut commands)).await
+    }
+
+    /// Publishes `event` to every node with clients in `room`.
+    pub(crate) async fn publish(&self, room: &str, event: &Event<'_>) -> Result<(), LinkError> {
+        let mut commands = self.commands()?;
+        let payload = serde_json::to_string(event).unwrap_or_default();
+        within(redis::cmd("PUBLISH").arg(channel(room)).arg(payload).query_async(&mut commands))
+            .await
+    }
+
     /// How many are in `room` on all nodes, and the first names in order.
     pub(crate) async fn who(&self, room: &str) -> Result<(usize, Vec<String>), LinkError> {
         let mut commands = self.commands()?;
@@ -676,6 +773,18 @@ fn past_message(room: &str, payload: &str) -> Option<PastMessage<'static>> {
 
 fn channel(room: &str) -> String {
     format!("{CHANNEL_PREFIX}{room}")
+}
+
+/// The hash of `room`'s bans and mutes. Never expires with the room: they
+/// outlive it, and expire one by one as they are read.
+fn sanctions_key(room: &str) -> String {
+    format!("{PREFIX}:room:{room}:sanctions")
+}
+
+/// A field of the sanctions hash: `ACTION KEY SUBJECT` (names hold no
+/// spaces; the subject is empty for a ban of a name alone).
+fn sanction_field(action: Action, key: &str, subject: Option<&str>) -> String {
+    format!("{} {key} {}", action.command(), subject.unwrap_or_default())
 }
 
 fn node_key(node: &str) -> String {

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -29,9 +29,11 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::protocol::Action;
 use crate::protocol::{HISTORY_PAGE_BYTES, HISTORY_PAGE_MESSAGES, PastMessage, Timestamp};
-use crate::server::backend::new_epoch;
+use crate::server::backend::{Sanction, Sanctions, new_epoch};
 use crate::server::config::{MEMORY_DB, ServerConfig};
+use crate::util::lock;
 
 /// Numbers a room reserves on disk ahead of the last it handed out: after
 /// a crash, numbering jumps by at most this much.
@@ -53,7 +55,7 @@ const VACUUM_PAGES: u32 = 1024;
 /// Longest wait before the writer tries again after a failure.
 const RETRY_MOST: Duration = Duration::from_secs(5);
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,18 @@ enum Job {
         epoch: Box<str>,
         seq: u64,
     },
+    /// Records a ban or mute, in place of the one of the same action, key
+    /// and subject.
+    Sanction {
+        room: Box<str>,
+        sanction: Sanction,
+    },
+    /// Forgets a room's bans or mutes of a name's key.
+    Lift {
+        room: Box<str>,
+        action: Action,
+        key: Box<str>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -194,6 +208,9 @@ pub(crate) struct Store {
     queued: Arc<AtomicUsize>,
     max_queued: usize,
     counters: StoreCounters,
+    /// Every room's bans and mutes, read at start and written through: a
+    /// join looks here, not at the disk.
+    sanctions: Arc<Mutex<Sanctions>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -225,6 +242,10 @@ impl Store {
             Retention { per_room: config.keep_messages, age: config.keep_for, total_bytes };
         let opened = Database::open(&path, retention)
             .map_err(|reason| StoreError::Open { path: path.display().to_string(), reason })?;
+        let sanctions = opened.sanctions().map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
         let counters = StoreCounters::default();
         counters.up.set(1);
         counters.bytes.set(i64::try_from(opened.bytes).unwrap_or(i64::MAX));
@@ -244,7 +265,34 @@ impl Store {
                 reason: format!("cannot start its writer: {error}"),
             },
         )?;
-        Ok(Self { jobs, queued, max_queued: config.db_queue_bytes, counters })
+        let sanctions = Arc::new(Mutex::new(sanctions));
+        Ok(Self { jobs, queued, max_queued: config.db_queue_bytes, counters, sanctions })
+    }
+
+    /// The active bans and mutes of `room`.
+    pub(crate) fn sanctions(&self, room: &str) -> Vec<Sanction> {
+        lock(&self.sanctions).active(room)
+    }
+
+    /// Records a ban or mute (in place of the one of the same action, key
+    /// and subject); false when [`MAX_SANCTIONS_PER_ROOM`](crate::protocol::MAX_SANCTIONS_PER_ROOM)
+    /// or [`MAX_SANCTIONS`](crate::protocol::MAX_SANCTIONS) are reached.
+    pub(crate) fn sanction(&self, room: &str, sanction: Sanction) -> bool {
+        if !lock(&self.sanctions).add(room, sanction.clone()) {
+            return false;
+        }
+        let _ = self.jobs.send(Job::Sanction { room: room.into(), sanction });
+        true
+    }
+
+    /// Lifts `room`'s bans (or mutes) of the name of key `key`; false when
+    /// there was none.
+    pub(crate) fn lift(&self, room: &str, action: Action, key: &str) -> bool {
+        if !lock(&self.sanctions).lift(room, action, key) {
+            return false;
+        }
+        let _ = self.jobs.send(Job::Lift { room: room.into(), action, key: key.into() });
+        true
     }
 
     /// The counters `/metrics` shows.
@@ -382,11 +430,45 @@ impl Database {
             conn.query_row("SELECT bytes FROM totals", [], |row| row.get(0)).map_err(fail)?;
         Ok(Self { conn, retention, bytes: u64::try_from(bytes).unwrap_or(0) })
     }
+
+    /// The bans and mutes that have not expired, the newest
+    /// [`MAX_SANCTIONS`](crate::protocol::MAX_SANCTIONS) at most.
+    fn sanctions(&self) -> rusqlite::Result<Sanctions> {
+        let now = i64::try_from(super::unix_ms()).unwrap_or(i64::MAX);
+        self.conn.execute("DELETE FROM sanctions WHERE until < ?1", [now])?;
+        let mut statement = self.conn.prepare(
+            "SELECT room, action, key, name, subject, until, reason FROM sanctions \
+             ORDER BY rowid DESC LIMIT ?1",
+        )?;
+        let limit = i64::try_from(crate::protocol::MAX_SANCTIONS).unwrap_or(i64::MAX);
+        let rows = statement.query_map([limit], |row| {
+            let action: String = row.get(1)?;
+            let until: Option<i64> = row.get(5)?;
+            Ok((
+                row.get::<_, String>(0)?,
+                Sanction {
+                    action: if action == "mute" { Action::Mute } else { Action::Ban },
+                    key: row.get(2)?,
+                    name: row.get(3)?,
+                    subject: row.get(4)?,
+                    until: until.and_then(|until| u64::try_from(until).ok()),
+                    reason: row.get(6)?,
+                },
+            ))
+        })?;
+        let mut sanctions = Sanctions::default();
+        for row in rows {
+            let (room, sanction) = row?;
+            sanctions.add(&room, sanction);
+        }
+        Ok(sanctions)
+    }
 }
 
 /// Each schema version's migration from the one before, in order: the
 /// store at version N runs those from index N.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     BEGIN;
     CREATE TABLE rooms (
         name TEXT PRIMARY KEY,
@@ -418,7 +500,23 @@ const MIGRATIONS: [&str; 1] = ["
             - length(CAST(old.text AS BLOB));
     END;
     COMMIT;
-"];
+",
+    "
+    BEGIN;
+    -- Bans and mutes (see `Sanction`); `until` is Unix ms, NULL until lifted.
+    CREATE TABLE sanctions (
+        room TEXT NOT NULL,
+        action TEXT NOT NULL,
+        key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        subject TEXT,
+        until INTEGER,
+        reason TEXT
+    );
+    CREATE INDEX sanctions_by_room ON sanctions (room, action, key);
+    COMMIT;
+",
+];
 
 /// The thread that owns the database.
 struct Writer {
@@ -578,6 +676,26 @@ fn apply(
     appended: &mut Vec<(Box<str>, u64)>,
 ) -> rusqlite::Result<()> {
     match job {
+        Job::Sanction { room, sanction } => {
+            let Sanction { action, key, name, subject, until, reason } = sanction;
+            tx.execute(
+                "DELETE FROM sanctions WHERE room = ?1 AND action = ?2 AND key = ?3 \
+                 AND subject IS ?4",
+                params![room, action.command(), key, subject],
+            )?;
+            let until = until.map(|until| i64::try_from(until).unwrap_or(i64::MAX));
+            tx.execute(
+                "INSERT INTO sanctions (room, action, key, name, subject, until, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![room, action.command(), key, name, subject, until, reason],
+            )?;
+        }
+        Job::Lift { room, action, key } => {
+            tx.execute(
+                "DELETE FROM sanctions WHERE room = ?1 AND action = ?2 AND key = ?3",
+                params![room, action.command(), key],
+            )?;
+        }
         Job::Append { room, message, .. } => {
             let inserted = tx
                 .prepare_cached(

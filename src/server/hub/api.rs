@@ -149,11 +149,12 @@ impl Hub {
         Member {
             hub: self.clone(),
             room: entered,
-            name,
             protocol,
             registered: false,
-            tenure: Arc::new(Tenure::new()),
+            // Not a connection: nothing a moderator records applies to it.
+            tenure: Arc::new(Tenure::new(&format!("api:{name}"))),
             who: Who::Anyone,
+            name,
         }
     }
 

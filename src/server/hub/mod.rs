@@ -26,12 +26,15 @@
 //! clients' messages among themselves.
 
 pub(crate) mod api;
+mod moderation;
 pub(crate) mod ring;
+
+pub use moderation::{Restriction, subject};
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -232,6 +235,16 @@ struct RoomState {
 }
 
 impl RoomState {
+    /// This node's connections under the name of key `key` (a token
+    /// holder's every device).
+    fn tenures_of(&self, key: &str) -> Vec<Arc<Tenure>> {
+        let device = |k: &str| k.strip_prefix(key).is_some_and(|rest| rest.starts_with('\0'));
+        (self.names.iter())
+            .filter(|(k, _)| *k == key || device(k))
+            .map(|(_, holder)| holder.tenure.clone())
+            .collect()
+    }
+
     /// Seats a token holder under its name (`name`, with `key`): one person
     /// per key, however many connections, each with an entry of its own in
     /// `names`, the first under the key itself. Another `sub` holding the
@@ -351,16 +364,37 @@ pub struct Tenure {
     retired: AtomicBool,
     /// The id of the last message request carried out.
     last_id: Mutex<Option<Box<str>>>,
+    /// Who bans and mutes recorded against this connection apply to:
+    /// `sub:SUB` for a token holder, else `ip:ADDRESS` (see [`subject`]).
+    subject: Box<str>,
+    /// Set when a moderator kicked or banned it: what its close frame says.
+    removed: Mutex<Option<Box<str>>>,
+    /// Muted until this time (Unix ms); 0: not muted, `u64::MAX`: until lifted.
+    muted_until: AtomicU64,
 }
 
 impl Tenure {
-    fn new() -> Self {
+    fn new(subject: &str) -> Self {
         Self {
             session: Secret::new(),
             wake: Notify::new(),
             retired: AtomicBool::new(false),
             last_id: Mutex::new(None),
+            subject: subject.into(),
+            removed: Mutex::new(None),
+            muted_until: AtomicU64::new(0),
         }
+    }
+
+    /// Why a moderator removed it (kicked or banned), once it was.
+    pub fn removed(&self) -> Option<Box<str>> {
+        lock(&self.removed).clone()
+    }
+
+    /// Closes the connection for a moderator, saying `why`.
+    fn remove(&self, why: &str) {
+        *lock(&self.removed) = Some(why.into());
+        self.retire();
     }
 
     /// The writer's wake-up.
@@ -631,13 +665,15 @@ impl Hub {
         self: &Arc<Self>,
         request: &ChatRequest,
         fallback: &str,
+        subject: &str,
     ) -> Result<Joined, JoinError> {
         let fallback = &*shown_as(&request.who, fallback);
+        let from = (fallback, subject);
         match self.backend.mode() {
             // Boxed: the store's answer stays out of every connection's future.
-            Mode::Alone => Box::pin(self.join_alone(request, fallback)).await,
+            Mode::Alone => Box::pin(self.join_alone(request, from)).await,
             // Boxed: the backend's state stays out of every connection's future.
-            Mode::Shared => Ok(Box::pin(self.join_shared(request, fallback)).await?),
+            Mode::Shared => Ok(Box::pin(self.join_shared(request, from)).await?),
             Mode::Degraded => Err(BackendError::Down.into()),
         }
     }
@@ -658,15 +694,15 @@ impl Hub {
     async fn join_alone(
         self: &Arc<Self>,
         request: &ChatRequest,
-        fallback: &str,
+        from: (&str, &str),
     ) -> Result<Joined, JoinError> {
         let Some(store) = self.backend.store() else {
-            return self.join_here(request, fallback, None);
+            return self.join_here(request, from, None);
         };
         loop {
             if lock(&self.rooms).contains_key(&request.room) {
                 let mut loaded = None;
-                if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+                if let Some(joined) = self.try_join_here(request, from, &mut loaded) {
                     return joined;
                 }
             }
@@ -683,7 +719,7 @@ impl Hub {
             }
             // Another client's last leave may forget the room before it is
             // entered: then it is read back again.
-            if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+            if let Some(joined) = self.try_join_here(request, from, &mut loaded) {
                 return joined;
             }
         }
@@ -742,12 +778,12 @@ impl Hub {
     fn join_here(
         self: &Arc<Self>,
         request: &ChatRequest,
-        fallback: &str,
+        from: (&str, &str),
         loaded: Option<Result<Loaded, StoreError>>,
     ) -> Result<Joined, JoinError> {
         let mut loaded = loaded;
         loop {
-            if let Some(joined) = self.try_join_here(request, fallback, &mut loaded) {
+            if let Some(joined) = self.try_join_here(request, from, &mut loaded) {
                 return joined;
             }
             // Only with a store, which join_alone asks: a room the store has
@@ -759,12 +795,13 @@ impl Hub {
     fn try_join_here(
         self: &Arc<Self>,
         request: &ChatRequest,
-        fallback: &str,
+        from: (&str, &str),
         loaded: &mut Option<Result<Loaded, StoreError>>,
     ) -> Option<Result<Joined, JoinError>> {
         let ChatRequest { room, name: requested, resume, protocol, session, who } = request;
         let protocol = *protocol;
-        let tenure = Arc::new(Tenure::new());
+        let (fallback, subject) = from;
+        let tenure = Arc::new(Tenure::new(subject));
         let secret = tenure.session.hex();
         // Keys are computed before the room's lock is taken.
         let requested = requested_name(who, requested.as_deref());
@@ -815,7 +852,7 @@ impl Hub {
             state.names.insert(key, holder);
             notices.push(self.welcome(
                 room,
-                &name,
+                (&name, who),
                 state.names.len(),
                 (&state.epoch, state.last()),
                 (&secret, last_id.as_deref()),
@@ -885,7 +922,7 @@ impl Hub {
     fn welcome(
         &self,
         room: &Room,
-        name: &str,
+        (name, who): (&str, &Who),
         online: usize,
         (epoch, seq): (&str, u64),
         (session, last_id): (&str, Option<&str>),
@@ -901,6 +938,8 @@ impl Hub {
             limits: json.then_some(self.limits),
             session: json.then(|| session.into()),
             last_id: last_id.filter(|_| json).map(Into::into),
+            signed_in: who.identity().is_some(),
+            moderator: who.identity().is_some_and(|id| id.moderates.allows(&room.name)),
         }
         .encode(protocol)
     }
@@ -908,13 +947,14 @@ impl Hub {
     async fn join_shared(
         self: &Arc<Self>,
         request: &ChatRequest,
-        fallback: &str,
+        from: (&str, &str),
     ) -> Result<Joined, BackendError> {
         let ChatRequest { room, name: requested, resume, protocol, session, who } = request;
         let protocol = *protocol;
+        let (fallback, subject) = from;
         // In the room (and subscribed to its events) before the backend announces
         // the join, so the joiner sees its own notice and all that follows.
-        let tenure = Arc::new(Tenure::new());
+        let tenure = Arc::new(Tenure::new(subject));
         let entered = self.enter(room, protocol, &mut None, |room, state| {
             if state.members == 1 {
                 // Nobody here knew the room: its epoch is the backend's, learnt
@@ -980,7 +1020,7 @@ impl Hub {
         }
         notices.push(self.welcome(
             room,
-            &reply.name,
+            (&reply.name, who),
             reply.online,
             (&state.epoch, state.seq),
             (&member.tenure.session.hex(), None),
@@ -1009,6 +1049,9 @@ impl Events for Hub {
             self.reclaim();
         }
         room.relay(&mut lock(&room.state), event);
+        if let Event::Moderated { .. } = event {
+            self.enforce(&room.name, event);
+        }
     }
 
     fn retire(&self, room: &str, key: &str) {
@@ -1272,6 +1315,7 @@ impl Member {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
+        self.check_muted()?;
         let ts = now();
         let room = self.room.name.as_str();
         let mode = self.hub.backend.mode();
@@ -1568,7 +1612,7 @@ mod tests {
 
     /// Joins, reading the room from the store if it is new.
     fn join(hub: &Arc<Hub>, room: &str, name: Option<&str>) -> Joined {
-        block_on(hub.join(&request(room, name), "10.0.0.1")).expect("joined")
+        block_on(hub.join(&request(room, name), "10.0.0.1", "ip:10.0.0.1")).expect("joined")
     }
 
     fn text(frame: &Frame) -> String {
@@ -1620,7 +1664,7 @@ mod tests {
     /// A member of `room` in degraded mode, put there as a join would have
     /// while the link was up.
     fn member_while_linked(hub: &Arc<Hub>, room: &str, name: &str) -> Joined {
-        let tenure = Arc::new(Tenure::new());
+        let tenure = Arc::new(Tenure::new("ip:10.0.0.1"));
         let entered = hub.enter(room, Protocol::Text, &mut None, |room, state| {
             let holder = Holder { name: name.to_owned(), tenure: tenure.clone() };
             state.names.insert(name_key(name), holder);
@@ -1741,7 +1785,8 @@ mod tests {
     fn degraded_joins_are_refused_and_departures_announced_here() {
         let config = ServerConfig { presence_limit: 0, ..ServerConfig::default() };
         let hub = hub(Backend::fake(Mode::Degraded), &config);
-        let joined = block_on(hub.join(&request("lobby", Some("carol")), "10.0.0.1"));
+        let joined =
+            block_on(hub.join(&request("lobby", Some("carol")), "10.0.0.1", "ip:10.0.0.1"));
         assert!(matches!(joined, Err(JoinError::Backend(BackendError::Down))), "{joined:?}");
         let mut alice = member_while_linked(&hub, "lobby", "alice");
         let bob = member_while_linked(&hub, "lobby", "bob");
