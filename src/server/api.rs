@@ -115,8 +115,8 @@ pub(super) async fn serve<S>(
     }
 }
 
-/// A JSON answer.
-struct Answer {
+/// An API answer: JSON, errors too.
+struct JsonReply {
     status: StatusCode,
     body: Value,
     /// `Retry-After`, in seconds.
@@ -125,7 +125,7 @@ struct Answer {
     allow: Option<&'static str>,
 }
 
-impl Answer {
+impl JsonReply {
     fn ok(body: Value) -> Self {
         Self { status: StatusCode::OK, body, retry_after: None, allow: None }
     }
@@ -199,40 +199,47 @@ fn is_from_browser(headers: &hyper::HeaderMap) -> bool {
 
 /// Where a request goes: a match on the path's segments, so that new
 /// endpoints are one arm each.
-async fn route(request: Request<Incoming>, client: AddressKey, context: &super::Context) -> Answer {
+async fn route(
+    request: Request<Incoming>,
+    client: AddressKey,
+    context: &super::Context,
+) -> JsonReply {
     let path = request.uri().path().to_owned();
-    let Some(rest) = path.strip_prefix("/api/") else { return Answer::not_found() };
+    let Some(rest) = path.strip_prefix("/api/") else { return JsonReply::not_found() };
     let segments: Vec<&str> = rest.split('/').collect();
     if segments == ["ticket"] {
         return ticket(&request, client, context);
     }
-    let Some(key) = &context.api.key else { return Answer::not_found() };
+    let Some(key) = &context.api.key else { return JsonReply::not_found() };
     if let Err(refusal) = authorize(&request, key, client, context) {
         return refusal;
     }
     let method = request.method().clone();
     match (segments.as_slice(), method) {
         (["rooms"], Method::GET) => rooms(context),
-        (["rooms"], _) => Answer::method("GET"),
+        (["rooms"], _) => JsonReply::method("GET"),
         (["rooms", room, "messages"], method) => match (checked_room(room), method) {
             (Err(refusal), _) => refusal,
             (Ok(room), Method::POST) => publish(request, &room, context).await,
             (Ok(room), Method::GET) => history(request.uri().query(), &room, context).await,
-            _ => Answer::method("GET, POST"),
+            _ => JsonReply::method("GET, POST"),
         },
         (["rooms", room, "members"], method) => match (checked_room(room), method) {
             (Err(refusal), _) => refusal,
             (Ok(room), Method::GET) => members(&room, context).await,
-            _ => Answer::method("GET"),
+            _ => JsonReply::method("GET"),
         },
-        _ => Answer::not_found(),
+        _ => JsonReply::not_found(),
     }
 }
 
 /// A room named in a path, checked with the room rules.
-fn checked_room(segment: &str) -> Result<String, Answer> {
+fn checked_room(segment: &str) -> Result<String, JsonReply> {
     let refused = |reason: &dyn std::fmt::Display| {
-        Answer::error(StatusCode::BAD_REQUEST, format!("{segment:?} is not a room name: {reason}"))
+        JsonReply::error(
+            StatusCode::BAD_REQUEST,
+            format!("{segment:?} is not a room name: {reason}"),
+        )
     };
     if segment.is_empty() {
         return Err(refused(&crate::protocol::NameError::Empty));
@@ -247,12 +254,12 @@ fn authorize(
     key: &ApiKey,
     client: AddressKey,
     context: &super::Context,
-) -> Result<(), Answer> {
+) -> Result<(), JsonReply> {
     let now = Instant::now();
     let addresses = &context.access.addresses;
     if let Err(wait) = addresses.may_authenticate(client, now) {
         let text = "too many failed authentications from your address: try again later";
-        return Err(Answer::busy(StatusCode::TOO_MANY_REQUESTS, wait, text));
+        return Err(JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text));
     }
     let presented = request
         .headers()
@@ -268,28 +275,28 @@ fn authorize(
             } else {
                 "the API key is required: Authorization: Bearer KEY"
             };
-            Err(Answer::error(StatusCode::UNAUTHORIZED, text))
+            Err(JsonReply::error(StatusCode::UNAUTHORIZED, text))
         }
     }
 }
 
 /// `POST /api/ticket`: the bearer token, checked as an upgrade checks it,
 /// for a ticket that stands for it once (see `server::ticket`).
-fn ticket(request: &Request<Incoming>, client: AddressKey, context: &super::Context) -> Answer {
+fn ticket(request: &Request<Incoming>, client: AddressKey, context: &super::Context) -> JsonReply {
     let access = &context.access;
     if access.token.is_none() && access.jwt.is_none() {
-        return Answer::error(
+        return JsonReply::error(
             StatusCode::NOT_FOUND,
             "this server takes no tokens: no ticket needed",
         );
     }
     if request.method() != Method::POST {
-        return Answer::method("POST");
+        return JsonReply::method("POST");
     }
     let now = Instant::now();
     if let Err(wait) = access.addresses.may_authenticate(client, now) {
         let text = "too many failed authentications from your address: try again later";
-        return Answer::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
+        return JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
     }
     let authorization = request.headers().get(AUTHORIZATION);
     let presented = authorization.and_then(|value| value.to_str().ok()).and_then(bearer_token);
@@ -302,46 +309,46 @@ fn ticket(request: &Request<Incoming>, client: AddressKey, context: &super::Cont
         Ok(who) => who,
         Err(error) => {
             access.addresses.authentication_failed(client, now);
-            return Answer::error(StatusCode::UNAUTHORIZED, error);
+            return JsonReply::error(StatusCode::UNAUTHORIZED, error);
         }
     };
     let name = who.identity().map(|identity| identity.name.clone());
     match access.tickets.issue(who) {
-        Ok(ticket) => Answer::ok(json!({
+        Ok(ticket) => JsonReply::ok(json!({
             "ticket": ticket,
             "expires_in": TICKET_LIFETIME.as_secs(),
             "name": name,
         })),
         Err(error @ TicketError::Full) => {
-            Answer::busy(StatusCode::SERVICE_UNAVAILABLE, TICKET_LIFETIME, error)
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, TICKET_LIFETIME, error)
         }
-        Err(error) => Answer::error(StatusCode::SERVICE_UNAVAILABLE, error),
+        Err(error) => JsonReply::error(StatusCode::SERVICE_UNAVAILABLE, error),
     }
 }
 
 /// `GET /api/rooms`: this node's rooms with someone in them, with how many.
-fn rooms(context: &super::Context) -> Answer {
+fn rooms(context: &super::Context) -> JsonReply {
     let (rooms, more) = context.hub.room_counts(API_ROOMS_LISTED);
     let rooms: Vec<Value> =
         rooms.into_iter().map(|(room, online)| json!({ "room": room, "online": online })).collect();
-    Answer::ok(json!({ "rooms": rooms, "more": more }))
+    JsonReply::ok(json!({ "rooms": rooms, "more": more }))
 }
 
 /// `GET /api/rooms/{room}/members`: as `/who` answers.
-async fn members(room: &str, context: &super::Context) -> Answer {
+async fn members(room: &str, context: &super::Context) -> JsonReply {
     let listing = context.hub.members(room).await;
-    Answer::ok(json!({ "room": room, "count": listing.count, "names": listing.names }))
+    JsonReply::ok(json!({ "room": room, "count": listing.count, "names": listing.names }))
 }
 
 /// `GET /api/rooms/{room}/messages?before=SEQ&limit=N`: as `/history`
 /// answers.
-async fn history(query: Option<&str>, room: &str, context: &super::Context) -> Answer {
-    let number = |name: &str| -> Result<Option<u64>, Answer> {
+async fn history(query: Option<&str>, room: &str, context: &super::Context) -> JsonReply {
+    let number = |name: &str| -> Result<Option<u64>, JsonReply> {
         query_param(query, name)
             .map(|value| {
                 value.parse::<u64>().map_err(|_| {
                     let text = format!("{name}={value:?} is not a number");
-                    Answer::error(StatusCode::BAD_REQUEST, text)
+                    JsonReply::error(StatusCode::BAD_REQUEST, text)
                 })
             })
             .transpose()
@@ -355,14 +362,14 @@ async fn history(query: Option<&str>, room: &str, context: &super::Context) -> A
         Some(Ok(limit @ 1..=HISTORY_PAGE_MESSAGES)) => limit,
         Some(_) => {
             let text = format!("limit must be 1 to {HISTORY_PAGE_MESSAGES}");
-            return Answer::error(StatusCode::BAD_REQUEST, text);
+            return JsonReply::error(StatusCode::BAD_REQUEST, text);
         }
     };
     match context.hub.page(room, before, limit).await {
-        Ok(page) => Answer::ok(json!({ "messages": page.messages, "more": page.more })),
+        Ok(page) => JsonReply::ok(json!({ "messages": page.messages, "more": page.more })),
         Err(error) => {
             debug!(%error, "cannot read the room's history");
-            Answer::error(StatusCode::SERVICE_UNAVAILABLE, ClientError::HistoryUnavailable)
+            JsonReply::error(StatusCode::SERVICE_UNAVAILABLE, ClientError::HistoryUnavailable)
         }
     }
 }
@@ -376,7 +383,7 @@ struct Publish {
 }
 
 /// `POST /api/rooms/{room}/messages`: publishes like any client's message.
-async fn publish(request: Request<Incoming>, room: &str, context: &super::Context) -> Answer {
+async fn publish(request: Request<Incoming>, room: &str, context: &super::Context) -> JsonReply {
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
@@ -385,35 +392,37 @@ async fn publish(request: Request<Incoming>, room: &str, context: &super::Contex
         Ok(publish) => publish,
         Err(error) => {
             let text = format!("the body is not {{\"from\": NAME, \"text\": TEXT}}: {error}");
-            return Answer::error(StatusCode::BAD_REQUEST, text);
+            return JsonReply::error(StatusCode::BAD_REQUEST, text);
         }
     };
     if lock(&context.api.publishes).check(Instant::now()) != Verdict::Allow {
         let wait = Duration::from_secs(1);
         let text = "too many messages through the API: try again later";
-        return Answer::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
+        return JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
     }
     match context.hub.publish(room, &from, &text).await {
-        Ok(seq) => Answer::ok(json!({ "seq": seq })),
+        Ok(seq) => JsonReply::ok(json!({ "seq": seq })),
         Err(error @ PublishError::Text(ClientError::TooLong { .. })) => {
-            Answer::error(StatusCode::PAYLOAD_TOO_LARGE, error)
+            JsonReply::error(StatusCode::PAYLOAD_TOO_LARGE, error)
         }
         Err(error @ PublishError::Text(ClientError::ServerFull | ClientError::LinkDown)) => {
-            Answer::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
         }
         Err(error @ (PublishError::Name { .. } | PublishError::Text(_))) => {
-            Answer::error(StatusCode::BAD_REQUEST, error)
+            JsonReply::error(StatusCode::BAD_REQUEST, error)
         }
-        Err(error) => Answer::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error),
+        Err(error) => {
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+        }
     }
 }
 
 /// A request's body: at most [`MAX_API_BODY_BYTES`] (413 past it),
 /// arriving within [`API_BODY_TIMEOUT`] (408 otherwise).
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, JsonReply> {
     let too_large = || {
         let text = format!("the body is over {MAX_API_BODY_BYTES} bytes");
-        Answer::error(StatusCode::PAYLOAD_TOO_LARGE, text)
+        JsonReply::error(StatusCode::PAYLOAD_TOO_LARGE, text)
     };
     // Refused before reading, when the client says so up front.
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok());
@@ -424,8 +433,8 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
     match timeout(API_BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large()),
-        Ok(Err(error)) => Err(Answer::error(StatusCode::BAD_REQUEST, error)),
-        Err(_) => Err(Answer::error(StatusCode::REQUEST_TIMEOUT, "the body came too slowly")),
+        Ok(Err(error)) => Err(JsonReply::error(StatusCode::BAD_REQUEST, error)),
+        Err(_) => Err(JsonReply::error(StatusCode::REQUEST_TIMEOUT, "the body came too slowly")),
     }
 }
 

@@ -669,6 +669,16 @@ mod tests {
     }
 
     #[test]
+    fn the_api_key_is_never_shown() {
+        let config = ServerConfig { api_key: Some(ApiKey::from("s3cret")), ..Default::default() };
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(parse_api_key("").is_err() && parse_api_key(" ").is_err());
+        assert!(
+            parse_api_key("s3cret").is_ok_and(|key| key.matches("s3cret") && !key.matches("s3"))
+        );
+    }
+
+    #[test]
     fn the_default_reads_no_environment() {
         assert!(defaults_command().get_arguments().all(|arg| arg.get_env().is_none()));
         let flags = ServerConfig::augment_args(clap::Command::new("server"));

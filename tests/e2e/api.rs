@@ -303,3 +303,39 @@ async fn with_redis_a_publish_on_one_node_reaches_the_others_and_is_kept() {
     let members = client.send("GET", "/api/rooms/ops/members", Some(KEY), None).await;
     assert_eq!(members.json["names"], json!(["bob"]), "asked of Redis, from the other node");
 }
+
+#[tokio::test]
+async fn an_api_connection_holds_a_connection_slot_of_its_address() {
+    let config = ServerConfig { max_connections_per_ip: 1, ..with_api_key() };
+    let server = TestServer::with(config).await;
+    let mut client = HttpClient::connect(server.addr).await;
+    assert_eq!(client.send("GET", "/api/rooms", Some(KEY), None).await.status, 200);
+    let request = upgrade_request("/lobby");
+    let response = exchange_from([127, 0, 0, 1], server.addr, request.as_bytes()).await;
+    assert_eq!(status_of(&response), "429", "{response}");
+    // The API connection itself goes on.
+    assert_eq!(client.send("GET", "/api/rooms", Some(KEY), None).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn publishes_past_the_api_rate_get_429_with_retry_after() {
+    let server = TestServer::with(with_api_key()).await;
+    let body = json!({ "from": "ci", "text": "tick" }).to_string();
+    // The bucket holds API_PUBLISH_BURST and refills far slower than
+    // publishes on loopback come: it runs dry long before this many.
+    let most = 20 * chat::server::config::API_PUBLISH_BURST;
+    let mut client = HttpClient::connect(server.addr).await;
+    let mut refused = None;
+    for _ in 0..most {
+        let answer = client.send("POST", "/api/rooms/ops/messages", Some(KEY), Some(&body)).await;
+        if answer.status != 200 {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("a refusal once the bucket is dry");
+    assert_eq!(refused.status, 429, "{}", refused.json);
+    assert!(refused.headers.contains_key("retry-after"));
+    server.stop().await;
+}
