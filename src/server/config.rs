@@ -80,6 +80,33 @@ pub const MAX_PENDING_REFUSALS: usize = 64;
 pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// Largest body of an HTTP API request; past it, 413. A message's text
+/// travels as JSON in it, so the API's largest message is a little less
+/// (longer ones are for WebSocket clients).
+pub const MAX_API_BODY_BYTES: usize = 64 * 1024;
+/// An HTTP API connection must send each request head within this time
+/// after the previous answer (or its start): also how long an idle
+/// keep-alive connection is kept.
+pub const API_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP API request's body must arrive within this time.
+pub const API_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP API connection is closed (after its request in progress) once
+/// this old, so that none holds its connection slot for ever.
+pub const API_CONNECTION_LIFETIME: Duration = Duration::from_mins(10);
+/// Messages per second the HTTP API may publish on average, all its
+/// connections together; past it (after [`API_PUBLISH_BURST`]), 429 with
+/// Retry-After.
+pub const API_PUBLISHES_PER_SECOND: u32 = 50;
+/// Messages the HTTP API may publish at once after being quiet.
+pub const API_PUBLISH_BURST: u32 = 100;
+/// Most rooms `GET /api/rooms` lists (by name); `more` says whether there
+/// are others.
+pub const API_ROOMS_LISTED: usize = 1000;
+/// How long a ticket from `POST /api/ticket` may be used to connect.
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+/// Tickets not used yet, at most; past it (once the expired are gone),
+/// the exchange answers 503 with Retry-After.
+pub const MAX_TICKETS: usize = 10_000;
 /// A connection must finish its HTTP upgrade within this time (slowloris guard).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the room channel before one write to the socket: bounds
@@ -276,6 +303,12 @@ pub struct ServerConfig {
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub jwt_secret: Option<String>,
 
+    /// Enables the HTTP API for programs under `/api/` (see README, "HTTP
+    /// API"): requests carry `Authorization: Bearer KEY`. Without it,
+    /// `/api/` answers 404. Never logged.
+    #[arg(long, env = "CHAT_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
+    pub api_key: Option<ApiKey>,
+
     /// A PEM file with the public key that identity tokens (JWT) are signed
     /// with: RS256 for an RSA key, ES256 for an EC P-256 key. As
     /// `--jwt-secret` otherwise.
@@ -391,6 +424,40 @@ pub struct ServerConfig {
     #[arg(long, env = "CHAT_DB_QUEUE_BYTES", default_value = shown!(DEFAULT_DB_QUEUE_BYTES, size_text),
           value_parser = parse_bytes)]
     pub db_queue_bytes: usize,
+}
+
+/// `--api-key`: shown as `ApiKey(..)`, so that no Debug of the
+/// configuration prints it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Whether `presented` is the key, compared in constant time so that
+    /// timing does not reveal how much of it matched.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(presented.as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
+/// `--api-key`: not empty (it would let anyone in), one line.
+fn parse_api_key(text: &str) -> Result<ApiKey, String> {
+    if text.trim().is_empty() || text.chars().any(char::is_control) {
+        return Err("must be a non-empty key without control characters".into());
+    }
+    Ok(ApiKey(text.to_owned()))
 }
 
 /// What each connection enforces on its client: that it is still there,
@@ -594,6 +661,16 @@ mod tests {
         let config = ServerConfig { jwt_leeway: MAX_JWT_LEEWAY * 2, ..config };
         let error = config.check_identity().expect_err("refused");
         assert!(error.starts_with("--jwt-leeway"), "{error}");
+    }
+
+    #[test]
+    fn the_api_key_is_never_shown() {
+        let config = ServerConfig { api_key: Some(ApiKey::from("s3cret")), ..Default::default() };
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(parse_api_key("").is_err() && parse_api_key(" ").is_err());
+        assert!(
+            parse_api_key("s3cret").is_ok_and(|key| key.matches("s3cret") && !key.matches("s3"))
+        );
     }
 
     #[test]

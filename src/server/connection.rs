@@ -659,6 +659,7 @@ mod tests {
             websockets_json: websockets(config, Protocol::Json),
             limits: config.limits(),
             addresses: access.addresses.clone(),
+            api: crate::server::api::Api::new(None),
             access,
             tls: None,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),

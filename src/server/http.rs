@@ -25,6 +25,7 @@ use crate::server::config::MAX_REQUEST_HEAD_BYTES;
 use crate::server::identity::{TokenError, Verifier};
 use crate::server::metrics::Metrics;
 use crate::server::origin::OwnOrigins;
+use crate::server::ticket::Tickets;
 
 /// Why a request was refused before the upgrade.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +47,18 @@ pub enum HandshakeError {
 /// and the address the per-address rules count it against.
 pub type Upgrade = (ChatRequest, BytesMut, AddressKey);
 
+/// A request for the HTTP API (`/api/`): the bytes read so far (to replay
+/// to hyper, which reads the request again), and the address it counts
+/// against.
+pub type ApiRequest = (BytesMut, AddressKey);
+
 /// What a request head came to, when it was not refused.
 #[derive(Debug)]
 pub enum Handshake {
     /// A chat upgrade, for tokio-websockets to finish.
     Upgrade(Upgrade),
+    /// A request under `/api/`, for [`crate::server::api`] to serve.
+    Api(ApiRequest),
     /// Served here and closed: the page, a health check or `/metrics`.
     Served {
         /// The status sent.
@@ -87,6 +95,7 @@ where
             Some(Ok((Route::Upgrade(chat), client))) => {
                 return Ok(Handshake::Upgrade((chat, buf, client)));
             }
+            Some(Ok((Route::Api, client))) => return Ok(Handshake::Api((buf, client))),
             Some(Ok((Route::Serve(answer), _))) => {
                 let status = answer.status;
                 respond(stream, answer, Some(metrics)).await;
@@ -150,6 +159,8 @@ fn parse(
 enum Route {
     /// A chat upgrade.
     Upgrade(ChatRequest),
+    /// The HTTP API, which hyper serves.
+    Api,
     /// Answered here: the page, a health check or `/metrics`.
     Serve(Answer),
 }
@@ -198,6 +209,10 @@ fn route(
             403,
             format!("host {:?} is not this server's name (see --public-url)", host.unwrap_or("")),
         ));
+    }
+    // Bodies and keep-alive: hyper's (see `server::api`).
+    if path.starts_with("/api/") && !upgrade {
+        return Ok(Route::Api);
     }
     let now = tokio::time::Instant::now();
     let room = if path == "/metrics" && !upgrade {
@@ -356,6 +371,8 @@ pub struct Access {
     pub jwt: Option<Arc<Verifier>>,
     /// `--guests`: with a JWT key, requests without a token come in as guests.
     pub guests: bool,
+    /// Tickets from `POST /api/ticket`, not used yet.
+    pub tickets: Arc<Tickets>,
     /// The server's own origins and names.
     pub own: OwnOrigins,
     /// `--trusted-proxy`.
@@ -394,27 +411,37 @@ impl Access {
         request: &httparse::Request<'_, '_>,
         query: Option<&str>,
     ) -> Result<Who, TokenError> {
-        use subtle::ConstantTimeEq as _;
         if self.token.is_none() && self.jwt.is_none() {
             return Ok(Who::Anyone);
         }
-        // The scheme is case-insensitive (RFC 9110, section 11.1).
         let authorization = header(request, "authorization");
-        let bearer = authorization
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, value)| {
-                scheme.eq_ignore_ascii_case("bearer") && !value.trim().is_empty()
-            })
-            .map(|(_, value)| value.trim().to_owned());
+        let bearer = authorization.and_then(bearer_token).map(str::to_owned);
+        // A ticket from `POST /api/ticket` stands for the token it was
+        // exchanged for, once.
+        if let Some(ticket) = query_param(query, "ticket") {
+            return self.tickets.redeem(&ticket).ok_or(TokenError::Ticket);
+        }
         let presented =
             bearer.or_else(|| offered_token(request)).or_else(|| query_param(query, "token"));
+        self.check(presented, authorization.is_some())
+    }
+
+    /// Who the token `presented` proves to be (see [`Access::admits`]);
+    /// `other_credentials`: an `Authorization` header came without a bearer
+    /// token. Only with `--token` or a JWT key.
+    pub fn check(
+        &self,
+        presented: Option<String>,
+        other_credentials: bool,
+    ) -> Result<Who, TokenError> {
+        use subtle::ConstantTimeEq as _;
         if let Some(jwt) = &self.jwt {
             // A bad token is refused even with --guests: its holder learns
             // it is bad rather than coming in as a guest.
             return match presented {
                 Some(token) => Ok(Who::User(Arc::new(jwt.verify(&token)?))),
                 // Credentials of another kind are not a guest's absence of them.
-                None if authorization.is_some() => Err(TokenError::NotBearer),
+                None if other_credentials => Err(TokenError::NotBearer),
                 None if self.guests => Ok(Who::Guest),
                 None => Err(TokenError::Missing),
             };
@@ -436,6 +463,14 @@ impl Access {
         self.own.is_own_origin(origin, host)
             || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme is
+/// case-insensitive (RFC 9110, section 11.1).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A token offered as a subprotocol (`chat.token.TOKEN`), as the web page
@@ -573,6 +608,7 @@ mod tests {
             token: Some("s3cret".into()),
             jwt: None,
             guests: false,
+            tickets: Arc::default(),
             own: OwnOrigins::new(
                 std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
                 false,
@@ -635,6 +671,7 @@ mod tests {
                     let path = target.split('?').next().unwrap_or_default();
                     prop_assert_eq!(room_from_path(path), Ok(chat.room.as_str()));
                 }
+                Some(Ok((Route::Api, _))) => prop_assert!(target.starts_with("/api/")),
                 Some(Ok((Route::Serve(answer), _)) | Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
                 None => prop_assert!(false, "a complete head must be decided"),
             }
@@ -674,6 +711,7 @@ mod tests {
             for _ in 0..4 {
                 match parse(&head, PEER, &access, &Metrics::default()) {
                     Some(Ok((Route::Upgrade(_), _))) => prop_assert!(upgrade),
+                    Some(Ok((Route::Api, _))) => prop_assert!(!upgrade),
                     Some(Ok((Route::Serve(answer), _)) | Err(answer)) => prop_assert!((200..600).contains(&answer.status)),
                     None => prop_assert!(false, "a complete head must be decided"),
                 }
@@ -686,6 +724,7 @@ mod tests {
         let access = guarded();
         let decide = |head: &str| match parse(head.as_bytes(), PEER, &access, &Metrics::default()) {
             Some(Ok((Route::Upgrade(_), _))) => 101,
+            Some(Ok((Route::Api, _))) => 1,
             Some(Ok((Route::Serve(answer), _)) | Err(answer)) => answer.status,
             None => 0,
         };

@@ -78,6 +78,9 @@ pub enum TokenError {
     /// missing, say).
     #[error("the token is not valid: {0}")]
     Malformed(String),
+    /// A `?ticket=` that was never issued, is used already, or expired.
+    #[error("ticket unknown or used")]
+    Ticket,
     /// Signed correctly, with claims that cannot be used.
     #[error(transparent)]
     Claims(#[from] ClaimError),

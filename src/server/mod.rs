@@ -12,7 +12,9 @@
 //! - [`identity`]: checks identity tokens (JWT) against the configured key;
 //! - `limit`, `address`, `origin`: flood control, per-address bounds, and
 //!   the Origin and Host checks;
-//! - `metrics`: the counters behind `GET /metrics`.
+//! - `metrics`: the counters behind `GET /metrics`;
+//! - `api`, `ticket`: the HTTP API for programs (`/api/`, served by hyper)
+//!   and the page's single-use tickets.
 //!
 //! The accept loop takes connections from a bound listener, runs each in its
 //! own task, and shuts everything down gracefully when told to.
@@ -21,6 +23,7 @@
 //! shutdown future, so tests bind port 0 and stop the server at will.
 
 pub(crate) mod address;
+pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod commands;
 pub mod config;
@@ -31,6 +34,7 @@ pub mod identity;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub(crate) mod origin;
+pub(crate) mod ticket;
 pub(crate) mod wire;
 
 pub use address::{AddressKey, client_address, parse_proxy};
@@ -106,6 +110,7 @@ pub async fn run(
         // A permit per chat connection, taken once the request is read.
         slots: Arc::new(Semaphore::new(config.max_connections)),
         addresses,
+        api: api::Api::new(config.api_key.clone()),
     });
 
     // A permit per connection in its handshake, overall and per address
@@ -198,6 +203,7 @@ fn access(config: &ServerConfig, listener: &TcpListener, secure: bool) -> Access
         token: config.token.clone(),
         jwt: crate::server::identity::Verifier::from_config(config).map(Arc::new),
         guests: config.guests,
+        tickets: Arc::default(),
         own,
         proxies: config.trusted_proxy.clone(),
         addresses: Addresses::new(AddressLimits {
@@ -363,6 +369,25 @@ struct Context {
     slots: Arc<Semaphore>,
     /// The same as `access.addresses`.
     addresses: Arc<Addresses>,
+    /// `--api-key` and the API's publish rate.
+    api: api::Api,
+}
+
+/// A chat client to join once upgraded: its request, subject and
+/// restriction, its socket, and its slots.
+type Joining<S> = (
+    (ChatRequest, String, Restriction),
+    Box<tokio_websockets::WebSocketStream<Wire<S>>>,
+    OwnedSemaphorePermit,
+    Slot,
+);
+
+/// What a connection's handshake came to: a chat client to join, or an API
+/// client for hyper (boxed: the chat path's value is as large as it was).
+#[allow(clippy::large_enum_variant)]
+enum Upgraded<S> {
+    Chat(Joining<S>),
+    Api(Box<api::Handover<S>>),
 }
 
 /// What a connection's task starts with, besides its stream.
@@ -467,7 +492,8 @@ where
             match read_request(&mut stream, peer.ip(), &upgrading.access, &upgrading.metrics)
                 .await?
             {
-                Handshake::Upgrade(upgrade) => upgrade,
+                Handshake::Upgrade((request, read, client)) => (Some(request), read, client),
+                Handshake::Api((read, client)) => (None, read, client),
                 Handshake::Served { status } => {
                     debug!(status, "served without upgrading");
                     return Ok(None);
@@ -476,6 +502,10 @@ where
         let (slot, address_slot) = match chat_slots(&upgrading, client) {
             Ok(slots) => slots,
             Err(answer) => return Err(refuse(&mut stream, answer, Some(&upgrading.metrics)).await),
+        };
+        let Some(request) = request else {
+            let handover = api::Handover { stream, read, client, slots: (slot, address_slot) };
+            return Ok(Some(Upgraded::Api(Box::new(handover))));
         };
         // A look-alike of another token holder's name: refused before the
         // upgrade, so the client reads why (the join checks again).
@@ -500,7 +530,7 @@ where
         // Boxed once here: not in the connection's future as well as in the
         // split halves' allocation (see `connection_futures_stay_small`).
         let joining = (request, subject, restriction);
-        Ok::<_, HandshakeError>(Some((joining, Box::new(ws), slot, address_slot)))
+        Ok::<_, HandshakeError>(Some(Upgraded::Chat((joining, Box::new(ws), slot, address_slot))))
     };
     let upgraded = tokio::select! {
         () = shutdown.cancelled() => return,
@@ -508,7 +538,11 @@ where
     };
     drop(handshake);
     let ((request, subject, restriction), mut ws, slot, address_slot) = match upgraded {
-        Ok(Ok(Some(upgraded))) => upgraded,
+        Ok(Ok(Some(Upgraded::Chat(joining)))) => joining,
+        Ok(Ok(Some(Upgraded::Api(handover)))) => {
+            tracker.spawn(api::serve(*handover, context, shutdown).in_current_span());
+            return;
+        }
         // Answered already: nothing to join.
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {

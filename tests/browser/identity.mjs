@@ -1,8 +1,10 @@
 // The web page with an identity token (JWT): given in the URL fragment
 // (#token=), it is kept in sessionStorage, taken out of the address bar, and
-// sent as an offered subprotocol, so no request line ever carries it; the
-// name shown is the token's, whatever ?name= says; a reload keeps it; and
-// without a token the page still loads, but cannot connect.
+// exchanged (POST /api/ticket, Authorization: Bearer) for a single-use
+// ticket that the WebSocket's URL carries, so no request line ever carries
+// the token; the page says who it is signed in as, the token's name,
+// whatever ?name= says, on a phone too; a reload keeps it; a refused token
+// is said so; and without a token the page still loads, but cannot connect.
 // Run by tests/e2e/browser.rs, which passes the paths below.
 //
 // Every wait is for an event (a line, an element, a state), bounded by a
@@ -11,6 +13,8 @@
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createInterface } from "node:readline";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const { CHAT_SERVER, CHAT_CHROMIUM } = process.env;
@@ -54,8 +58,18 @@ try {
   const seen = [];
   page.on("request", (request) => seen.push(request.url()));
   page.on("websocket", (ws) => seen.push(ws.url()));
+  const exchanges = [];
+  page.on("request", (request) => {
+    if (request.url().endsWith("/api/ticket")) exchanges.push(request.headers()["authorization"]);
+  });
   await page.goto(`${base}?name=mallory#token=${jwt}`);
   await page.locator("#state.connected", { hasText: "connected as ida" }).waitFor({ timeout: PATIENCE });
+  await page.locator("#signed-in", { hasText: "signed in as ida" }).waitFor({ timeout: PATIENCE });
+  if (exchanges[0] !== `Bearer ${jwt}`) fail(`the token was not exchanged for a ticket: ${JSON.stringify(exchanges)}`);
+  const sockets = seen.filter((url) => url.startsWith("ws"));
+  if (!sockets.length || !sockets.every((url) => /[?&]ticket=[0-9a-f]{32}(&|$)/.test(url))) {
+    fail(`the WebSocket did not come with a ticket: ${JSON.stringify(sockets)}`);
+  }
   if (page.url().includes("token")) fail(`the token stayed in the address bar: ${page.url()}`);
   const kept = await page.evaluate(() => sessionStorage.getItem("chat.token"));
   if (kept !== jwt) fail("the token was not kept in sessionStorage");
@@ -65,6 +79,25 @@ try {
   const leaked = seen.filter((url) => url.includes(jwt.split(".")[2]));
   if (seen.length < 4) fail(`expected the page and its WebSocket twice, saw ${JSON.stringify(seen)}`);
   if (leaked.length) fail(`a request line carried the token: ${JSON.stringify(leaked)}`);
+  if (exchanges.length < 2) fail("the reload did not exchange the token for a new ticket");
+
+  // On a phone: the name signed in with is shown, in a header that fits.
+  const phone = await (await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark" })).newPage();
+  await phone.goto(`${base}#token=${jwt}`);
+  await phone.locator("#signed-in", { hasText: "signed in as ida" }).waitFor({ timeout: PATIENCE });
+  await phone.locator("#state.connected").waitFor({ timeout: PATIENCE });
+  const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+  if (width > 390) fail(`the phone-sized page scrolls sideways: ${width} px wide`);
+  const shot = process.env.CHAT_IDENTITY_SCREENSHOT || join(tmpdir(), "chat-identity-phone.png");
+  await phone.screenshot({ path: shot });
+  console.log(`phone screenshot: ${shot}`);
+
+  // A bad token is refused at the exchange, and the page says so.
+  const forged = `${jwt.split(".").slice(0, 2).join(".")}.${"A".repeat(43)}`;
+  const refused = await (await browser.newContext()).newPage();
+  await refused.goto(`${base}#token=${forged}`);
+  await refused.locator("#messages li", { hasText: "token refused: the token's signature is not valid" }).waitFor({ timeout: PATIENCE });
+  await refused.locator("#state.offline", { hasText: "token refused" }).waitFor({ timeout: PATIENCE });
 
   // Without a token, the page loads, and its connection is refused.
   const stranger = await (await browser.newContext()).newPage();

@@ -412,3 +412,70 @@ pub async fn join_from(from: [u8; 4], server: &TestServer, path: &str) -> Peer {
 pub fn status_of(response: &str) -> &str {
     response.get(9..12).unwrap_or(response)
 }
+
+/// An HTTP/1.1 connection for the HTTP API (hyper's client): its requests
+/// go one after another on the same connection.
+pub struct HttpClient {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+/// An API answer: its status, headers and JSON body.
+pub struct ApiAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub json: serde_json::Value,
+}
+
+impl HttpClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(io).await.expect("an HTTP/1.1 connection");
+        tokio::spawn(connection);
+        Self { sender }
+    }
+
+    /// Sends `method path`, with `Authorization: Bearer KEY` and a body if
+    /// given, and reads the JSON answer.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&str>,
+    ) -> ApiAnswer {
+        use http_body_util::BodyExt as _;
+        let mut request = http::Request::builder().method(method).uri(path).header("host", "x");
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        let body = bytes::Bytes::from(body.unwrap_or_default().to_owned());
+        let request = request.body(http_body_util::Full::new(body)).expect("a request");
+        let exchange = async {
+            self.sender.ready().await.expect("the connection takes a request");
+            let response = self.sender.send_request(request).await.expect("an answer");
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.expect("the body").to_bytes();
+            let json = serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                panic!("JSON, not {:?}: {error}", String::from_utf8_lossy(&bytes))
+            });
+            ApiAnswer { status: parts.status.as_u16(), headers: parts.headers, json }
+        };
+        timeout(PATIENCE, exchange).await.expect("an answer in time")
+    }
+}
+
+/// One API request on a connection of its own.
+pub async fn api(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> ApiAnswer {
+    HttpClient::connect(server.addr).await.send(method, path, bearer, body).await
+}

@@ -13,6 +13,7 @@
 mod common;
 mod redis_nodes;
 
+mod api;
 mod auth_throttle;
 mod bad_frames;
 mod bench_counts;

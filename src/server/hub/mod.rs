@@ -25,6 +25,7 @@
 //! backend publishes, through [`Events`]. In degraded mode it relays its own
 //! clients' messages among themselves.
 
+pub(crate) mod api;
 mod moderation;
 pub(crate) mod ring;
 
@@ -42,8 +43,8 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::protocol::{
-    ChatRequest, ClientError, Event, Frame, GUEST_MARK, Identity, Limits, MAX_WHO_NAMES, NameError,
-    Phase, Protocol, Resume, Str, Who, name_key, now, validate_name,
+    ChatRequest, ClientError, Event, Frame, GUEST_MARK, Identity, Limits, NameError, Phase,
+    Protocol, Resume, Str, Who, name_key, now, validate_name,
 };
 use crate::server::backend::local::{self, FALLBACK_CANDIDATES, Presence};
 use crate::server::backend::store::{Ceiling, Loaded, RESERVE_AHEAD, RESERVE_MARGIN, Stored};
@@ -1589,21 +1590,9 @@ impl Member {
                 Err(error) => warn!(%error, "cannot list the room: listing this node's clients"),
             }
         }
-        let state = lock(&self.room.state);
-        let mut names: Vec<&str> = state.names.values().map(|h| h.name.as_str()).collect();
-        // Only the first names are listed: select them before sorting, since
-        // this runs under the room's lock.
-        if names.len() > MAX_WHO_NAMES {
-            names.select_nth_unstable(MAX_WHO_NAMES);
-            names.truncate(MAX_WHO_NAMES);
-        }
-        names.sort_unstable();
-        Event::Who {
-            room: self.room.name.clone().into(),
-            count: state.names.len(),
-            names: names.into_iter().map(|name| Str::Owned(name.to_owned())).collect(),
-            id: None,
-        }
+        let api::Listing { count, names } = self.room.listing();
+        let names = names.into_iter().map(Str::Owned).collect();
+        Event::Who { room: self.room.name.clone().into(), count, names, id: None }
     }
 }
 
