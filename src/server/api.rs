@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::protocol::{
-    ClientError, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MESSAGES, Who, query_param, room_from_path,
+    Action, ClientError, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MESSAGES, Moderation, Who, query_param,
+    room_from_path,
 };
 use crate::server::address::{AddressKey, Slot};
 use crate::server::config::{
@@ -229,6 +230,14 @@ async fn route(
             (Ok(room), Method::GET) => members(&room, context).await,
             _ => JsonReply::method("GET"),
         },
+        (["rooms", room, action], method) => {
+            let Some(action) = Action::from_command(action) else { return JsonReply::not_found() };
+            match (checked_room(room), method) {
+                (Err(refusal), _) => refusal,
+                (Ok(room), Method::POST) => moderate(request, &room, action, context).await,
+                _ => JsonReply::method("POST"),
+            }
+        }
         _ => JsonReply::not_found(),
     }
 }
@@ -371,6 +380,63 @@ async fn history(query: Option<&str>, room: &str, context: &super::Context) -> J
             debug!(%error, "cannot read the room's history");
             JsonReply::error(StatusCode::SERVICE_UNAVAILABLE, ClientError::HistoryUnavailable)
         }
+    }
+}
+
+/// What `POST /api/rooms/{room}/kick` (and `ban`, `unban`, `mute`,
+/// `unmute`) carries: `seconds` for a ban or mute, `reason` for a kick or
+/// ban.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Moderate {
+    name: String,
+    #[serde(default)]
+    seconds: Option<u64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/rooms/{room}/ACTION`: what a moderator's command does, told
+/// to the room without a moderator's name.
+async fn moderate(
+    request: Request<Incoming>,
+    room: &str,
+    action: Action,
+    context: &super::Context,
+) -> JsonReply {
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let usage = match action {
+        Action::Kick => "{\"name\": NAME, \"reason\": optional}",
+        Action::Ban => "{\"name\": NAME, \"seconds\": optional, \"reason\": optional}",
+        Action::Mute => "{\"name\": NAME, \"seconds\": optional}",
+        Action::Unban | Action::Unmute => "{\"name\": NAME}",
+    };
+    let Ok(Moderate { name, seconds, reason }) = serde_json::from_slice(&body) else {
+        return JsonReply::error(StatusCode::BAD_REQUEST, format!("the body is not {usage}"));
+    };
+    let takes_reason = matches!(action, Action::Kick | Action::Ban);
+    if (seconds.is_some() && !action.lasts()) || (reason.is_some() && !takes_reason) {
+        return JsonReply::error(StatusCode::BAD_REQUEST, format!("the body is not {usage}"));
+    }
+    let moderation = Moderation {
+        action,
+        name: &name,
+        duration: seconds.map(Duration::from_secs),
+        reason: reason.as_deref(),
+    };
+    match context.hub.moderate(room, None, &moderation).await {
+        Ok(_) => JsonReply::ok(json!({ "room": room, "action": action, "name": name })),
+        Err(error @ (ClientError::NotHere { .. } | ClientError::NotSanctioned { .. })) => {
+            JsonReply::error(StatusCode::NOT_FOUND, error)
+        }
+        Err(error @ ClientError::TooManySanctions) => JsonReply::error(StatusCode::CONFLICT, error),
+        Err(error @ ClientError::LinkDown) => {
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+        }
+        Err(error) => JsonReply::error(StatusCode::BAD_REQUEST, error),
     }
 }
 

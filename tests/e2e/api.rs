@@ -339,3 +339,81 @@ async fn publishes_past_the_api_rate_get_429_with_retry_after() {
     assert!(refused.headers.contains_key("retry-after"));
     server.stop().await;
 }
+
+/// `POST /api/rooms/{room}/{action}` with `body`.
+async fn moderate(server: &TestServer, room: &str, action: &str, body: &Value) -> (u16, Value) {
+    let path = format!("/api/rooms/{room}/{action}");
+    let answer = api(server, "POST", &path, Some(KEY), Some(&body.to_string())).await;
+    (answer.status, answer.json)
+}
+
+#[tokio::test]
+async fn the_api_kicks_bans_and_mutes_as_a_moderator_does() {
+    let server = TestServer::with(with_api_key()).await;
+    let mut carol = Peer::named(&server, "carol").await;
+    let mut bob = Peer::named(&server, "bob").await;
+    carol.expect("* bob joined").await;
+
+    // A mute: bob reads, cannot send; the room is told, without a moderator's name.
+    let (status, body) =
+        moderate(&server, "lobby", "mute", &json!({"name": "bob", "seconds": 60})).await;
+    assert_eq!((status, body), (200, json!({"room": "lobby", "action": "mute", "name": "bob"})));
+    carol.expect("* bob was muted for 1m").await;
+    bob.expect("* bob was muted for 1m").await;
+    bob.send("hello?").await;
+    let refused = bob.next().await;
+    assert!(refused.starts_with("! you are muted in this room for "), "{refused}");
+    let (status, _) = moderate(&server, "lobby", "unmute", &json!({"name": "bob"})).await;
+    assert_eq!(status, 200);
+    carol.expect("* bob was unmuted").await;
+
+    // A kick closes bob with 4003 and the reason.
+    let kick = json!({"name": "bob", "reason": "off topic"});
+    assert_eq!(moderate(&server, "lobby", "kick", &kick).await.0, 200);
+    carol.expect("* bob was kicked: off topic").await;
+    let (code, reason) = bob.closed().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (chat::protocol::REMOVED_CLOSE_CODE, "bob was kicked: off topic")
+    );
+
+    // A ban of bob (gone now: by name) refuses the name; an unban lifts it.
+    let ban = json!({"name": "bob", "seconds": 3600, "reason": "spam"});
+    assert_eq!(moderate(&server, "lobby", "ban", &ban).await.0, 200);
+    carol.wait_for("* bob was banned for 1h: spam").await;
+    let refused =
+        exchange_from([127, 0, 0, 1], server.addr, upgrade_request("/?name=bob").as_bytes()).await;
+    assert_eq!(status_of(&refused), "403", "{refused}");
+    assert_eq!(moderate(&server, "lobby", "unban", &json!({"name": "bob"})).await.0, 200);
+    let back = Peer::named(&server, "bob").await;
+    assert_eq!(back.name, "bob");
+
+    // Mistakes: 404 for nobody there or nothing to lift, 400 for a body
+    // that does not fit the action, 405 for another method, 401 without the key.
+    let (status, body) = moderate(&server, "lobby", "kick", &json!({"name": "zed"})).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("nobody named")), "{body}");
+    assert_eq!(moderate(&server, "lobby", "unmute", &json!({"name": "carol"})).await.0, 404);
+    assert_eq!(
+        moderate(&server, "lobby", "kick", &json!({"name": "carol", "seconds": 5})).await.0,
+        400
+    );
+    assert_eq!(
+        moderate(&server, "lobby", "ban", &json!({"name": "carol", "seconds": 0})).await.0,
+        400
+    );
+    assert_eq!(moderate(&server, "lobby", "ban", &json!({"nom": "carol"})).await.0, 400);
+    assert_eq!(moderate(&server, "lobby", "shout", &json!({"name": "carol"})).await.0, 404);
+    let get = api(&server, "GET", "/api/rooms/lobby/kick", Some(KEY), None).await;
+    assert_eq!(get.status, 405);
+    let body = json!({"name": "carol"}).to_string();
+    let keyless = api(&server, "POST", "/api/rooms/lobby/kick", None, Some(&body)).await;
+    assert_eq!(keyless.status, 401);
+    let wrong =
+        api(&server, "POST", "/api/rooms/lobby/kick", Some("not the key"), Some(&body)).await;
+    assert_eq!(wrong.status, 401);
+    // None of which touched carol.
+    carol.send("still here").await;
+    carol.wait_for("carol: still here").await;
+    server.stop().await;
+}
