@@ -453,7 +453,7 @@ impl fmt::Display for ClientError<'_> {
                 f.write_str("you are muted in this room: this message was not sent")
             }
             ClientError::Muted { seconds_left: Some(seconds) } => {
-                let left = humantime::format_duration(std::time::Duration::from_secs(*seconds));
+                let left = super::span(*seconds);
                 write!(f, "you are muted in this room for {left}: this message was not sent")
             }
         }

@@ -159,6 +159,22 @@ pub fn parse_moderation(action: Action, arg: &str) -> Option<Moderation<'_>> {
     Some(moderation)
 }
 
+/// A ban's or mute's length as people write it: `7d`, `1h 30m`, `45s`
+/// (the web page writes it the same way).
+pub fn span(seconds: u64) -> String {
+    use fmt::Write as _;
+    let mut left = seconds;
+    let mut told = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if left >= size {
+            let sep = if told.is_empty() { "" } else { " " };
+            let _ = write!(told, "{sep}{}{unit}", left / size);
+            left %= size;
+        }
+    }
+    if told.is_empty() { "0s".to_owned() } else { told }
+}
+
 /// How a moderation is told (`bob was banned by alice for 1h: spam`): to
 /// the room, and to the person removed in its close frame.
 pub fn describe(
@@ -174,7 +190,7 @@ pub fn describe(
         let _ = write!(told, " by {by}");
     }
     if let Some(seconds) = seconds {
-        let _ = write!(told, " for {}", humantime::format_duration(Duration::from_secs(seconds)));
+        let _ = write!(told, " for {}", span(seconds));
     }
     if let Some(reason) = reason {
         let _ = write!(told, ": {reason}");
@@ -223,5 +239,7 @@ mod tests {
         let told = describe(Action::Ban, "bob", Some("alice"), Some(3600), Some("spam"));
         assert_eq!(told, "bob was banned by alice for 1h: spam");
         assert_eq!(describe(Action::Unmute, "bob", None, None, None), "bob was unmuted");
+        assert_eq!(span(7 * 86_400 + 5400), "7d 1h 30m");
+        assert_eq!(span(59), "59s");
     }
 }

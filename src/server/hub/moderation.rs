@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::{Ack, Hub, Member, Tenure, requested_name};
 use crate::protocol::{
-    Action, ChatRequest, ClientError, Event, Moderation, Who, describe, name_key,
+    Action, ChatRequest, ClientError, Event, Moderation, Who, describe, name_key, span,
 };
 use crate::server::backend::{BackendError, Mode, Sanction, unix_ms};
 use crate::util::lock;
@@ -113,10 +113,8 @@ impl Hub {
                     let room = &request.room;
                     let mut told = format!("you are banned from room {room:?}");
                     if until != u64::MAX {
-                        let left = std::time::Duration::from_secs(
-                            until.saturating_sub(unix_ms()).div_ceil(1000),
-                        );
-                        let _ = write!(told, " for {}", humantime::format_duration(left));
+                        let left = until.saturating_sub(unix_ms()).div_ceil(1000);
+                        let _ = write!(told, " for {}", span(left));
                     }
                     if let Some(reason) = &sanction.reason {
                         let _ = write!(told, ": {reason}");
