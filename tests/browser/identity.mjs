@@ -106,6 +106,55 @@ try {
   await stranger.locator("#state.offline").waitFor({ timeout: PATIENCE });
   // It cannot see the 401, and says what is likely missing.
   await stranger.locator("#messages li", { hasText: "#token=" }).waitFor({ timeout: PATIENCE });
+  // A moderator's page: /help lists the commands, a kick is sent and told,
+  // and the kicked page shows why and does not come back.
+  const modJwt = token({ sub: "u-1", name: "mia", mod: "*", exp: Math.floor(Date.now() / 1000) + 600 });
+  const moderator = await (await browser.newContext({ viewport: { width: 390, height: 844 } })).newPage();
+  await moderator.goto(`${base}#token=${modJwt}`);
+  await moderator.locator("#state.connected", { hasText: "connected as mia" }).waitFor({ timeout: PATIENCE });
+  await moderator.locator("#signed-in", { hasText: "signed in as mia · moderator" }).waitFor({ timeout: PATIENCE });
+  const victimJwt = token({ sub: "u-9", name: "vic", exp: Math.floor(Date.now() / 1000) + 600 });
+  const victim = await (await browser.newContext()).newPage();
+  const victimSockets = [];
+  victim.on("websocket", (ws) => victimSockets.push(ws.url()));
+  await victim.goto(`${base}#token=${victimJwt}`);
+  await victim.locator("#state.connected", { hasText: "connected as vic" }).waitFor({ timeout: PATIENCE });
+  await moderator.locator("#messages li", { hasText: "vic joined" }).waitFor({ timeout: PATIENCE });
+  const box = moderator.locator("#input");
+  await box.fill("/help");
+  await box.press("Enter");
+  await moderator.locator("#messages li", { hasText: "as a moderator: /kick NAME [REASON]" }).waitFor({ timeout: PATIENCE });
+  await box.fill("/mute vic 10m");
+  await box.press("Enter");
+  await victim.locator("#messages li", { hasText: "vic was muted by mia for 10m" }).waitFor({ timeout: PATIENCE });
+  const victimBox = victim.locator("#input");
+  await victimBox.fill("let me speak");
+  await victimBox.press("Enter");
+  await victim.locator("#messages li", { hasText: "you are muted in this room for" }).waitFor({ timeout: PATIENCE });
+  await box.fill("/kick vic enough now");
+  await box.press("Enter");
+  await moderator.locator("#messages li", { hasText: "vic was kicked by mia: enough now" }).waitFor({ timeout: PATIENCE });
+  await moderator.locator("#messages li", { hasText: "vic left" }).waitFor({ timeout: PATIENCE });
+  await victim.locator("#messages li", { hasText: "you were removed from the room (vic was kicked by mia: enough now): not reconnecting" }).waitFor({ timeout: PATIENCE });
+  await victim.locator("#state.offline", { hasText: "removed by a moderator" }).waitFor({ timeout: PATIENCE });
+  const modShot = process.env.CHAT_MODERATOR_SCREENSHOT || join(tmpdir(), "chat-moderator-phone.png");
+  await moderator.screenshot({ path: modShot });
+  console.log(`moderator screenshot: ${modShot}`);
+  const kickedShot = join(tmpdir(), "chat-kicked.png");
+  await victim.screenshot({ path: kickedShot });
+  console.log(`kicked page screenshot: ${kickedShot}`);
+  // It stays out: no new connection from the kicked page while the room goes on.
+  const socketsAfterKick = victimSockets.length;
+  await box.fill("one more line");
+  await box.press("Enter");
+  await moderator.locator("#messages li", { hasText: "one more line" }).waitFor({ timeout: PATIENCE });
+  if (victimSockets.length !== socketsAfterKick) fail(`the kicked page reconnected: ${JSON.stringify(victimSockets)}`);
+  // A page without `mod` cannot kick: ida is told, and mia stays.
+  const idaBox = page.locator("#input");
+  await idaBox.fill("/kick mia");
+  await idaBox.press("Enter");
+  await page.locator("#messages li", { hasText: "you do not moderate this room" }).waitFor({ timeout: PATIENCE });
+
   console.log("browser identity test passed");
 } catch (error) {
   fail(error.stack || String(error));

@@ -55,9 +55,12 @@ fn run_script(script: &str) {
     assert!(status.success(), "the browser test {script} failed (its output is above)");
 }
 
-/// The page answers `/help` itself, with the server's words.
+/// The page answers `/help` itself, with the server's words (a
+/// moderator's too).
 #[test]
 fn the_pages_help_is_the_servers() {
     let page = include_str!("../../src/server/page.html");
-    assert!(page.contains(&format!("[[\"{}\"]]", chat::protocol::HELP)), "page.html's /help");
+    assert!(page.contains(&format!("[[\"{}\"", chat::protocol::HELP)), "page.html's /help");
+    let moderator = format!("moderator ? \"{}\" : \"\"", chat::protocol::MODERATOR_HELP);
+    assert!(page.contains(&moderator), "page.html's /help for a moderator");
 }
