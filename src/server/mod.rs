@@ -575,7 +575,7 @@ where
         }
     };
     span.record("name", joined.member.name());
-    restriction.apply(&joined.member);
+    restriction.apply(&joined.member, &request).await;
     info!("joined");
     // Its own task: this one's state (the handshake's, the request) would
     // otherwise stay in memory for as long as the client does.

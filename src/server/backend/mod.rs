@@ -359,11 +359,24 @@ impl Backend {
         }
     }
 
-    /// `room`'s active bans and mutes.
-    pub(crate) async fn sanctions(&self, room: &str) -> Result<Vec<Sanction>, BackendError> {
+    /// `room`'s active bans and mutes that apply to the name of key `key()`
+    /// or to `subject`. The key is computed only for a room that has some.
+    pub(crate) async fn sanctions(
+        &self,
+        room: &str,
+        key: impl FnOnce() -> String,
+        subject: &str,
+    ) -> Result<Vec<Sanction>, BackendError> {
         match &self.0 {
-            Kind::Local(store) => Ok(store.sanctions(room)),
-            Kind::Redis(redis) => Ok(redis.sanctions(room).await?),
+            Kind::Local(store) => Ok(store.sanctions(room, key, subject)),
+            Kind::Redis(redis) => {
+                let all = redis.sanctions(room).await?;
+                if all.is_empty() {
+                    return Ok(all);
+                }
+                let key = key();
+                Ok(all.into_iter().filter(|s| s.applies(&key, subject)).collect())
+            }
             #[cfg(test)]
             Kind::Fake(_) => Err(BackendError::Down),
         }
@@ -479,23 +492,34 @@ pub(crate) struct Sanctions {
 }
 
 impl Sanctions {
-    /// `room`'s active ones; the expired ones are forgotten.
-    fn active(&mut self, room: &str) -> Vec<Sanction> {
+    /// `room`'s active ones that apply to key `key` or `subject`; the
+    /// expired ones are forgotten.
+    fn applying(
+        &mut self,
+        room: &str,
+        key: impl FnOnce() -> String,
+        subject: &str,
+    ) -> Vec<Sanction> {
+        self.forget_expired(room);
+        let Some(held) = self.rooms.get(room) else { return Vec::new() };
+        let key = key();
+        held.iter().filter(|s| s.applies(&key, subject)).cloned().collect()
+    }
+
+    fn forget_expired(&mut self, room: &str) {
         let now = unix_ms();
-        let Some(held) = self.rooms.get_mut(room) else { return Vec::new() };
+        let Some(held) = self.rooms.get_mut(room) else { return };
         let before = held.len();
         held.retain(|sanction| sanction.active(now));
         self.count -= before - held.len();
-        let active = held.clone();
         if held.is_empty() {
             self.rooms.remove(room);
         }
-        active
     }
 
     /// Adds `sanction` in place of the one it replaces; false past the bounds.
     fn add(&mut self, room: &str, sanction: Sanction) -> bool {
-        self.active(room);
+        self.forget_expired(room);
         let held = self.rooms.entry(room.to_owned()).or_default();
         if let Some(old) = held.iter_mut().find(|old| old.replaces(&sanction)) {
             *old = sanction;
@@ -514,7 +538,7 @@ impl Sanctions {
 
     /// Forgets `room`'s `action`s of key `key`; false when there was none.
     fn lift(&mut self, room: &str, action: Action, key: &str) -> bool {
-        self.active(room);
+        self.forget_expired(room);
         let Some(held) = self.rooms.get_mut(room) else { return false };
         let before = held.len();
         held.retain(|sanction| sanction.action != action || sanction.key != key);

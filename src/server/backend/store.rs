@@ -269,9 +269,15 @@ impl Store {
         Ok(Self { jobs, queued, max_queued: config.db_queue_bytes, counters, sanctions })
     }
 
-    /// The active bans and mutes of `room`.
-    pub(crate) fn sanctions(&self, room: &str) -> Vec<Sanction> {
-        lock(&self.sanctions).active(room)
+    /// The active bans and mutes of `room` that apply to the name of key
+    /// `key` or to `subject`.
+    pub(crate) fn sanctions(
+        &self,
+        room: &str,
+        key: impl FnOnce() -> String,
+        subject: &str,
+    ) -> Vec<Sanction> {
+        lock(&self.sanctions).applying(room, key, subject)
     }
 
     /// Records a ban or mute (in place of the one of the same action, key

@@ -161,6 +161,9 @@ fn kept_cost(frame: &Frame) -> usize {
 #[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// Moderations acted on so far: a join checked against a room's bans
+    /// and mutes before one came checks again (see [`Restriction`]).
+    moderations: AtomicU64,
     /// Frames each room's ring keeps for its slowest client (`--max-lag`).
     max_lag: usize,
     /// Bytes of them (`--max-lag-bytes`).
@@ -631,6 +634,7 @@ impl Hub {
             keep_for: config.keep_for,
             budget,
             reclaiming: Mutex::new(()),
+            moderations: AtomicU64::new(0),
             loading: tokio::sync::Mutex::new(()),
             presence_limit: config.presence_limit,
             limits: config.wire_limits(),

@@ -41,13 +41,30 @@ pub struct Restriction {
     pub banned: Option<String>,
     /// Muted until (Unix ms; `u64::MAX`: until lifted); 0: not muted.
     muted_until: u64,
+    /// The hub's count of moderations when it was read.
+    read_at: u64,
 }
 
 impl Restriction {
-    /// Applies the mute, if any, to a member that has just joined.
-    pub fn apply(&self, member: &Member) {
-        if self.muted_until > 0 {
-            member.tenure.muted_until.store(self.muted_until, Ordering::Release);
+    /// Applies the mute, if any, to a member that has just joined. A ban or
+    /// mute given between the check before the upgrade and the join (which
+    /// missed it, not being in the room yet) is read again: a ban then
+    /// closes the connection with 4003 at once.
+    pub async fn apply(self, member: &Member, request: &ChatRequest) {
+        let hub = &member.hub;
+        let restriction = if hub.moderations.load(Ordering::Acquire) == self.read_at {
+            self
+        } else {
+            match Box::pin(hub.restriction(request, &member.tenure.subject)).await {
+                Ok(again) => again,
+                Err(_) => self,
+            }
+        };
+        if let Some(told) = &restriction.banned {
+            member.tenure.remove(truncate(told, MAX_CLOSE_REASON_BYTES));
+        }
+        if restriction.muted_until > 0 {
+            member.tenure.muted_until.store(restriction.muted_until, Ordering::Release);
         }
     }
 }
@@ -96,16 +113,14 @@ impl Hub {
         request: &ChatRequest,
         subject: &str,
     ) -> Result<Restriction, BackendError> {
-        let sanctions = Box::pin(self.backend.sanctions(&request.room)).await?;
-        if sanctions.is_empty() {
-            return Ok(Restriction::default());
-        }
-        let key = match requested_name(&request.who, request.name.as_deref()) {
+        let read_at = self.moderations.load(Ordering::Acquire);
+        let key = || match requested_name(&request.who, request.name.as_deref()) {
             Some((_, Ok((_, key)))) => key,
             _ => String::new(),
         };
-        let mut restriction = Restriction::default();
-        for sanction in sanctions.iter().filter(|s| s.applies(&key, subject)) {
+        let sanctions = Box::pin(self.backend.sanctions(&request.room, key, subject)).await?;
+        let mut restriction = Restriction { read_at, ..Restriction::default() };
+        for sanction in &sanctions {
             let until = sanction.until.unwrap_or(u64::MAX);
             match sanction.action {
                 Action::Ban => {
@@ -216,6 +231,7 @@ impl Hub {
     /// they are, so another name does not evade it.
     pub(super) fn enforce(&self, room: &str, event: &Event<'_>) {
         let Event::Moderated { action, name, by, seconds, reason, .. } = event else { return };
+        self.moderations.fetch_add(1, Ordering::AcqRel);
         let targets = self.tenures_of(room, &name_key(name));
         if targets.is_empty() {
             return;
