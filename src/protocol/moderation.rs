@@ -106,24 +106,27 @@ pub enum ModerationError {
     /// The reason is over [`MAX_REASON_BYTES`] or holds control characters.
     #[error("a reason is at most {MAX_REASON_BYTES} bytes on one line")]
     Reason,
-    /// The name is longer than any name can be (a guest's mark included).
-    #[error("no name is that long")]
-    Name,
+    /// The name is not one anyone could have.
+    #[error("no one can be named that: {0}")]
+    Name(super::NameError),
 }
 
 impl Moderation<'_> {
     /// Checks the duration and reason.
     pub fn check(&self) -> Result<(), ModerationError> {
+        // Cheap first: the rules' checks (and any key) cost per character.
         if self.name.chars().count() > super::MAX_NAME_CHARS + 1 {
-            return Err(ModerationError::Name);
+            let max = super::MAX_NAME_CHARS;
+            return Err(ModerationError::Name(super::NameError::TooLong { max }));
         }
+        // A guest's name is any valid name with the mark before it.
+        let unmarked = self.name.strip_prefix(super::GUEST_MARK).unwrap_or(self.name);
+        super::validate_name(unmarked).map_err(ModerationError::Name)?;
         if self.duration.is_some_and(|d| d.is_zero() || d > MAX_SANCTION) {
             return Err(ModerationError::Duration);
         }
-        if self
-            .reason
-            .is_some_and(|r| r.len() > MAX_REASON_BYTES || r.chars().any(char::is_control))
-        {
+        let one_line = |c: char| !c.is_control() && !super::is_line_break(c);
+        if self.reason.is_some_and(|r| r.len() > MAX_REASON_BYTES || !r.chars().all(one_line)) {
             return Err(ModerationError::Reason);
         }
         Ok(())
@@ -201,6 +204,7 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::NameError;
 
     #[test]
     fn durations_and_reasons_are_told_apart() {
@@ -231,7 +235,15 @@ mod tests {
         assert_eq!(kick.check(), Err(ModerationError::Reason));
         let long = "b".repeat(40);
         let kick = Moderation { action: Action::Kick, name: &long, duration: None, reason: None };
-        assert_eq!(kick.check(), Err(ModerationError::Name));
+        assert_eq!(kick.check(), Err(ModerationError::Name(NameError::TooLong { max: 32 })));
+        for name in ["", "a\nb", "\u{200b}"] {
+            let ban = Moderation { action: Action::Ban, name, duration: None, reason: None };
+            assert!(matches!(ban.check(), Err(ModerationError::Name(_))), "{name:?}");
+        }
+        let guest = Moderation { action: Action::Ban, name: "~bob", duration: None, reason: None };
+        assert_eq!(guest.check(), Ok(()));
+        let forged = Moderation { reason: Some("ok\u{2028}mallory: hi"), ..guest };
+        assert_eq!(forged.check(), Err(ModerationError::Reason));
     }
 
     #[test]

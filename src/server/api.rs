@@ -278,7 +278,11 @@ fn authorize(
     match presented {
         Some(presented) if key.matches(presented) => Ok(()),
         presented => {
-            addresses.authentication_failed(client, now);
+            // Only a wrong key counts: a request with none (which a page
+            // elsewhere can make a browser send) must not throttle its address.
+            if presented.is_some() {
+                addresses.authentication_failed(client, now);
+            }
             let text = if presented.is_some() {
                 "the API key is not valid"
             } else {
@@ -317,12 +321,14 @@ fn ticket(request: &Request<Incoming>, client: AddressKey, context: &super::Cont
     let who = match who {
         Ok(who) => who,
         Err(error) => {
-            access.addresses.authentication_failed(client, now);
+            if presented.is_some() {
+                access.addresses.authentication_failed(client, now);
+            }
             return JsonReply::error(StatusCode::UNAUTHORIZED, error);
         }
     };
     let name = who.identity().map(|identity| identity.name.clone());
-    match access.tickets.issue(who) {
+    match access.tickets.issue(who, client) {
         Ok(ticket) => JsonReply::ok(json!({
             "ticket": ticket,
             "expires_in": TICKET_LIFETIME.as_secs(),

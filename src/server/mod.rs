@@ -471,10 +471,12 @@ async fn restriction(
             Err(Answer { reason: Some("banned"), ..Answer::text(403, told) })
         }
         Ok(restriction) => Ok(restriction),
-        // The join fails too, if the backend cannot be reached.
+        // Not let in unchecked: the client tries again.
         Err(error) => {
             warn!(%error, "cannot read the room's bans");
-            Ok(Restriction::default())
+            let wait = Duration::from_secs(BUSY_RETRY_AFTER_SECONDS);
+            let text = "cannot check the room's bans right now: try again later".to_owned();
+            Err(Answer::busy(503, "bans_unreadable", wait, text))
         }
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::protocol::Who;
-use crate::server::config::{MAX_TICKETS, TICKET_LIFETIME};
+use crate::server::address::AddressKey;
+use crate::server::config::{MAX_TICKETS, MAX_TICKETS_PER_ADDRESS, TICKET_LIFETIME};
 use crate::util::lock;
 
 /// Why no ticket was issued.
@@ -29,16 +30,26 @@ pub enum TicketError {
     Random(#[from] getrandom::Error),
 }
 
-/// The tickets issued and not used yet.
-#[derive(Debug, Default)]
+/// The tickets issued and not used yet: who each stands for, the address
+/// it was issued to, and when it expires.
+#[derive(Default)]
 pub struct Tickets {
-    waiting: Mutex<HashMap<String, (Who, Instant)>>,
+    waiting: Mutex<HashMap<String, (Who, AddressKey, Instant)>>,
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A ticket stands for a token: never in a log.
+        write!(f, "Tickets({} waiting)", lock(&self.waiting).len())
+    }
 }
 
 impl Tickets {
-    /// A new ticket standing for `who` until [`TICKET_LIFETIME`] from now.
-    pub fn issue(&self, who: Who) -> Result<String, TicketError> {
-        self.issue_at(who, Instant::now())
+    /// A new ticket standing for `who` until [`TICKET_LIFETIME`] from now,
+    /// for a client at `address`, which may have at most
+    /// [`MAX_TICKETS_PER_ADDRESS`] waiting.
+    pub fn issue(&self, who: Who, address: AddressKey) -> Result<String, TicketError> {
+        self.issue_at(who, address, Instant::now())
     }
 
     /// Who `ticket` stands for, if it was issued, is not used yet and has
@@ -47,7 +58,7 @@ impl Tickets {
         self.redeem_at(ticket, Instant::now())
     }
 
-    fn issue_at(&self, who: Who, now: Instant) -> Result<String, TicketError> {
+    fn issue_at(&self, who: Who, address: AddressKey, now: Instant) -> Result<String, TicketError> {
         let mut random = [0; 16];
         getrandom::fill(&mut random)?;
         let ticket = random.iter().fold(String::with_capacity(32), |mut hex, byte| {
@@ -55,18 +66,22 @@ impl Tickets {
             hex
         });
         let mut waiting = lock(&self.waiting);
-        if waiting.len() >= MAX_TICKETS {
-            waiting.retain(|_, (_, expires)| *expires > now);
-            if waiting.len() >= MAX_TICKETS {
+        let mine = |waiting: &HashMap<_, (Who, AddressKey, Instant)>| {
+            waiting.values().filter(|(_, from, _)| *from == address).count()
+        };
+        // One address must not take every place: the page needs one at a time.
+        if mine(&waiting) >= MAX_TICKETS_PER_ADDRESS || waiting.len() >= MAX_TICKETS {
+            waiting.retain(|_, (_, _, expires)| *expires > now);
+            if mine(&waiting) >= MAX_TICKETS_PER_ADDRESS || waiting.len() >= MAX_TICKETS {
                 return Err(TicketError::Full);
             }
         }
-        waiting.insert(ticket.clone(), (who, now + TICKET_LIFETIME));
+        waiting.insert(ticket.clone(), (who, address, now + TICKET_LIFETIME));
         Ok(ticket)
     }
 
     fn redeem_at(&self, ticket: &str, now: Instant) -> Option<Who> {
-        let (who, expires) = lock(&self.waiting).remove(ticket)?;
+        let (who, _, expires) = lock(&self.waiting).remove(ticket)?;
         (now < expires).then_some(who)
     }
 }
@@ -78,23 +93,39 @@ mod tests {
     #[test]
     fn a_ticket_is_good_once_and_only_for_its_lifetime() {
         let (tickets, now) = (Tickets::default(), Instant::now());
-        let ticket = tickets.issue_at(Who::Anyone, now).expect("a ticket");
+        let ticket = tickets.issue_at(Who::Anyone, here(), now).expect("a ticket");
         assert_eq!(ticket.len(), 32);
         assert_eq!(tickets.redeem_at(&ticket, now), Some(Who::Anyone));
         assert_eq!(tickets.redeem_at(&ticket, now), None, "used");
-        let late = tickets.issue_at(Who::Anyone, now).expect("a ticket");
+        let late = tickets.issue_at(Who::Anyone, here(), now).expect("a ticket");
         assert_eq!(tickets.redeem_at(&late, now + TICKET_LIFETIME), None, "expired");
         assert_eq!(tickets.redeem_at("00", now), None, "unknown");
+    }
+
+    fn here() -> AddressKey {
+        AddressKey::of([127, 0, 0, 1].into())
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_place() {
+        let (tickets, now) = (Tickets::default(), Instant::now());
+        for _ in 0..MAX_TICKETS_PER_ADDRESS {
+            tickets.issue_at(Who::Anyone, here(), now).expect("a ticket");
+        }
+        assert!(matches!(tickets.issue_at(Who::Anyone, here(), now), Err(TicketError::Full)));
+        let elsewhere = AddressKey::of([127, 0, 0, 2].into());
+        tickets.issue_at(Who::Anyone, elsewhere, now).expect("another address's");
     }
 
     #[test]
     fn a_full_table_makes_room_from_the_expired_only() {
         let (tickets, now) = (Tickets::default(), Instant::now());
-        for _ in 0..MAX_TICKETS {
-            tickets.issue_at(Who::Anyone, now).expect("a ticket");
+        for n in 0..u32::try_from(MAX_TICKETS).expect("small") {
+            let address = AddressKey::of(std::net::Ipv4Addr::from_bits(n).into());
+            tickets.issue_at(Who::Anyone, address, now).expect("a ticket");
         }
-        assert!(matches!(tickets.issue_at(Who::Anyone, now), Err(TicketError::Full)));
+        assert!(matches!(tickets.issue_at(Who::Anyone, here(), now), Err(TicketError::Full)));
         let later = now + TICKET_LIFETIME;
-        tickets.issue_at(Who::Anyone, later).expect("room once the others expired");
+        tickets.issue_at(Who::Anyone, here(), later).expect("room once the others expired");
     }
 }

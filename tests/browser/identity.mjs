@@ -149,6 +149,10 @@ try {
   await box.press("Enter");
   await moderator.locator("#messages li", { hasText: "one more line" }).waitFor({ timeout: PATIENCE });
   if (victimSockets.length !== socketsAfterKick) fail(`the kicked page reconnected: ${JSON.stringify(victimSockets)}`);
+  // Nor will it: no reconnection was scheduled (each schedules one attempt).
+  const scheduled = await victim.evaluate(() => attempts);
+  if (scheduled !== 0) fail(`the kicked page means to reconnect: ${scheduled} attempts scheduled`);
+  await victim.locator("#state.offline", { hasText: "removed by a moderator" }).waitFor({ timeout: PATIENCE });
   // A page without `mod` cannot kick: ida is told, and mia stays.
   const idaBox = page.locator("#input");
   await idaBox.fill("/kick mia");

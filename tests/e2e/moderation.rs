@@ -108,11 +108,16 @@ async fn a_moderator_is_told_so_and_sees_the_commands_in_help() {
 }
 
 #[tokio::test]
-async fn a_ban_refuses_joins_across_a_restart_until_it_is_lifted() {
+async fn bans_and_mutes_hold_across_a_restart_until_lifted() {
     let db = TempDb::new();
     let config = || ServerConfig { jwt_secret: hs256_server_config().jwt_secret, ..db.config() };
     let server = TestServer::with(config()).await;
     let mut alice = Peer::join(&server, &moderator()).await;
+    let dave = path_of("u-dave", "dave", &Value::Null);
+    let _dave = Peer::join(&server, &dave).await;
+    alice.wait_for("* dave joined").await;
+    alice.send("/mute dave").await;
+    alice.expect("* dave was muted by alice").await;
     let mut bob = Peer::join(&server, &bob_path()).await;
     alice.send("/ban bob 2h spam").await;
     alice.wait_for("* bob was banned by alice for 2h: spam").await;
@@ -135,6 +140,9 @@ async fn a_ban_refuses_joins_across_a_restart_until_it_is_lifted() {
     let server = TestServer::with(config()).await;
     let refused = answer(&server, "/", Some(&bob_token)).await;
     assert_eq!(status_of(&refused), "403", "kept in the store: {refused}");
+    let mut dave = Peer::join(&server, &dave).await;
+    dave.send("back again").await;
+    dave.expect("! you are muted in this room: this message was not sent").await;
     let mut alice = Peer::join(&server, &moderator()).await;
     alice.send("/unban bob").await;
     alice.expect("* bob was unbanned by alice").await;
@@ -321,7 +329,7 @@ async fn the_terminal_client_shows_the_reason_and_does_not_come_back() {
     alice.wait_for("* bob was kicked by alice: off topic").await;
     let output = timeout(PATIENCE, client.wait_with_output()).await.expect("exits").expect("wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("bob was kicked by alice: off topic"), "{stderr}");
     assert!(stderr.contains("4003"), "{stderr}");
     // It did not come back.

@@ -525,13 +525,20 @@ impl Sanctions {
             *old = sanction;
             return true;
         }
-        if held.len() >= MAX_SANCTIONS_PER_ROOM || self.count >= MAX_SANCTIONS {
-            if held.is_empty() {
-                self.rooms.remove(room);
-            }
+        if held.len() >= MAX_SANCTIONS_PER_ROOM {
             return false;
         }
-        held.push(sanction);
+        if self.count >= MAX_SANCTIONS {
+            // Other rooms' expired ones, not read since, free their places.
+            let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+            for other in rooms {
+                self.forget_expired(&other);
+            }
+            if self.count >= MAX_SANCTIONS {
+                return false;
+            }
+        }
+        self.rooms.entry(room.to_owned()).or_default().push(sanction);
         self.count += 1;
         true
     }

@@ -647,6 +647,11 @@ impl Writer {
             self.last_sweep = Instant::now();
         }
         let (swept, bytes) = retain(&tx, retention, sweep)?;
+        if sweep {
+            // Bans and mutes that ended: the file keeps none past their time.
+            let now = i64::try_from(super::unix_ms()).unwrap_or(i64::MAX);
+            tx.execute("DELETE FROM sanctions WHERE until < ?1", [now])?;
+        }
         trimmed += swept;
         if self.last_room_sweep.elapsed() >= ROOM_SWEEP_INTERVAL {
             self.last_room_sweep = Instant::now();

@@ -403,7 +403,10 @@ impl Holder {
     /// holder (a token holder's connections are each its own).
     fn owned_by(&self, presented: Option<&str>) -> bool {
         self.sub.is_none()
-            && presented.is_some_and(|p| self.tenures.iter().any(|t| t.session.proven_by(p)))
+            // A connection a moderator removed gives its name back to nobody.
+            && presented.is_some_and(|p| {
+                self.tenures.iter().any(|t| t.session.proven_by(p) && !t.is_removed())
+            })
     }
 
     /// Retires every connection holding it: their name is someone else's now.
@@ -447,6 +450,11 @@ impl Tenure {
             removed: Mutex::new(None),
             muted_until: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a moderator removed it (kicked or banned).
+    fn is_removed(&self) -> bool {
+        lock(&self.removed).is_some()
     }
 
     /// Why a moderator removed it (kicked or banned), once it was.

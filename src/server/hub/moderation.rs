@@ -48,11 +48,14 @@ pub struct Restriction {
 impl Restriction {
     /// Applies the mute, if any, to a member that has just joined. A ban or
     /// mute given between the check before the upgrade and the join (which
-    /// missed it, not being in the room yet) is read again: a ban then
-    /// closes the connection with 4003 at once.
+    /// missed it, not being in the room yet) is read again (always, with a
+    /// shared backend): a ban then closes the connection with 4003 at once.
     pub async fn apply(self, member: &Member, request: &ChatRequest) {
         let hub = &member.hub;
-        let restriction = if hub.moderations.load(Ordering::Acquire) == self.read_at {
+        // With a shared backend, another node's ban reaches this one only
+        // once it has the room: always read again.
+        let unchanged = hub.moderations.load(Ordering::Acquire) == self.read_at;
+        let restriction = if unchanged && !hub.backend.is_shared() {
             self
         } else {
             match Box::pin(hub.restriction(request, &member.tenure.subject)).await {
@@ -114,6 +117,10 @@ impl Hub {
         subject: &str,
     ) -> Result<Restriction, BackendError> {
         let read_at = self.moderations.load(Ordering::Acquire);
+        // Degraded: the join itself is refused (1013), which says more.
+        if self.backend.mode() == Mode::Degraded {
+            return Ok(Restriction { read_at, ..Restriction::default() });
+        }
         let key = || match requested_name(&request.who, request.name.as_deref()) {
             Some((_, Ok((_, key)))) => key,
             _ => String::new(),
@@ -236,7 +243,7 @@ impl Hub {
         if targets.is_empty() {
             return;
         }
-        let until = seconds.map(|s| unix_ms() + s.saturating_mul(1000));
+        let until = seconds.map(|s| unix_ms().saturating_add(s.saturating_mul(1000)));
         match action {
             Action::Kick | Action::Ban => {
                 let told = describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
@@ -261,20 +268,30 @@ impl Hub {
             let mut subjects: Vec<Box<str>> = targets.iter().map(|t| t.subject.clone()).collect();
             subjects.sort_unstable();
             subjects.dedup();
-            let (backend, room, key) = (self.backend.clone(), room.to_owned(), name_key(name));
-            let (action, name) = (*action, name.to_string());
-            let reason = reason.as_ref().map(ToString::to_string);
-            // In the background: a shared backend's call, from its events.
+            let key = name_key(name);
+            let sanctions: Vec<Sanction> = (subjects.into_iter())
+                .map(|subject| Sanction {
+                    action: *action,
+                    key: key.clone(),
+                    name: name.to_string(),
+                    subject: Some(subject.into()),
+                    until,
+                    reason: reason.as_ref().map(ToString::to_string),
+                })
+                .collect();
+            // In-process, at once: an unban right after must find them.
+            if let Some(store) = self.backend.store() {
+                for sanction in sanctions {
+                    if !store.sanction(room, sanction) {
+                        warn!(room, "too many bans and mutes to record one more");
+                    }
+                }
+                return;
+            }
+            // A shared backend's call, from its events: in the background.
+            let (backend, room) = (self.backend.clone(), room.to_owned());
             tokio::spawn(async move {
-                for subject in subjects {
-                    let sanction = Sanction {
-                        action,
-                        key: key.clone(),
-                        name: name.clone(),
-                        subject: Some(subject.into()),
-                        until,
-                        reason: reason.clone(),
-                    };
+                for sanction in sanctions {
                     match backend.sanction(&room, sanction).await {
                         Ok(true) => {}
                         Ok(false) => warn!(room, "too many bans and mutes to record one more"),
