@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::common::{
-    HttpClient, PATIENCE, Peer, TestServer, api, connect_json, exchange_from, next_json, status_of,
+    HttpClient, PATIENCE, Peer, TestServer, api, connect_json, exchange_from, next_of, status_of,
     upgrade_request,
 };
 
@@ -24,20 +24,6 @@ async fn publish(server: &TestServer, room: &str, from: &str, text: &str) -> (u1
     let path = format!("/api/rooms/{room}/messages");
     let answer = api(server, "POST", &path, Some(KEY), Some(&body)).await;
     (answer.status, answer.json)
-}
-
-/// The next JSON event of `kind`, skipping others.
-async fn next_of<S>(ws: &mut S, kind: &str) -> Value
-where
-    S: futures_util::Stream<Item = Result<tokio_websockets::Message, tokio_websockets::Error>>
-        + Unpin,
-{
-    loop {
-        let event = next_json(ws).await;
-        if event["type"] == kind {
-            return event;
-        }
-    }
 }
 
 #[tokio::test]

@@ -4,12 +4,11 @@
 //! unless `CHAT_REQUIRE_REDIS=1`.
 
 use chat::protocol::REMOVED_CLOSE_CODE;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::SinkExt as _;
 use serde_json::{Value, json};
-use tokio::time::timeout;
 use tokio_websockets::Message;
 
-use crate::common::{PATIENCE, exchange_from, status_of};
+use crate::common::{closed, exchange_from, status_of};
 use crate::identity::{LOOPBACK, SECRET, body, token, upgrade_with_bearer};
 use crate::redis_nodes::{Node, Redis, Ws, join, say, until};
 
@@ -23,20 +22,6 @@ async fn request(ws: &mut Ws, request: &Value) {
 
 fn moderated(action: &'static str) -> impl Fn(&Value) -> bool {
     move |event| event["type"] == "moderated" && event["action"] == action
-}
-
-/// Reads until the server closes; returns the close code and reason.
-async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        let frame = timeout(PATIENCE, ws.next())
-            .await
-            .expect("a Close frame in time")
-            .expect("a Close frame before the end")
-            .expect("a frame");
-        if let Some((code, reason)) = frame.as_close() {
-            return (code.into(), reason.to_owned());
-        }
-    }
 }
 
 #[tokio::test]

@@ -141,15 +141,33 @@ impl Peer {
 
     /// Reads until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
-        loop {
-            let frame = timeout(PATIENCE, self.ws.next())
-                .await
-                .expect("a Close frame in time")
-                .expect("a Close frame before the end of the stream")
-                .expect("a frame, not an error");
-            if let Some((code, reason)) = frame.as_close() {
-                return (code.into(), reason.to_owned());
-            }
+        closed(&mut self.ws).await
+    }
+}
+
+/// Reads until the server closes; returns the close code and reason.
+pub async fn closed(ws: &mut Socket) -> (u16, String) {
+    loop {
+        let frame = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a Close frame in time")
+            .expect("a Close frame before the end of the stream")
+            .expect("a frame, not an error");
+        if let Some((code, reason)) = frame.as_close() {
+            return (code.into(), reason.to_owned());
+        }
+    }
+}
+
+/// The next JSON event of type `kind`, skipping others.
+pub async fn next_of<S>(ws: &mut S, kind: &str) -> serde_json::Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_websockets::Error>> + Unpin,
+{
+    loop {
+        let event = next_json(ws).await;
+        if event["type"] == kind {
+            return event;
         }
     }
 }

@@ -10,7 +10,8 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::time::timeout;
 
 use crate::common::{
-    CLIENT, PATIENCE, Peer, TestServer, command, connect_json, join_from, next_json, status_of,
+    CLIENT, PATIENCE, Peer, TestServer, command, connect_json, join_from, next_json, next_of,
+    status_of,
 };
 use crate::durable_history::TempDb;
 use crate::identity::{another_device, answer, body, hs256_server_config, token};
@@ -295,21 +296,6 @@ async fn json_requests_moderate_and_are_answered_by_id() {
     let told = next_of(&mut alice, "moderated").await;
     assert_eq!((told["action"].as_str(), told["reason"].as_str()), (Some("kick"), Some("enough")));
     server.stop().await;
-}
-
-/// The next JSON event of type `kind`, skipping others.
-async fn next_of<S>(ws: &mut S, kind: &str) -> Value
-where
-    S: futures_util::Stream<Item = Result<tokio_websockets::Message, tokio_websockets::Error>>
-        + Unpin,
-{
-    loop {
-        let event = next_json(ws).await;
-        if event["type"] == kind {
-            return event;
-        }
-        eprintln!("skipped {event}");
-    }
 }
 
 #[tokio::test]
