@@ -446,14 +446,15 @@ impl fmt::Display for ClientError<'_> {
             ClientError::NotSanctioned { name } => {
                 write!(f, "{name:?} is not banned or muted here: nothing was done")
             }
-            ClientError::TooManySanctions => {
-                f.write_str("this room holds as many bans and mutes as it may: lift some first")
-            }
+            ClientError::TooManySanctions => f.write_str(
+                "this room (or the server, across rooms) holds as many bans and mutes as it \
+                 may: lift some first",
+            ),
             ClientError::Muted { seconds_left: None } => {
                 f.write_str("you are muted in this room: this message was not sent")
             }
             ClientError::Muted { seconds_left: Some(seconds) } => {
-                let left = super::span(*seconds);
+                let left = super::span_left(*seconds);
                 write!(f, "you are muted in this room for {left}: this message was not sent")
             }
         }

@@ -125,7 +125,10 @@ impl Moderation<'_> {
         if self.duration.is_some_and(|d| d.is_zero() || d > MAX_SANCTION) {
             return Err(ModerationError::Duration);
         }
-        let one_line = |c: char| !c.is_control() && !super::is_line_break(c);
+        // One visible line: no line breaks (U+2028 included), no controls,
+        // nothing invisible (a bidi override would reorder what follows).
+        let one_line =
+            |c: char| !c.is_control() && !super::is_line_break(c) && !super::names::is_invisible(c);
         if self.reason.is_some_and(|r| r.len() > MAX_REASON_BYTES || !r.chars().all(one_line)) {
             return Err(ModerationError::Reason);
         }
@@ -151,6 +154,9 @@ pub fn parse_moderation(action: Action, arg: &str) -> Option<Moderation<'_>> {
         if let Ok(duration) = humantime::parse_duration(first) {
             moderation.duration = Some(duration);
             rest = after.trim();
+        } else if first.bytes().all(|b| b.is_ascii_digit()) {
+            // `/ban bob 10 spam`: a length without its unit, not a reason.
+            return None;
         }
     }
     match action {
@@ -176,6 +182,12 @@ pub fn span(seconds: u64) -> String {
         }
     }
     if told.is_empty() { "0s".to_owned() } else { told }
+}
+
+/// Time left of a ban or mute, as people say it: past a minute, in whole
+/// minutes rounded up (`1h 59m 58s` left of a two-hour ban says `2h`).
+pub fn span_left(seconds: u64) -> String {
+    span(if seconds > 60 { seconds.div_ceil(60) * 60 } else { seconds })
 }
 
 /// How a moderation is told (`bob was banned by alice for 1h: spam`): to
@@ -219,6 +231,7 @@ mod tests {
         let mute = parse_moderation(Action::Mute, "bob 10m").expect("fits");
         assert_eq!(mute.duration, Some(Duration::from_mins(10)));
         assert_eq!(parse_moderation(Action::Mute, "bob for a while"), None);
+        assert_eq!(parse_moderation(Action::Ban, "bob 10 spam"), None, "10 what?");
         assert_eq!(parse_moderation(Action::Unban, "bob now"), None);
         assert_eq!(parse_moderation(Action::Kick, ""), None);
     }
@@ -244,6 +257,8 @@ mod tests {
         assert_eq!(guest.check(), Ok(()));
         let forged = Moderation { reason: Some("ok\u{2028}mallory: hi"), ..guest };
         assert_eq!(forged.check(), Err(ModerationError::Reason));
+        let reordered = Moderation { reason: Some("ok\u{202e}olleh"), ..guest };
+        assert_eq!(reordered.check(), Err(ModerationError::Reason));
     }
 
     #[test]
@@ -253,5 +268,7 @@ mod tests {
         assert_eq!(describe(Action::Unmute, "bob", None, None, None), "bob was unmuted");
         assert_eq!(span(7 * 86_400 + 5400), "7d 1h 30m");
         assert_eq!(span(59), "59s");
+        assert_eq!(span_left(7198), "2h");
+        assert_eq!(span_left(45), "45s");
     }
 }

@@ -43,6 +43,7 @@ use crate::server::config::{
 };
 use crate::server::http::bearer_token;
 use crate::server::hub::api::PublishError;
+use crate::server::hub::ring::Charge;
 use crate::server::identity::TokenError;
 use crate::server::limit::{Bucket, RateLimit, Verdict};
 use crate::server::ticket::TicketError;
@@ -124,16 +125,28 @@ struct JsonReply {
     retry_after: Option<Duration>,
     /// `Allow`, for 405.
     allow: Option<&'static str>,
+    /// The body encoded already, with its charge against `--max-memory`,
+    /// released once it is written (a large history page).
+    held: Option<(Vec<u8>, Charge)>,
+}
+
+/// A body's bytes with their charge: released when hyper lets them go.
+struct Held(Vec<u8>, #[expect(dead_code, reason = "held, never read")] Charge);
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl JsonReply {
     fn ok(body: Value) -> Self {
-        Self { status: StatusCode::OK, body, retry_after: None, allow: None }
+        Self { status: StatusCode::OK, body, retry_after: None, allow: None, held: None }
     }
 
     fn error(status: StatusCode, error: impl std::fmt::Display) -> Self {
         let body = json!({ "error": error.to_string() });
-        Self { status, body, retry_after: None, allow: None }
+        Self { status, body, retry_after: None, allow: None, held: None }
     }
 
     fn busy(status: StatusCode, wait: Duration, error: impl std::fmt::Display) -> Self {
@@ -149,8 +162,25 @@ impl JsonReply {
         Self::error(StatusCode::NOT_FOUND, "no such API path (this connection serves /api/ only)")
     }
 
+    /// A 200 with `body`, counted in `--max-memory` until written (503
+    /// when it has no room for it, as for `/history`).
+    fn ok_held(body: &Value, hub: &crate::server::hub::Hub) -> Self {
+        let mut encoded = body.to_string().into_bytes();
+        encoded.push(b'\n');
+        if let Some(charge) = hub.hold(encoded.len()) {
+            Self { held: Some((encoded, charge)), ..Self::ok(Value::Null) }
+        } else {
+            let error = ClientError::HistoryUnavailable;
+            Self::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+        }
+    }
+
     fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(self.body.to_string() + "\n")));
+        let bytes = match self.held {
+            Some((encoded, charge)) => Bytes::from_owner(Held(encoded, charge)),
+            None => Bytes::from(self.body.to_string() + "\n"),
+        };
+        let mut response = Response::new(Full::new(bytes));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
@@ -381,7 +411,10 @@ async fn history(query: Option<&str>, room: &str, context: &super::Context) -> J
         }
     };
     match context.hub.page(room, before, limit).await {
-        Ok(page) => JsonReply::ok(json!({ "messages": page.messages, "more": page.more })),
+        Ok(page) => {
+            let body = json!({ "messages": page.messages, "more": page.more });
+            JsonReply::ok_held(&body, &context.hub)
+        }
         Err(error) => {
             debug!(%error, "cannot read the room's history");
             JsonReply::error(StatusCode::SERVICE_UNAVAILABLE, ClientError::HistoryUnavailable)
@@ -410,7 +443,7 @@ async fn moderate(
     action: Action,
     context: &super::Context,
 ) -> JsonReply {
-    let body = match read_body(request).await {
+    let body = match read_body(request, MAX_API_BODY_BYTES).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
@@ -456,7 +489,10 @@ struct Publish {
 
 /// `POST /api/rooms/{room}/messages`: publishes like any client's message.
 async fn publish(request: Request<Incoming>, room: &str, context: &super::Context) -> JsonReply {
-    let body = match read_body(request).await {
+    // A text of --max-message-bytes fits, its JSON escapes (at most two
+    // bytes for one: quotes, backslashes, line breaks, tabs) included.
+    let most = MAX_API_BODY_BYTES.max(2 * context.limits.max_message_bytes + 1024);
+    let body = match read_body(request, most).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
@@ -480,28 +516,28 @@ async fn publish(request: Request<Incoming>, room: &str, context: &super::Contex
         Err(error @ PublishError::Text(ClientError::ServerFull | ClientError::LinkDown)) => {
             JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
         }
-        Err(error @ (PublishError::Name { .. } | PublishError::Text(_))) => {
-            JsonReply::error(StatusCode::BAD_REQUEST, error)
-        }
+        Err(
+            error @ (PublishError::Name { .. } | PublishError::Colon(_) | PublishError::Text(_)),
+        ) => JsonReply::error(StatusCode::BAD_REQUEST, error),
         Err(error) => {
             JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
         }
     }
 }
 
-/// A request's body: at most [`MAX_API_BODY_BYTES`] (413 past it),
+/// A request's body: at most `most` bytes (413 past it),
 /// arriving within [`API_BODY_TIMEOUT`] (408 otherwise).
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, JsonReply> {
+async fn read_body(request: Request<Incoming>, most: usize) -> Result<Bytes, JsonReply> {
     let too_large = || {
-        let text = format!("the body is over {MAX_API_BODY_BYTES} bytes");
+        let text = format!("the body is over {most} bytes");
         JsonReply::error(StatusCode::PAYLOAD_TOO_LARGE, text)
     };
     // Refused before reading, when the client says so up front.
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-    if declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > MAX_API_BODY_BYTES) {
+    if declared.and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > most) {
         return Err(too_large());
     }
-    let body = Limited::new(request.into_body(), MAX_API_BODY_BYTES);
+    let body = Limited::new(request.into_body(), most);
     match timeout(API_BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large()),

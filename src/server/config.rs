@@ -80,9 +80,9 @@ pub const MAX_PENDING_REFUSALS: usize = 64;
 pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
-/// Largest body of an HTTP API request; past it, 413. A message's text
-/// travels as JSON in it, so the API's largest message is a little less
-/// (longer ones are for WebSocket clients).
+/// Largest body of an HTTP API request; past it, 413. A publish's may be
+/// larger: twice `--max-message-bytes` plus 1 KiB, so that a text of that
+/// size fits with its JSON escapes.
 pub const MAX_API_BODY_BYTES: usize = 64 * 1024;
 /// An HTTP API connection must send each request head within this time
 /// after the previous answer (or its start): also how long an idle
@@ -104,12 +104,14 @@ pub const API_PUBLISH_BURST: u32 = 100;
 pub const API_ROOMS_LISTED: usize = 1000;
 /// How long a ticket from `POST /api/ticket` may be used to connect.
 pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
-/// Tickets not used yet, at most; past it (once the expired are gone),
-/// the exchange answers 503 with Retry-After.
-pub const MAX_TICKETS: usize = 10_000;
-/// Tickets one address (an IPv6 /64) may have waiting: a page needs one at
-/// a time, and one holder of a token must not take every place.
-pub const MAX_TICKETS_PER_ADDRESS: usize = 16;
+/// Tickets not used yet, at most (each holds its token's claims, up to
+/// some 16 KiB); past it (once the expired are gone), the exchange answers
+/// 503 with Retry-After. A page uses its ticket within milliseconds.
+pub const MAX_TICKETS: usize = 1024;
+/// Tickets one address (an IPv6 /64), and one token's `sub`, may have
+/// waiting: a page needs one at a time, and one holder of a token must not
+/// take every place.
+pub const MAX_TICKETS_EACH: usize = 16;
 /// A connection must finish its HTTP upgrade within this time (slowloris guard).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the room channel before one write to the socket: bounds

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::protocol::Who;
 use crate::server::address::AddressKey;
-use crate::server::config::{MAX_TICKETS, MAX_TICKETS_PER_ADDRESS, TICKET_LIFETIME};
+use crate::server::config::{MAX_TICKETS, MAX_TICKETS_EACH, TICKET_LIFETIME};
 use crate::util::lock;
 
 /// Why no ticket was issued.
@@ -46,8 +46,8 @@ impl std::fmt::Debug for Tickets {
 
 impl Tickets {
     /// A new ticket standing for `who` until [`TICKET_LIFETIME`] from now,
-    /// for a client at `address`, which may have at most
-    /// [`MAX_TICKETS_PER_ADDRESS`] waiting.
+    /// for a client at `address`: an address, and a token's `sub`, may
+    /// have at most [`MAX_TICKETS_EACH`] waiting.
     pub fn issue(&self, who: Who, address: AddressKey) -> Result<String, TicketError> {
         self.issue_at(who, address, Instant::now())
     }
@@ -66,15 +66,20 @@ impl Tickets {
             hex
         });
         let mut waiting = lock(&self.waiting);
-        let mine = |waiting: &HashMap<_, (Who, AddressKey, Instant)>| {
-            waiting.values().filter(|(_, from, _)| *from == address).count()
-        };
-        // One address must not take every place: the page needs one at a time.
-        if mine(&waiting) >= MAX_TICKETS_PER_ADDRESS || waiting.len() >= MAX_TICKETS {
-            waiting.retain(|_, (_, _, expires)| *expires > now);
-            if mine(&waiting) >= MAX_TICKETS_PER_ADDRESS || waiting.len() >= MAX_TICKETS {
-                return Err(TicketError::Full);
-            }
+        waiting.retain(|_, (_, _, expires)| *expires > now);
+        // Neither one address nor one person may take every place: a page
+        // needs one at a time.
+        let sub = who.identity().map(|identity| &identity.sub);
+        let (mut from_address, mut of_sub) = (0, 0);
+        for (other, from, _) in waiting.values() {
+            from_address += usize::from(*from == address);
+            of_sub += usize::from(sub.is_some() && other.identity().map(|i| &i.sub) == sub);
+        }
+        if from_address >= MAX_TICKETS_EACH
+            || of_sub >= MAX_TICKETS_EACH
+            || waiting.len() >= MAX_TICKETS
+        {
+            return Err(TicketError::Full);
         }
         waiting.insert(ticket.clone(), (who, address, now + TICKET_LIFETIME));
         Ok(ticket)
@@ -109,12 +114,33 @@ mod tests {
     #[test]
     fn one_address_cannot_take_every_place() {
         let (tickets, now) = (Tickets::default(), Instant::now());
-        for _ in 0..MAX_TICKETS_PER_ADDRESS {
+        for _ in 0..MAX_TICKETS_EACH {
             tickets.issue_at(Who::Anyone, here(), now).expect("a ticket");
         }
         assert!(matches!(tickets.issue_at(Who::Anyone, here(), now), Err(TicketError::Full)));
         let elsewhere = AddressKey::of([127, 0, 0, 2].into());
         tickets.issue_at(Who::Anyone, elsewhere, now).expect("another address's");
+    }
+
+    #[test]
+    fn one_person_cannot_take_every_place_from_many_addresses() {
+        let (tickets, now) = (Tickets::default(), Instant::now());
+        let person = |sub: &str| {
+            Who::User(std::sync::Arc::new(crate::protocol::Identity {
+                sub: sub.into(),
+                name: sub.into(),
+                expires: None,
+                rooms: crate::protocol::Scope::All,
+                moderates: crate::protocol::Scope::Only(Vec::new()),
+            }))
+        };
+        for n in 0..u32::try_from(MAX_TICKETS_EACH).expect("small") {
+            let address = AddressKey::of(std::net::Ipv4Addr::from_bits(n).into());
+            tickets.issue_at(person("bob"), address, now).expect("a ticket");
+        }
+        let fresh = AddressKey::of([10, 9, 9, 9].into());
+        assert!(matches!(tickets.issue_at(person("bob"), fresh, now), Err(TicketError::Full)));
+        tickets.issue_at(person("carol"), fresh, now).expect("another person's");
     }
 
     #[test]

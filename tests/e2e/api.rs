@@ -175,7 +175,8 @@ async fn a_body_over_the_bound_gets_413_before_it_is_sent() {
     let head = format!(
         "POST /api/rooms/ops/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        chat::server::config::MAX_API_BODY_BYTES + 1
+        // A publish's bound: twice the largest message, and 1 KiB.
+        2 * chat::server::config::DEFAULT_MAX_MESSAGE_BYTES + 1024 + 1
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -184,6 +185,21 @@ async fn a_body_over_the_bound_gets_413_before_it_is_sent() {
     let response = String::from_utf8_lossy(&response);
     assert_eq!(status_of(&response), "413", "{response}");
     assert!(response.contains("\"error\""), "{response}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_largest_message_fits_in_a_publish_whatever_its_escapes() {
+    let server = TestServer::with(with_api_key()).await;
+    let largest = chat::server::config::DEFAULT_MAX_MESSAGE_BYTES;
+    // Quotes take two bytes each in JSON.
+    let (status, body) = publish(&server, "ops", "ci", &"\"".repeat(largest)).await;
+    assert_eq!((status, body), (200, json!({"seq": 1})));
+    let (status, body) = publish(&server, "ops", "ci", &"x".repeat(largest + 1)).await;
+    assert_eq!(status, 413, "{body}");
+    // A sender ending with ':' would read as someone else in the text protocol.
+    let (status, body) = publish(&server, "ops", "bob:", "hello").await;
+    assert_eq!(status, 400, "{body}");
     server.stop().await;
 }
 

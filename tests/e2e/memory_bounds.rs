@@ -562,3 +562,37 @@ async fn many_joins_at_once_to_a_room_read_back_from_the_store_read_it_once() {
     drop(held);
     child.kill().await.expect("kill");
 }
+
+/// HTTP API history pages are counted until written, as `/history` answers
+/// are: a client that pipelines requests and reads none holds them in
+/// `--max-memory`, and they are let go when it goes.
+#[tokio::test]
+async fn api_history_pages_not_read_are_counted_and_let_go() {
+    const KEY: &str = "the API key";
+    let api_key = Some(chat::server::config::ApiKey::from(KEY));
+    let server = TestServer::with(ServerConfig { api_key, ..ServerConfig::default() }).await;
+    let text = "x".repeat(8 * KIB);
+    for n in 0..50 {
+        let body = serde_json::json!({"from": "ci", "text": format!("{n} {text}")}).to_string();
+        let answer =
+            crate::common::api(&server, "POST", "/api/rooms/big/messages", Some(KEY), Some(&body))
+                .await;
+        assert_eq!(answer.status, 200);
+    }
+    let before = metric(server.addr, "chat_memory_bytes").await;
+    // Sixty requests for pages of 256 KiB of text (more than the socket's
+    // buffers take), none read: hyper answers one at a time, and the page
+    // it cannot write is held.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /api/rooms/big/messages?limit=200 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+    );
+    for _ in 0..60 {
+        stream.write_all(request.as_bytes()).await.expect("send");
+    }
+    let max = ServerConfig::default().max_memory;
+    held_until(server.addr, max, "a page held", |held| held >= before + 200 * KIB).await;
+    drop(stream);
+    held_until(server.addr, max, "pages let go", |held| held <= before).await;
+    server.stop().await;
+}

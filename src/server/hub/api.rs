@@ -16,6 +16,7 @@ use crate::protocol::{
 };
 use crate::server::backend::store::Loaded;
 use crate::server::backend::{BackendError, Mode, Page, StoreError};
+use crate::server::hub::ring::Charge;
 use crate::server::hub::{Hub, Member, Room, Tenure};
 use crate::util::lock;
 
@@ -40,6 +41,10 @@ pub enum PublishError {
         /// Why.
         reason: NameError,
     },
+    /// `from` ends with `:`: `bob: (api): hi` would read, in the text
+    /// protocol, as bob saying `(api): hi`.
+    #[error("from {0:?} may not end with ':': its line would read as someone else's")]
+    Colon(String),
     /// The text was refused as a client's would be (too long, blank,
     /// control characters), or the server has no memory for it.
     #[error("{0}")]
@@ -76,6 +81,12 @@ impl Room {
 }
 
 impl Hub {
+    /// A charge of `bytes` against `--max-memory`, for an answer held
+    /// until written; `None` when the budget has no room for it.
+    pub fn hold(&self, bytes: usize) -> Option<Charge> {
+        self.budget.try_hold(bytes)
+    }
+
     /// Publishes `text` in `room` from the HTTP API sender `from` (shown as
     /// [`api_sender`]): numbered, kept and delivered like any client's
     /// message, with the same checks. Returns its seq.
@@ -86,6 +97,9 @@ impl Hub {
         text: &str,
     ) -> Result<u64, PublishError> {
         validate_name(from).map_err(|reason| PublishError::Name { name: from.into(), reason })?;
+        if from.ends_with(':') {
+            return Err(PublishError::Colon(from.into()));
+        }
         check_text(text, self.limits.max_bytes).map_err(PublishError::Text)?;
         let from = api_sender(from);
         match self.backend.mode() {

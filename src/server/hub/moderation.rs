@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::{Ack, Hub, Member, Tenure, requested_name};
 use crate::protocol::{
-    Action, ChatRequest, ClientError, Event, Moderation, Who, describe, name_key, span,
+    Action, ChatRequest, ClientError, Event, Moderation, Who, describe, name_key, span_left,
 };
 use crate::server::backend::{BackendError, Mode, Sanction, unix_ms};
 use crate::util::lock;
@@ -136,7 +136,7 @@ impl Hub {
                     let mut told = format!("you are banned from room {room:?}");
                     if until != u64::MAX {
                         let left = until.saturating_sub(unix_ms()).div_ceil(1000);
-                        let _ = write!(told, " for {}", span(left));
+                        let _ = write!(told, " for {}", span_left(left));
                     }
                     if let Some(reason) = &sanction.reason {
                         let _ = write!(told, ": {reason}");
@@ -182,12 +182,15 @@ impl Hub {
             }
         }
         let until = duration.map(|d| unix_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // Told as the person spells it (`Eve` for `/kick eve`), when known.
+        let spelled = if shared { None } else { self.holder_name(room, &key) };
+        let shown = spelled.as_deref().unwrap_or(name);
         match action {
             Action::Ban | Action::Mute => {
                 let sanction = Sanction {
                     action,
                     key: key.clone(),
-                    name: name.to_owned(),
+                    name: shown.to_owned(),
                     subject: None,
                     until,
                     reason: reason.map(str::to_owned),
@@ -207,7 +210,7 @@ impl Hub {
         let event = Event::Moderated {
             room: room.into(),
             action,
-            name: name.into(),
+            name: shown.into(),
             by: by.map(Into::into),
             seconds: duration.map(|d| d.as_secs()),
             reason: reason.map(Into::into),
@@ -223,6 +226,13 @@ impl Hub {
         }
         self.enforce(room, &event);
         Ok(told)
+    }
+
+    /// The name as its holder on this node spells it, if one is in `room`.
+    fn holder_name(&self, room: &str, key: &str) -> Option<String> {
+        let room = lock(&self.rooms).get(room).cloned()?;
+        let state = lock(&room.state);
+        state.names.get(key).map(|holder| holder.name.clone())
     }
 
     /// The connections of this node in `room` under the name of key `key`.
