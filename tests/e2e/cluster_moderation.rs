@@ -6,9 +6,10 @@
 use chat::protocol::REMOVED_CLOSE_CODE;
 use futures_util::SinkExt as _;
 use serde_json::{Value, json};
+use tokio::time::timeout;
 use tokio_websockets::Message;
 
-use crate::common::{closed, exchange_from, status_of};
+use crate::common::{PATIENCE, closed, exchange_from, status_of};
 use crate::identity::{LOOPBACK, SECRET, body, token, upgrade_with_bearer};
 use crate::redis_nodes::{Node, Redis, Ws, join, say, until};
 
@@ -64,6 +65,24 @@ async fn a_kick_mute_and_ban_on_one_node_hold_on_the_other() {
     let three = Node::start_with(&redis, &flags).await;
     let refused = exchange_from(LOOPBACK, three.addr, upgrade.as_bytes()).await;
     assert_eq!(status_of(&refused), "403", "{refused}");
+    // A ban of dave, on node two, is recorded there against who he is
+    // too: under another name, the same sub is refused on node one.
+    request(&mut alice, &json!({"type": "ban", "name": "dave"})).await;
+    let (code, _) = closed(&mut dave).await;
+    assert_eq!(code, REMOVED_CLOSE_CODE);
+    let mut hkeys = redis::cmd("HKEYS");
+    hkeys.arg("chat:room:mods:sanctions");
+    let recorded = timeout(PATIENCE, async {
+        // Written by node two as the ban reaches it: polled, no event says so.
+        while !format!("{:?}", redis.run(&hkeys).await).contains("ban dave sub:d") {
+            tokio::task::yield_now().await;
+        }
+    });
+    recorded.await.expect("the ban recorded against dave's sub");
+    let david = upgrade_with_bearer("/mods", &token(&json!({"sub": "d", "name": "david"})));
+    let refused = exchange_from(LOOPBACK, one.addr, david.as_bytes()).await;
+    assert_eq!(status_of(&refused), "403", "{refused}");
+
     // Lifted on node two, bob comes back anywhere.
     let (mut alice_on_two, _) =
         join(&two, &path_of(&json!({"sub": "a", "name": "alice", "mod": "mods"}))).await;

@@ -397,6 +397,22 @@ impl Backend {
         }
     }
 
+    /// With a shared backend: records a ban or mute against a holder, if
+    /// the one by name it follows is still there (an unban may have come
+    /// first); false when it is not.
+    pub(crate) async fn sanction_holder(
+        &self,
+        room: &str,
+        sanction: Sanction,
+    ) -> Result<bool, BackendError> {
+        match &self.0 {
+            Kind::Local(store) => Ok(store.sanction(room, sanction)),
+            Kind::Redis(redis) => Ok(redis.sanction_holder(room, &sanction).await?),
+            #[cfg(test)]
+            Kind::Fake(_) => Err(BackendError::Down),
+        }
+    }
+
     /// Lifts `room`'s bans (or mutes) of the name of key `key`; false when
     /// there was none.
     pub(crate) async fn lift(

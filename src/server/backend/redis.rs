@@ -208,6 +208,10 @@ struct Scripts {
     rejoin: Script,
     who: Script,
     page: Script,
+    /// A ban's or mute's record against a holder, written only while the
+    /// one by name it follows is still there: an unban that came first
+    /// must not be undone by it.
+    holder: Script,
 }
 
 macro_rules! script {
@@ -220,6 +224,10 @@ impl Scripts {
     fn new() -> Self {
         Self {
             join: script!("redis/join.lua"),
+            holder: Script::new(
+                "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+                 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) return 1 end return 0",
+            ),
             say: script!("redis/say.lua"),
             leave: script!("redis/leave.lua"),
             rename: script!("redis/rename.lua"),
@@ -464,6 +472,23 @@ impl Redis {
         within(redis::cmd("HSET").arg(&key).arg(field).arg(value).query_async::<()>(&mut commands))
             .await?;
         Ok(true)
+    }
+
+    /// Records a ban or mute against a holder (its `subject`), if the one
+    /// by name it follows is still there; false when it is not.
+    pub(crate) async fn sanction_holder(
+        &self,
+        room: &str,
+        sanction: &Sanction,
+    ) -> Result<bool, LinkError> {
+        let mut commands = self.commands()?;
+        let by_name = sanction_field(sanction.action, &sanction.key, None);
+        let field = sanction_field(sanction.action, &sanction.key, sanction.subject.as_deref());
+        let value = serde_json::to_string(sanction).unwrap_or_default();
+        let mut invocation = self.scripts.holder.prepare_invoke();
+        invocation.key(sanctions_key(room)).arg(by_name).arg(field).arg(value);
+        let written: u8 = within(invocation.invoke_async(&mut commands)).await?;
+        Ok(written == 1)
     }
 
     /// Lifts `room`'s bans (or mutes) of key `key`; false when there was none.

@@ -302,9 +302,9 @@ impl Hub {
             let (backend, room) = (self.backend.clone(), room.to_owned());
             tokio::spawn(async move {
                 for sanction in sanctions {
-                    match backend.sanction(&room, sanction).await {
-                        Ok(true) => {}
-                        Ok(false) => warn!(room, "too many bans and mutes to record one more"),
+                    match backend.sanction_holder(&room, sanction).await {
+                        // Written, or lifted meanwhile: nothing to follow.
+                        Ok(_) => {}
                         Err(error) => {
                             warn!(%error, room, "cannot record a ban or mute against its holder");
                         }
