@@ -164,6 +164,10 @@ pub struct Hub {
     /// Moderations acted on so far: a join checked against a room's bans
     /// and mutes before one came checks again (see [`Restriction`]).
     moderations: AtomicU64,
+    /// The last kicks, with their moderation's number, so that a join past
+    /// its checks when one came is kicked too: at most
+    /// [`moderation::RECENT_KICKS`].
+    recent_kicks: Mutex<VecDeque<moderation::Kicked>>,
     /// Frames each room's ring keeps for its slowest client (`--max-lag`).
     max_lag: usize,
     /// Bytes of them (`--max-lag-bytes`).
@@ -643,6 +647,7 @@ impl Hub {
             budget,
             reclaiming: Mutex::new(()),
             moderations: AtomicU64::new(0),
+            recent_kicks: Mutex::default(),
             loading: tokio::sync::Mutex::new(()),
             presence_limit: config.presence_limit,
             limits: config.wire_limits(),
@@ -1842,15 +1847,7 @@ mod tests {
 
     /// Joins `room` as the holder of a token for `sub` named `name`.
     fn join_as(hub: &Arc<Hub>, room: &str, sub: &str, name: &str) -> Result<Joined, JoinError> {
-        let identity = Identity {
-            sub: sub.into(),
-            name: name.to_owned(),
-            expires: None,
-            rooms: crate::protocol::Scope::All,
-            moderates: crate::protocol::Scope::All,
-        };
-        let request = ChatRequest { who: Who::User(Arc::new(identity)), ..request(room, None) };
-        block_on(hub.join(&request, "10.0.0.1", "ip:10.0.0.1"))
+        block_on(hub.join(&request_as(room, sub, name), "10.0.0.1", "ip:10.0.0.1"))
     }
 
     #[test]
@@ -1945,5 +1942,41 @@ mod tests {
         // Past the presence limit, yet announced: no summary comes from
         // the backend while it is out of reach.
         assert_eq!(taken(&mut alice.rx), ["* bob left"]);
+    }
+
+    fn request_as(room: &str, sub: &str, name: &str) -> ChatRequest {
+        let identity = Identity {
+            sub: sub.into(),
+            name: name.to_owned(),
+            expires: None,
+            rooms: crate::protocol::Scope::All,
+            moderates: crate::protocol::Scope::All,
+        };
+        ChatRequest { who: Who::User(Arc::new(identity)), ..request(room, None) }
+    }
+
+    /// A token holder's second device, past its checks as a kick or ban of
+    /// the person comes, and joined after it: removed once it has joined.
+    #[test]
+    fn a_device_joining_as_its_person_is_kicked_or_banned_is_removed_too() {
+        use crate::protocol::{Action, Moderation};
+        let told = [
+            (Action::Kick, "alice was kicked by mod"),
+            (Action::Ban, "you are banned from room \"lobby\""),
+        ];
+        for (action, words) in told {
+            let hub = hub(local(), &ServerConfig::default());
+            let laptop = join_as(&hub, "lobby", "u-1", "alice").expect("joined");
+            let phone = request_as("lobby", "u-1", "alice");
+            let checked = block_on(hub.restriction(&phone, "sub:u-1")).expect("read");
+            assert!(checked.banned.is_none());
+            let moderation = Moderation { action, name: "alice", duration: None, reason: None };
+            block_on(hub.moderate("lobby", Some("mod"), &moderation)).expect("done");
+            assert!(laptop.member.tenure.is_retired(), "{action:?}: the laptop goes at once");
+            let joined = block_on(hub.join(&phone, "10.0.0.1", "sub:u-1")).expect("joined");
+            assert!(!joined.member.tenure.is_retired(), "{action:?}: not yet");
+            block_on(checked.apply(&joined.member, &phone));
+            assert_eq!(joined.member.tenure.removed().as_deref(), Some(words), "{action:?}");
+        }
     }
 }

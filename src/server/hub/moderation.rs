@@ -23,6 +23,19 @@ use crate::util::lock;
 
 /// Longest close reason a WebSocket close frame carries, in bytes.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
+/// Kicks the hub remembers, for joins that were past their checks when one
+/// came (a join takes milliseconds: a few are plenty).
+pub(super) const RECENT_KICKS: usize = 64;
+
+/// A kick the hub remembers: its moderation's number, room, name key and
+/// what its close frame says.
+#[derive(Debug)]
+pub(super) struct Kicked {
+    number: u64,
+    room: String,
+    key: String,
+    told: Box<str>,
+}
 
 /// Who bans and mutes recorded against a connection apply to: `sub:SUB`
 /// for a token holder, `ip:ADDRESS` for anyone else (`address` is the
@@ -54,7 +67,8 @@ impl Restriction {
         let hub = &member.hub;
         // With a shared backend, another node's ban reaches this one only
         // once it has the room: always read again.
-        let unchanged = hub.moderations.load(Ordering::Acquire) == self.read_at;
+        let read_at = self.read_at;
+        let unchanged = hub.moderations.load(Ordering::Acquire) == read_at;
         let restriction = if unchanged && !hub.backend.is_shared() {
             self
         } else {
@@ -65,6 +79,16 @@ impl Restriction {
         };
         if let Some(told) = &restriction.banned {
             member.tenure.remove(truncate(told, MAX_CLOSE_REASON_BYTES));
+        } else if !unchanged {
+            let key = name_key(member.name());
+            let kicks = lock(&hub.recent_kicks);
+            let room = &member.room.name;
+            let missed = kicks
+                .iter()
+                .find(|kick| kick.number > read_at && kick.room == *room && kick.key == key);
+            if let Some(kick) = missed {
+                member.tenure.remove(&kick.told);
+            }
         }
         if restriction.muted_until > 0 {
             member.tenure.muted_until.store(restriction.muted_until, Ordering::Release);
@@ -248,7 +272,17 @@ impl Hub {
     /// they are, so another name does not evade it.
     pub(super) fn enforce(&self, room: &str, event: &Event<'_>) {
         let Event::Moderated { action, name, by, seconds, reason, .. } = event else { return };
-        self.moderations.fetch_add(1, Ordering::AcqRel);
+        let number = self.moderations.fetch_add(1, Ordering::AcqRel) + 1;
+        if *action == Action::Kick {
+            let told = describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
+            let told = truncate(&told, MAX_CLOSE_REASON_BYTES).into();
+            let kicked = Kicked { number, room: room.to_owned(), key: name_key(name), told };
+            let mut kicks = lock(&self.recent_kicks);
+            if kicks.len() == RECENT_KICKS {
+                kicks.pop_front();
+            }
+            kicks.push_back(kicked);
+        }
         let targets = self.tenures_of(room, &name_key(name));
         if targets.is_empty() {
             return;
