@@ -38,8 +38,8 @@ use crate::protocol::{
 use crate::server::address::{AddressKey, Slot};
 use crate::server::config::{
     API_BODY_TIMEOUT, API_CONNECTION_LIFETIME, API_IDLE_TIMEOUT, API_PUBLISH_BURST,
-    API_PUBLISHES_PER_SECOND, API_ROOMS_LISTED, ApiKey, CLOSE_TIMEOUT, MAX_API_BODY_BYTES,
-    MAX_REQUEST_HEAD_BYTES, TICKET_LIFETIME,
+    API_PUBLISHES_PER_SECOND, API_ROOMS_LISTED, ApiKey, CLOSE_TIMEOUT, FRAME_OVERHEAD,
+    MAX_API_BODY_BYTES, MAX_REQUEST_HEAD_BYTES, TICKET_LIFETIME,
 };
 use crate::server::http::bearer_token;
 use crate::server::hub::api::PublishError;
@@ -489,9 +489,9 @@ struct Publish {
 
 /// `POST /api/rooms/{room}/messages`: publishes like any client's message.
 async fn publish(request: Request<Incoming>, room: &str, context: &super::Context) -> JsonReply {
-    // A text of --max-message-bytes fits, its JSON escapes (at most two
-    // bytes for one: quotes, backslashes, line breaks, tabs) included.
-    let most = MAX_API_BODY_BYTES.max(2 * context.limits.max_message_bytes + 1024);
+    // A text of --max-message-bytes fits with its JSON escapes, as in a
+    // WebSocket frame: three times the text (`\u00e9` for a 2-byte `é`), and 1 KiB.
+    let most = MAX_API_BODY_BYTES.max(3 * context.limits.max_message_bytes + FRAME_OVERHEAD);
     let body = match read_body(request, most).await {
         Ok(body) => body,
         Err(refusal) => return refusal,

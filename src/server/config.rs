@@ -81,8 +81,9 @@ pub const FRAME_OVERHEAD: usize = 1024;
 /// Largest HTTP request head (request line and headers) the server reads.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// Largest body of an HTTP API request; past it, 413. A publish's may be
-/// larger: twice `--max-message-bytes` plus 1 KiB, so that a text of that
-/// size fits with its JSON escapes.
+/// larger: three times `--max-message-bytes` plus [`FRAME_OVERHEAD`], a
+/// WebSocket frame's bound, so that a text of that size fits with its JSON
+/// escapes.
 pub const MAX_API_BODY_BYTES: usize = 64 * 1024;
 /// An HTTP API connection must send each request head within this time
 /// after the previous answer (or its start): also how long an idle

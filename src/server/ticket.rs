@@ -22,7 +22,8 @@ use crate::util::lock;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
-    /// [`MAX_TICKETS`] are waiting to be used, none of them expired.
+    /// [`MAX_TICKETS`] are waiting to be used, or [`MAX_TICKETS_EACH`] of
+    /// this address or `sub`, none of them expired.
     #[error("too many tickets waiting to be used: try again later")]
     Full,
     /// The system gave no random numbers.

@@ -175,8 +175,8 @@ async fn a_body_over_the_bound_gets_413_before_it_is_sent() {
     let head = format!(
         "POST /api/rooms/ops/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        // A publish's bound: twice the largest message, and 1 KiB.
-        2 * chat::server::config::DEFAULT_MAX_MESSAGE_BYTES + 1024 + 1
+        // A publish's bound: three times the largest message, and 1 KiB.
+        3 * chat::server::config::DEFAULT_MAX_MESSAGE_BYTES + 1024 + 1
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -195,6 +195,13 @@ async fn the_largest_message_fits_in_a_publish_whatever_its_escapes() {
     // Quotes take two bytes each in JSON.
     let (status, body) = publish(&server, "ops", "ci", &"\"".repeat(largest)).await;
     assert_eq!((status, body), (200, json!({"seq": 1})));
+    // `é` as Python's json.dumps writes it: 6 bytes for 2.
+    let accents = "é".repeat(largest / 2);
+    let escaped = json!({"from": "ci", "text": "PLACEHOLDER"})
+        .to_string()
+        .replace("PLACEHOLDER", &"\\u00e9".repeat(largest / 2));
+    let answer = api(&server, "POST", "/api/rooms/ops/messages", Some(KEY), Some(&escaped)).await;
+    assert_eq!((answer.status, answer.json), (200, json!({"seq": 2})), "{} bytes", accents.len());
     let (status, body) = publish(&server, "ops", "ci", &"x".repeat(largest + 1)).await;
     assert_eq!(status, 413, "{body}");
     // A sender ending with ':' would read as someone else in the text protocol.

@@ -397,9 +397,10 @@ impl Backend {
         }
     }
 
-    /// With a shared backend: records a ban or mute against a holder, if
-    /// the one by name it follows is still there (an unban may have come
-    /// first); false when it is not.
+    /// Records a ban or mute against a holder: with a shared backend, only
+    /// if the one by name it follows is still there (an unban may have come
+    /// first) and the room is within its bound; false when not. (In-process
+    /// the hub writes them with the ban, through [`Store::sanction`].)
     pub(crate) async fn sanction_holder(
         &self,
         room: &str,

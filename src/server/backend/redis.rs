@@ -209,9 +209,15 @@ struct Scripts {
     who: Script,
     page: Script,
     /// A ban's or mute's record against a holder, written only while the
-    /// one by name it follows is still there: an unban that came first
-    /// must not be undone by it.
+    /// one by name it follows is still there (an unban that came first must
+    /// not be undone by it), and the room holds fewer than its bound.
     holder: Script,
+    /// Deletes the fields starting with a prefix (an unban: the ban by name
+    /// and those against its holders), in one step with any write.
+    lift: Script,
+    /// Deletes fields whose values are still those read (expired ones), so
+    /// that one written again meanwhile stays.
+    forget: Script,
 }
 
 macro_rules! script {
@@ -225,8 +231,20 @@ impl Scripts {
         Self {
             join: script!("redis/join.lua"),
             holder: Script::new(
-                "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+                "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 \
+                 and redis.call('HLEN', KEYS[1]) < tonumber(ARGV[4]) then \
                  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) return 1 end return 0",
+            ),
+            lift: Script::new(
+                "local n = 0 \
+                 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do \
+                 if string.sub(f, 1, #ARGV[1]) == ARGV[1] then \
+                 redis.call('HDEL', KEYS[1], f) n = n + 1 end end return n",
+            ),
+            forget: Script::new(
+                "for i = 1, #ARGV, 2 do \
+                 if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then \
+                 redis.call('HDEL', KEYS[1], ARGV[i]) end end return 0",
             ),
             say: script!("redis/say.lua"),
             leave: script!("redis/leave.lua"),
@@ -426,17 +444,20 @@ impl Redis {
                 .await?;
         let now = unix_ms();
         let mut active = Vec::new();
-        let mut expired = Vec::new();
+        let mut forget = self.scripts.forget.prepare_invoke();
+        forget.key(sanctions_key(room));
+        let mut expired = false;
         for (field, value) in all {
             match serde_json::from_str::<Sanction>(&value) {
                 Ok(sanction) if sanction.active(now) => active.push(sanction),
-                _ => expired.push(field),
+                _ => {
+                    forget.arg(field).arg(value);
+                    expired = true;
+                }
             }
         }
-        if !expired.is_empty() {
-            let mut delete = redis::cmd("HDEL");
-            delete.arg(sanctions_key(room)).arg(expired);
-            within(delete.query_async::<()>(&mut commands)).await?;
+        if expired {
+            within(forget.invoke_async::<()>(&mut commands)).await?;
         }
         Ok(active)
     }
@@ -487,6 +508,7 @@ impl Redis {
         let value = serde_json::to_string(sanction).unwrap_or_default();
         let mut invocation = self.scripts.holder.prepare_invoke();
         invocation.key(sanctions_key(room)).arg(by_name).arg(field).arg(value);
+        invocation.arg(MAX_SANCTIONS_PER_ROOM);
         let written: u8 = within(invocation.invoke_async(&mut commands)).await?;
         Ok(written == 1)
     }
@@ -499,19 +521,11 @@ impl Redis {
         key: &str,
     ) -> Result<bool, LinkError> {
         let mut commands = self.commands()?;
-        let fields: Vec<String> =
-            within(redis::cmd("HKEYS").arg(sanctions_key(room)).query_async(&mut commands)).await?;
-        let prefix = sanction_field(action, key, None);
         // Keys hold no spaces: the prefix is of this key's fields only.
-        let lifted: Vec<String> =
-            fields.into_iter().filter(|field| field.starts_with(&prefix)).collect();
-        if lifted.is_empty() {
-            return Ok(false);
-        }
-        let mut delete = redis::cmd("HDEL");
-        delete.arg(sanctions_key(room)).arg(lifted);
-        within(delete.query_async::<()>(&mut commands)).await?;
-        Ok(true)
+        let mut invocation = self.scripts.lift.prepare_invoke();
+        invocation.key(sanctions_key(room)).arg(sanction_field(action, key, None));
+        let lifted: usize = within(invocation.invoke_async(&mut commands)).await?;
+        Ok(lifted > 0)
     }
 
     /// Whether the name of key `key` is held in `room` on any node.

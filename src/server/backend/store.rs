@@ -472,7 +472,9 @@ impl Database {
 }
 
 /// Each schema version's migration from the one before, in order: the
-/// store at version N runs those from index N.
+/// store at version N runs those from index N. Each sets its version in
+/// its own transaction, so a crash between two leaves a version that says
+/// which ran.
 const MIGRATIONS: [&str; 2] = [
     "
     BEGIN;
@@ -505,6 +507,7 @@ const MIGRATIONS: [&str; 2] = [
         UPDATE totals SET bytes = bytes - length(CAST(old.sender AS BLOB))
             - length(CAST(old.text AS BLOB));
     END;
+    PRAGMA user_version = 1;
     COMMIT;
 ",
     "
@@ -520,6 +523,7 @@ const MIGRATIONS: [&str; 2] = [
         reason TEXT
     );
     CREATE INDEX sanctions_by_room ON sanctions (room, action, key);
+    PRAGMA user_version = 2;
     COMMIT;
 ",
 ];
@@ -1083,5 +1087,34 @@ mod tests {
         drop(conn);
         let refused = db.open().expect_err("refused");
         assert!(refused.to_string().contains("newer than this server's"), "{refused}");
+    }
+
+    #[test]
+    fn a_store_of_the_version_before_gains_bans_and_keeps_them() {
+        let db = TempDb::new();
+        let conn = Connection::open(&db.0).expect("a file");
+        conn.execute_batch(MIGRATIONS[0]).expect("the first schema");
+        drop(conn);
+        let store = db.open().expect("migrated");
+        let ban = Sanction {
+            action: Action::Ban,
+            key: "bob".into(),
+            name: "bob".into(),
+            subject: Some("ip:10.0.0.1".into()),
+            until: None,
+            reason: Some("spam".into()),
+        };
+        assert!(store.sanction("lobby", ban.clone()));
+        block_on(store.close(Duration::from_secs(5)));
+        drop(store);
+        let again = (0..500).find_map(|_| db.open().ok()).expect("the file is free again");
+        assert_eq!(
+            again.sanctions("lobby", || "bob".into(), "ip:10.0.0.9"),
+            std::slice::from_ref(&ban)
+        );
+        assert_eq!(again.sanctions("lobby", || "rob".into(), "ip:10.0.0.1"), [ban]);
+        assert!(again.sanctions("lobby", || "rob".into(), "ip:10.0.0.9").is_empty());
+        assert!(again.lift("lobby", Action::Ban, "bob"));
+        assert!(again.sanctions("lobby", || "bob".into(), "ip:10.0.0.1").is_empty());
     }
 }

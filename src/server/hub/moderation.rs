@@ -69,7 +69,9 @@ impl Restriction {
         // once it has the room: always read again.
         let read_at = self.read_at;
         let unchanged = hub.moderations.load(Ordering::Acquire) == read_at;
-        let restriction = if unchanged && !hub.backend.is_shared() {
+        // Degraded, nothing can be read again: what was read stands.
+        let stands = hub.backend.mode() == Mode::Degraded;
+        let restriction = if stands || (unchanged && !hub.backend.is_shared()) {
             self
         } else {
             match Box::pin(hub.restriction(request, &member.tenure.subject)).await {
