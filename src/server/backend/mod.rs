@@ -384,6 +384,9 @@ impl Backend {
 
     /// Records a ban or mute in `room`, in place of the same one of the same
     /// name key and subject; false when the room holds as many as it may.
+    /// With a shared backend, one against a holder (with a subject) is
+    /// written only while the one by name it follows is still there: an
+    /// unban may have come first.
     pub(crate) async fn sanction(
         &self,
         room: &str,
@@ -392,23 +395,6 @@ impl Backend {
         match &self.0 {
             Kind::Local(store) => Ok(store.sanction(room, sanction)),
             Kind::Redis(redis) => Ok(redis.sanction(room, &sanction).await?),
-            #[cfg(test)]
-            Kind::Fake(_) => Err(BackendError::Down),
-        }
-    }
-
-    /// Records a ban or mute against a holder: with a shared backend, only
-    /// if the one by name it follows is still there (an unban may have come
-    /// first) and the room is within its bound; false when not. (In-process
-    /// the hub writes them with the ban, through [`Store::sanction`].)
-    pub(crate) async fn sanction_holder(
-        &self,
-        room: &str,
-        sanction: Sanction,
-    ) -> Result<bool, BackendError> {
-        match &self.0 {
-            Kind::Local(store) => Ok(store.sanction(room, sanction)),
-            Kind::Redis(redis) => Ok(redis.sanction_holder(room, &sanction).await?),
             #[cfg(test)]
             Kind::Fake(_) => Err(BackendError::Down),
         }

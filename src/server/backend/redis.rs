@@ -464,15 +464,19 @@ impl Redis {
 
     /// Records a ban or mute in `room`, in place of the one of the same
     /// action, key and subject; false when the room holds
-    /// [`MAX_SANCTIONS_PER_ROOM`] already.
+    /// [`MAX_SANCTIONS_PER_ROOM`] already. One against a holder goes
+    /// through the `holder` script.
     pub(crate) async fn sanction(
         &self,
         room: &str,
         sanction: &Sanction,
     ) -> Result<bool, LinkError> {
+        if sanction.subject.is_some() {
+            return self.sanction_holder(room, sanction).await;
+        }
         let mut commands = self.commands()?;
         let key = sanctions_key(room);
-        let field = sanction_field(sanction.action, &sanction.key, sanction.subject.as_deref());
+        let field = sanction_field(sanction.action, &sanction.key, None);
         let (held, exists): (usize, bool) = within(
             redis::pipe()
                 .cmd("HLEN")
@@ -497,7 +501,7 @@ impl Redis {
 
     /// Records a ban or mute against a holder (its `subject`), if the one
     /// by name it follows is still there; false when it is not.
-    pub(crate) async fn sanction_holder(
+    async fn sanction_holder(
         &self,
         room: &str,
         sanction: &Sanction,

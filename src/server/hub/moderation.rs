@@ -338,7 +338,7 @@ impl Hub {
             let (backend, room) = (self.backend.clone(), room.to_owned());
             tokio::spawn(async move {
                 for sanction in sanctions {
-                    match backend.sanction_holder(&room, sanction).await {
+                    match backend.sanction(&room, sanction).await {
                         // Written, or lifted meanwhile: nothing to follow.
                         Ok(_) => {}
                         Err(error) => {
