@@ -3,19 +3,17 @@
 //!
 //! Requests with bodies and keep-alive are hyper's: the hand-written parser
 //! in `http` reads the first request head, sees `/api/`, and hands the
-//! connection here with the bytes it read replayed first ([`Replay`]).
+//! connection here with the bytes it read replayed first (a [`Wire`], as
+//! the WebSocket path does, with no frames queued).
 //! Such a connection holds a chat connection's slots (overall and of its
 //! address) until it closes, and serves only `/api/`: other paths get 404.
 //! Everything here is JSON, errors too: `{"error": "..."}`.
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
@@ -26,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -47,6 +45,7 @@ use crate::server::hub::ring::Charge;
 use crate::server::identity::TokenError;
 use crate::server::limit::{Bucket, RateLimit, Verdict};
 use crate::server::ticket::TicketError;
+use crate::server::wire::Wire;
 use crate::util::lock;
 
 /// What the API needs beyond what every connection shares.
@@ -90,7 +89,7 @@ pub(super) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Handover { stream, read, client, slots: _slots } = handover;
-    let io = TokioIo::new(Replay { read, stream });
+    let io = TokioIo::new(Wire::new(read, stream));
     let service = hyper::service::service_fn(move |request| {
         let context = context.clone();
         async move { Ok::<_, Infallible>(answer(request, client, &context).await) }
@@ -546,58 +545,6 @@ async fn read_body(request: Request<Incoming>, most: usize) -> Result<Bytes, Jso
     }
 }
 
-/// A stream whose first bytes read are those already read from it.
-struct Replay<S> {
-    read: BytesMut,
-    stream: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
-        }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read[..n]);
-        self.read.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,7 +552,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_read_comes_first_then_the_stream() {
-        let mut replay = Replay { read: BytesMut::from(&b"GET /api/"[..]), stream: &b"rooms"[..] };
+        let mut replay = Wire::new(BytesMut::from(&b"GET /api/"[..]), &b"rooms"[..]);
         let mut all = String::new();
         replay.read_to_string(&mut all).await.expect("read");
         assert_eq!(all, "GET /api/rooms");

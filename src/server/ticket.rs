@@ -8,7 +8,6 @@
 //! nobody can guess, so the lookup's timing tells nothing useful.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use tokio::time::Instant;
@@ -62,10 +61,7 @@ impl Tickets {
     fn issue_at(&self, who: Who, address: AddressKey, now: Instant) -> Result<String, TicketError> {
         let mut random = [0; 16];
         getrandom::fill(&mut random)?;
-        let ticket = random.iter().fold(String::with_capacity(32), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        });
+        let ticket = crate::util::hex(&random);
         let mut waiting = lock(&self.waiting);
         waiting.retain(|_, (_, _, expires)| *expires > now);
         // Neither one address nor one person may take every place: a page

@@ -501,11 +501,7 @@ impl Redis {
 
     /// Records a ban or mute against a holder (its `subject`), if the one
     /// by name it follows is still there; false when it is not.
-    async fn sanction_holder(
-        &self,
-        room: &str,
-        sanction: &Sanction,
-    ) -> Result<bool, LinkError> {
+    async fn sanction_holder(&self, room: &str, sanction: &Sanction) -> Result<bool, LinkError> {
         let mut commands = self.commands()?;
         let by_name = sanction_field(sanction.action, &sanction.key, None);
         let field = sanction_field(sanction.action, &sanction.key, sanction.subject.as_deref());

@@ -518,11 +518,7 @@ impl Secret {
     }
 
     fn hex(self) -> String {
-        self.0.iter().fold(String::with_capacity(32), |mut hex, b| {
-            use std::fmt::Write as _;
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+        crate::util::hex(&self.0)
     }
 
     /// Whether `presented` is this secret in hex, compared in constant time.
