@@ -39,7 +39,7 @@ use crate::server::config::{
     API_PUBLISHES_PER_SECOND, API_ROOMS_LISTED, ApiKey, CLOSE_TIMEOUT, FRAME_OVERHEAD,
     MAX_API_BODY_BYTES, MAX_REQUEST_HEAD_BYTES, TICKET_LIFETIME,
 };
-use crate::server::http::bearer_token;
+use crate::server::http::{AUTH_THROTTLED, bearer_token};
 use crate::server::hub::api::PublishError;
 use crate::server::hub::ring::Charge;
 use crate::server::identity::TokenError;
@@ -296,7 +296,7 @@ fn authorize(
     let now = Instant::now();
     let addresses = &context.access.addresses;
     if let Err(wait) = addresses.may_authenticate(client, now) {
-        let text = "too many failed authentications from your address: try again later";
+        let text = AUTH_THROTTLED;
         return Err(JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text));
     }
     let presented = request
@@ -337,7 +337,7 @@ fn ticket(request: &Request<Incoming>, client: AddressKey, context: &super::Cont
     }
     let now = Instant::now();
     if let Err(wait) = access.addresses.may_authenticate(client, now) {
-        let text = "too many failed authentications from your address: try again later";
+        let text = AUTH_THROTTLED;
         return JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
     }
     let authorization = request.headers().get(AUTHORIZATION);

@@ -66,6 +66,10 @@ pub enum Handshake {
     },
 }
 
+/// What an address past `--auth-failures-per-ip` is told, here and by the API.
+pub(super) const AUTH_THROTTLED: &str =
+    "too many failed authentications from your address: try again later";
+
 /// Reads one request head from `peer` and decides: a chat upgrade
 /// (returned), an answer served here, or a refusal (the error). Either
 /// answer is sent already.
@@ -287,12 +291,7 @@ fn authenticate(
     if (access.token.is_some() || access.jwt.is_some())
         && let Err(wait) = access.addresses.may_authenticate(client, now)
     {
-        return Err(Answer::busy(
-            429,
-            "auth_throttled",
-            wait,
-            "too many failed authentications from your address: try again later".into(),
-        ));
+        return Err(Answer::busy(429, "auth_throttled", wait, AUTH_THROTTLED.into()));
     }
     let who = match access.admits(request, query) {
         // Prometheus is not for guests.
