@@ -51,8 +51,8 @@ pub use connect::CONNECT_TIMEOUT;
 pub use output::sanitize;
 
 use crate::protocol::{
-    ClientError, Command, Event, HELP, Limits, MODERATOR_HELP, REMOVED_CLOSE_CODE,
-    REPLACED_CLOSE_CODE, Request, TOKEN_EXPIRED_CLOSE_CODE, parse_command,
+    ClientError, Command, Event, Limits, REMOVED_CLOSE_CODE, REPLACED_CLOSE_CODE, Request,
+    TOKEN_EXPIRED_CLOSE_CODE, help, parse_command,
 };
 use config::{
     ClientConfig, LINE_QUEUE, MAX_IN_FLIGHT, MAX_LINE_BYTES, MAX_RETRY_AFTER,
@@ -524,8 +524,7 @@ fn request(
             let event = match local {
                 Command::MissingArgument(usage) => ClientError::Usage { usage }.into(),
                 Command::Unknown(command) => ClientError::UnknownCommand { command }.into(),
-                _ if moderator => Event::Notice { text: format!("{HELP}{MODERATOR_HELP}").into() },
-                _ => Event::Notice { text: HELP.into() },
+                _ => Event::Notice { text: help(moderator) },
             };
             if let Err(error) = output.borrow_mut().event(&event, None) {
                 debug!(%error, "cannot print");

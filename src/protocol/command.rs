@@ -386,6 +386,11 @@ impl ClientError<'_> {
 pub const HELP: &str = "commands: /nick NAME changes your name, /who lists the room, \
                         /history [N] [BEFORE] shows earlier messages, /help shows this; \
                         start a message with // to send a literal /";
+/// `/help`'s answer, with the moderation commands for a moderator.
+pub fn help(moderator: bool) -> Str<'static> {
+    if moderator { format!("{HELP}{MODERATOR_HELP}").into() } else { HELP.into() }
+}
+
 /// What `/help` adds for a moderator of the room.
 pub const MODERATOR_HELP: &str = "; as a moderator: /kick NAME [REASON], \
                                   /ban NAME [DURATION] [REASON], /unban NAME, \

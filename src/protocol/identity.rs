@@ -35,6 +35,11 @@ pub enum Who {
 }
 
 impl Who {
+    /// Whether it moderates `room`: a token holder whose `mod` claim names it.
+    pub fn moderates(&self, room: &str) -> bool {
+        self.identity().is_some_and(|identity| identity.moderates.allows(room))
+    }
+
     /// The identity, for a token holder.
     pub fn identity(&self) -> Option<&Arc<Identity>> {
         match self {

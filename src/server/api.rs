@@ -36,8 +36,8 @@ use crate::protocol::{
 use crate::server::address::{AddressKey, Slot};
 use crate::server::config::{
     API_BODY_TIMEOUT, API_CONNECTION_LIFETIME, API_IDLE_TIMEOUT, API_PUBLISH_BURST,
-    API_PUBLISHES_PER_SECOND, API_ROOMS_LISTED, ApiKey, CLOSE_TIMEOUT, FRAME_OVERHEAD,
-    MAX_API_BODY_BYTES, MAX_REQUEST_HEAD_BYTES, TICKET_LIFETIME,
+    API_PUBLISHES_PER_SECOND, API_RETRY_AFTER, API_ROOMS_LISTED, ApiKey, CLOSE_TIMEOUT,
+    FRAME_OVERHEAD, MAX_API_BODY_BYTES, MAX_REQUEST_HEAD_BYTES, TICKET_LIFETIME,
 };
 use crate::server::http::{AUTH_THROTTLED, bearer_token};
 use crate::server::hub::api::PublishError;
@@ -170,7 +170,7 @@ impl JsonReply {
             Self { held: Some((encoded, charge)), ..Self::ok(Value::Null) }
         } else {
             let error = ClientError::HistoryUnavailable;
-            Self::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+            Self::busy(StatusCode::SERVICE_UNAVAILABLE, API_RETRY_AFTER, error)
         }
     }
 
@@ -472,7 +472,7 @@ async fn moderate(
         }
         Err(error @ ClientError::TooManySanctions) => JsonReply::error(StatusCode::CONFLICT, error),
         Err(error @ ClientError::LinkDown) => {
-            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, API_RETRY_AFTER, error)
         }
         Err(error) => JsonReply::error(StatusCode::BAD_REQUEST, error),
     }
@@ -503,7 +503,7 @@ async fn publish(request: Request<Incoming>, room: &str, context: &super::Contex
         }
     };
     if lock(&context.api.publishes).check(Instant::now()) != Verdict::Allow {
-        let wait = Duration::from_secs(1);
+        let wait = API_RETRY_AFTER;
         let text = "too many messages through the API: try again later";
         return JsonReply::busy(StatusCode::TOO_MANY_REQUESTS, wait, text);
     }
@@ -513,14 +513,12 @@ async fn publish(request: Request<Incoming>, room: &str, context: &super::Contex
             JsonReply::error(StatusCode::PAYLOAD_TOO_LARGE, error)
         }
         Err(error @ PublishError::Text(ClientError::ServerFull | ClientError::LinkDown)) => {
-            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
+            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, API_RETRY_AFTER, error)
         }
         Err(
             error @ (PublishError::Name { .. } | PublishError::Colon(_) | PublishError::Text(_)),
         ) => JsonReply::error(StatusCode::BAD_REQUEST, error),
-        Err(error) => {
-            JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(1), error)
-        }
+        Err(error) => JsonReply::busy(StatusCode::SERVICE_UNAVAILABLE, API_RETRY_AFTER, error),
     }
 }
 

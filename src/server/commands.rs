@@ -1,9 +1,7 @@
 //! What a client's commands do: a message, `/nick`, `/who`, `/history`, `/help`
 //! and a moderator's `/kick` and the like, each carried out in the room, answered to the client alone, or refused.
 
-use crate::protocol::{
-    ClientError, Command, Event, Frame, HELP, MODERATOR_HELP, Protocol, check_text,
-};
+use crate::protocol::{ClientError, Command, Event, Frame, Protocol, check_text, help};
 use crate::server::hub::{Ack, Member};
 use crate::server::metrics::Metrics;
 
@@ -70,11 +68,7 @@ pub(crate) async fn act<'a>(
             answer.map(Outcome::Answer).ok_or(ClientError::HistoryUnavailable)
         }
         Command::Help => {
-            let text = if member.moderates() {
-                format!("{HELP}{MODERATOR_HELP}").into()
-            } else {
-                HELP.into()
-            };
+            let text = help(member.moderates());
             Ok(Outcome::Answer(Event::Notice { text }.encode(protocol)))
         }
         Command::Moderate(moderation) => {

@@ -156,6 +156,9 @@ pub const DEFAULT_AUTH_FAILURES_PER_IP: u32 = 64;
 /// How long a connection past a per-address or the overall handshake cap is
 /// told to wait (`Retry-After`), in seconds.
 pub const BUSY_RETRY_AFTER_SECONDS: u64 = 2;
+/// `Retry-After` of an API request turned away for a moment (the publish
+/// rate, memory short, the link to the other nodes down).
+pub const API_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Default `--db`: the store beside the server. The library's
 /// [`ServerConfig::default`] uses [`MEMORY_DB`] instead, so that tests keep

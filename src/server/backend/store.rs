@@ -453,7 +453,7 @@ impl Database {
             Ok((
                 row.get::<_, String>(0)?,
                 Sanction {
-                    action: if action == "mute" { Action::Mute } else { Action::Ban },
+                    action: Action::from_command(&action).unwrap_or(Action::Ban),
                     key: row.get(2)?,
                     name: row.get(3)?,
                     subject: row.get(4)?,

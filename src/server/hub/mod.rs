@@ -1002,7 +1002,7 @@ impl Hub {
             session: json.then(|| session.into()),
             last_id: last_id.filter(|_| json).map(Into::into),
             signed_in: who.identity().is_some(),
-            moderator: who.identity().is_some_and(|id| id.moderates.allows(&room.name)),
+            moderator: who.moderates(&room.name),
         }
         .encode(protocol)
     }
@@ -1125,9 +1125,8 @@ impl Events for Hub {
             self.reclaim();
         }
         room.relay(&mut lock(&room.state), event);
-        if let Event::Moderated { .. } = event {
-            self.enforce(&room.name, event);
-        }
+        // Acts on a moderation (nothing, for any other event).
+        self.enforce(&room.name, event);
     }
 
     fn retire(&self, room: &str, key: &str) {
@@ -1412,7 +1411,7 @@ impl Member {
         if message.is_empty() {
             return Err(ClientError::EmptyMessage);
         }
-        self.check_muted()?;
+        self.tenure.check_muted()?;
         let ts = now();
         let room = self.room.name.as_str();
         let mode = self.hub.backend.mode();

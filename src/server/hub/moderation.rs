@@ -74,10 +74,7 @@ impl Restriction {
         let restriction = if stands || (unchanged && !hub.backend.is_shared()) {
             self
         } else {
-            match Box::pin(hub.restriction(request, &member.tenure.subject)).await {
-                Ok(again) => again,
-                Err(_) => self,
-            }
+            Box::pin(hub.restriction(request, &member.tenure.subject)).await.unwrap_or(self)
         };
         if let Some(told) = &restriction.banned {
             member.tenure.remove(truncate(told, MAX_CLOSE_REASON_BYTES));
@@ -100,7 +97,7 @@ impl Restriction {
 
 impl Tenure {
     /// Refuses a message while it is muted, saying for how long.
-    fn check_muted(&self) -> Result<(), ClientError<'static>> {
+    pub(super) fn check_muted(&self) -> Result<(), ClientError<'static>> {
         match self.muted_until.load(Ordering::Acquire) {
             0 => Ok(()),
             u64::MAX => Err(ClientError::Muted { seconds_left: None }),
@@ -118,7 +115,7 @@ impl Tenure {
 impl Member {
     /// Whether this client moderates its room (its token's `mod` claim).
     pub fn moderates(&self) -> bool {
-        self.who.identity().is_some_and(|identity| identity.moderates.allows(&self.room.name))
+        self.who.moderates(&self.room.name)
     }
 
     /// Carries out a moderator's request in this client's room, by this
@@ -126,11 +123,6 @@ impl Member {
     pub async fn moderate<'a>(&self, moderation: &Moderation<'a>) -> Result<Ack, ClientError<'a>> {
         // Boxed: its state stays out of every connection's future.
         Box::pin(self.hub.moderate(&self.room.name, Some(&self.name), moderation)).await
-    }
-
-    /// Refuses a message from a muted client.
-    pub(super) fn check_muted(&self) -> Result<(), ClientError<'static>> {
-        self.tenure.check_muted()
     }
 }
 
@@ -275,25 +267,25 @@ impl Hub {
     pub(super) fn enforce(&self, room: &str, event: &Event<'_>) {
         let Event::Moderated { action, name, by, seconds, reason, .. } = event else { return };
         let number = self.moderations.fetch_add(1, Ordering::AcqRel) + 1;
+        let key = name_key(name);
+        let told = describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
+        let told = truncate(&told, MAX_CLOSE_REASON_BYTES);
         if *action == Action::Kick {
-            let told = describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
-            let told = truncate(&told, MAX_CLOSE_REASON_BYTES).into();
-            let kicked = Kicked { number, room: room.to_owned(), key: name_key(name), told };
+            let (room, key, told) = (room.to_owned(), key.clone(), told.into());
+            let kicked = Kicked { number, room, key, told };
             let mut kicks = lock(&self.recent_kicks);
             if kicks.len() == RECENT_KICKS {
                 kicks.pop_front();
             }
             kicks.push_back(kicked);
         }
-        let targets = self.tenures_of(room, &name_key(name));
+        let targets = self.tenures_of(room, &key);
         if targets.is_empty() {
             return;
         }
         let until = seconds.map(|s| unix_ms().saturating_add(s.saturating_mul(1000)));
         match action {
             Action::Kick | Action::Ban => {
-                let told = describe(*action, name, by.as_deref(), *seconds, reason.as_deref());
-                let told = truncate(&told, MAX_CLOSE_REASON_BYTES);
                 for tenure in &targets {
                     tenure.remove(told);
                 }
@@ -314,7 +306,6 @@ impl Hub {
             let mut subjects: Vec<Box<str>> = targets.iter().map(|t| t.subject.clone()).collect();
             subjects.sort_unstable();
             subjects.dedup();
-            let key = name_key(name);
             let sanctions: Vec<Sanction> = (subjects.into_iter())
                 .map(|subject| Sanction {
                     action: *action,
