@@ -212,8 +212,9 @@ impl Hub {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Page, BackendError> {
-        // As `/history`: in-process, up to the newest this node numbered in
-        // a room in memory; otherwise whatever is kept.
+        // In-process, up to the newest this node numbered in a room in
+        // memory; otherwise whatever is kept (with a shared backend this
+        // node's seq is the last it delivered, which lags the room's).
         let newest = || {
             let here = lock(&self.rooms).get(room).cloned();
             match here {

@@ -1482,14 +1482,8 @@ impl Member {
         limit: usize,
         before: Option<u64>,
     ) -> Result<Event<'static>, ClientError<'static>> {
-        // With a shared backend this node's seq is the last it delivered,
-        // which lags the room's: after joining a quiet room, it is 0.
-        let newest = || {
-            if self.hub.backend.is_shared() { u64::MAX } else { lock(&self.room.state).last() + 1 }
-        };
-        let before = before.unwrap_or_else(newest);
         // Boxed: the backend's state stays out of every connection's future.
-        let page = Box::pin(self.hub.backend.page(&self.room.name, before, limit)).await;
+        let page = Box::pin(self.hub.page(&self.room.name, before, limit)).await;
         let page = page.map_err(|error| {
             warn!(%error, "cannot read the room's history");
             ClientError::HistoryUnavailable
@@ -1592,17 +1586,8 @@ impl Member {
     /// The `/who` answer: this room's names, sorted (only this node's
     /// in degraded mode).
     pub async fn who(&self) -> Event<'static> {
-        if self.hub.backend.mode() == Mode::Shared {
-            match Box::pin(self.hub.backend.who(&self.room.name)).await {
-                Ok((count, names)) => {
-                    let names = names.into_iter().map(Str::Owned).collect();
-                    let room = self.room.name.clone().into();
-                    return Event::Who { room, count, names, id: None };
-                }
-                Err(error) => warn!(%error, "cannot list the room: listing this node's clients"),
-            }
-        }
-        let api::Listing { count, names } = self.room.listing();
+        // Boxed: the backend's state stays out of every connection's future.
+        let api::Listing { count, names } = Box::pin(self.hub.members(&self.room.name)).await;
         let names = names.into_iter().map(Str::Owned).collect();
         Event::Who { room: self.room.name.clone().into(), count, names, id: None }
     }
