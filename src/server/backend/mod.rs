@@ -511,13 +511,20 @@ impl Sanctions {
 
     fn forget_expired(&mut self, room: &str) {
         let now = unix_ms();
-        let Some(held) = self.rooms.get_mut(room) else { return };
+        self.retain(room, |sanction| sanction.active(now));
+    }
+
+    /// Keeps `room`'s that `keep` says to, counted; returns how many went.
+    fn retain(&mut self, room: &str, keep: impl Fn(&Sanction) -> bool) -> usize {
+        let Some(held) = self.rooms.get_mut(room) else { return 0 };
         let before = held.len();
-        held.retain(|sanction| sanction.active(now));
-        self.count -= before - held.len();
+        held.retain(keep);
+        let gone = before - held.len();
+        self.count -= gone;
         if held.is_empty() {
             self.rooms.remove(room);
         }
+        gone
     }
 
     /// Adds `sanction` in place of the one it replaces; false past the bounds.
@@ -549,15 +556,7 @@ impl Sanctions {
     /// Forgets `room`'s `action`s of key `key`; false when there was none.
     fn lift(&mut self, room: &str, action: Action, key: &str) -> bool {
         self.forget_expired(room);
-        let Some(held) = self.rooms.get_mut(room) else { return false };
-        let before = held.len();
-        held.retain(|sanction| sanction.action != action || sanction.key != key);
-        let lifted = before - held.len();
-        self.count -= lifted;
-        if held.is_empty() {
-            self.rooms.remove(room);
-        }
-        lifted > 0
+        self.retain(room, |sanction| sanction.action != action || sanction.key != key) > 0
     }
 }
 
